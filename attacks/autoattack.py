@@ -1,0 +1,114 @@
+"""AutoAttack, standard version (Croce & Hein 2020, https://arxiv.org/abs/2003.01690).
+
+APGD-CE, APGD-T (9 target classes), FAB-T (9 target classes) and Square (5000 queries), run in
+cascade: each attack only sees the points all earlier ones failed on, and robust accuracy is the
+per-example worst case. The four components are also registered on their own (`apgd-ce`,
+`apgd-t`, `fab-t`, `square`). They run torchattacks' ports through the contained adapter, with the
+original's 100 iterations (torchattacks' own AutoAttack leaves APGD at 10 steps).
+
+Threat model: Linf or L2, eps from the run.
+
+Arguments:
+    steps (int): iterations of APGD-CE, APGD-T and FAB-T. Default 100.
+    square_queries (int): queries of Square. Default 5000.
+
+Shape: images (B, C, H, W) in [0, 1]; labels (B,). Returns x_adv of the same shape.
+
+Example:
+    >>> x_adv = AutoAttack()(model, x, y, ThreatModel("linf", 8/255), gen)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from robustbench_karp.attacks.base import Attack, check_positive, register
+from robustbench_karp.attacks.torchattacks_adapter import run_torchattack
+from robustbench_karp.threat import ThreatModel
+
+
+@register("apgd-ce")
+@dataclass(frozen=True)
+class APGDCE(Attack):
+    steps: int = 100
+    restarts: int = 1
+
+    def __post_init__(self):
+        check_positive(steps=self.steps, restarts=self.restarts)
+
+    def __call__(self, model, x, y, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
+        return run_torchattack("APGD", model, x, y, threat, gen, steps=self.steps, n_restarts=self.restarts, loss="ce")
+
+
+@register("apgd-t")
+@dataclass(frozen=True)
+class APGDT(Attack):
+    steps: int = 100
+    restarts: int = 1
+
+    def __post_init__(self):
+        check_positive(steps=self.steps, restarts=self.restarts)
+
+    def __call__(self, model, x, y, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
+        return run_torchattack("APGDT", model, x, y, threat, gen, steps=self.steps, n_restarts=self.restarts)
+
+
+@register("fab-t")
+@dataclass(frozen=True)
+class FABT(Attack):
+    steps: int = 100
+    restarts: int = 1
+
+    def __post_init__(self):
+        check_positive(steps=self.steps, restarts=self.restarts)
+
+    def __call__(self, model, x, y, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
+        return run_torchattack("FAB", model, x, y, threat, gen, steps=self.steps, n_restarts=self.restarts,
+                               multi_targeted=True)
+
+
+@register("square")
+@dataclass(frozen=True)
+class Square(Attack):
+    queries: int = 5000
+    restarts: int = 1
+
+    def __post_init__(self):
+        check_positive(queries=self.queries, restarts=self.restarts)
+
+    def __call__(self, model, x, y, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
+        return run_torchattack("Square", model, x, y, threat, gen, n_queries=self.queries, n_restarts=self.restarts)
+
+
+@register("autoattack")
+@dataclass(frozen=True)
+class AutoAttack(Attack):
+    steps: int = 100
+    square_queries: int = 5000
+
+    def __post_init__(self):
+        check_positive(steps=self.steps, square_queries=self.square_queries)
+
+    def components(self) -> list[tuple[str, Attack]]:
+        return [
+            ("autoattack/apgd-ce", APGDCE(self.steps)),
+            ("autoattack/apgd-t", APGDT(self.steps)),
+            ("autoattack/fab-t", FABT(self.steps)),
+            ("autoattack/square", Square(self.square_queries)),
+        ]
+
+    def __call__(self, model, x, y, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
+        """The cascade on its own, for library use; the engine runs `components()` itself."""
+        x_adv = x.clone()
+        with torch.no_grad():
+            todo = (model(x).argmax(1) == y).nonzero().squeeze(1)
+        for _, attack in self.components():
+            if not len(todo):
+                break
+            found = attack(model, x[todo], y[todo], threat, gen)
+            x_adv[todo] = found
+            with torch.no_grad():
+                todo = todo[model(found).argmax(1) == y[todo]]
+        return x_adv

@@ -1,0 +1,138 @@
+"""The attack contract, the attack registry and parsing of attack options.
+
+An attack is a frozen dataclass holding configuration only:
+
+    x_adv = attack(model, x, y, threat, gen)   # (B, C, H, W) in [0, 1], detached
+
+It never stores the model, never calls .train()/.eval(), never touches the global RNG (it draws
+from `gen`), never moves tensors between devices. An attack made of several attacks run in
+cascade (AutoAttack) lists them in `components()`; the engine runs each on the points still robust.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from robustbench_karp.registry import Registry
+from robustbench_karp.threat import ThreatModel
+
+ATTACKS: Registry[type] = Registry("attack")
+
+
+class Attack:
+    """Base of the registered attack dataclasses."""
+
+    name: typing.ClassVar[str] = ""
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def components(self) -> list[tuple[str, Attack]]:
+        """(name, attack) pairs the engine runs in cascade; a plain attack is its own only component."""
+        return [(self.name, self)]
+
+    def config(self) -> dict[str, Any]:
+        """Name and every parameter: serialized into each record."""
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+
+
+def register(name: str):
+    """Class decorator: registers a frozen-dataclass attack under `name`."""
+
+    def add(cls):
+        cls.name = name
+        return ATTACKS.register(name)(cls)
+
+    return add
+
+
+def parse_number(text: str) -> float:
+    """'0.3', '8/255', '1e-2' -> float; anything else raises ValueError."""
+    try:
+        return float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ValueError(f"not a number or fraction: {text!r}") from None
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Turn a CLI string into the type the dataclass field declares (int, float, bool, str, Optional)."""
+    if not isinstance(value, str):
+        return value
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value.lower() in ("none", "null"):
+            return None
+        annotation = options[0]
+    if annotation is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if annotation is int:
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{key}: expected an integer, got {value!r}") from None
+    if annotation is float:
+        try:
+            return parse_number(value)
+        except ValueError:
+            raise ValueError(f"{key}: expected a number, got {value!r}") from None
+    return value
+
+
+def build_attack(name: str, options: dict[str, Any] | None = None) -> Attack:
+    """An attack from its registered name (or 'torchattacks:<Class>') and options given as strings or values."""
+    options = dict(options or {})
+    if name.startswith("torchattacks:"):
+        from robustbench_karp.attacks.torchattacks_adapter import TorchAttack
+
+        return TorchAttack.from_options(name.split(":", 1)[1], options)
+    cls = ATTACKS.get(name)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ValueError(f"attack {name!r} has no option {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    return cls(**{k: coerce(v, hints[k], k) for k, v in options.items()})
+
+
+def check_positive(**values: float) -> None:
+    for key, value in values.items():
+        if value is not None and not value >= 1:
+            raise ValueError(f"{key} must be >= 1, got {value}")
+
+
+def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) C&W margin: best other logit minus the true one; > 0 means misclassified."""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return other - true
+
+
+LOSSES = {
+    "ce": lambda logits, y: F.cross_entropy(logits, y, reduction="none"),
+    "margin": margin,
+}
+
+
+def untargeted_objective(model, y: torch.Tensor, loss: str = "ce"):
+    """objective(x_adv, idx) for `ascend`: a per-example loss, and done = misclassified."""
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+    loss_fn = LOSSES[loss]
+
+    def objective(x_adv: torch.Tensor, idx: torch.Tensor):
+        logits = model(x_adv)  # (b, classes)
+        return loss_fn(logits, y[idx]), logits.argmax(1) != y[idx]
+
+    return objective

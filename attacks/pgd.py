@@ -1,0 +1,62 @@
+"""PGD: projected gradient descent (Madry et al. 2018, https://arxiv.org/abs/1706.06083).
+
+Threat model: Linf or L2 ball of radius eps around x, intersected with [0, 1].
+
+Arguments:
+    steps (int): ascent steps per restart. Default 50.
+    step_size (float | None): pixel units; None means 2.5 * eps / steps (Madry's rule). Default None.
+    restarts (int): random restarts; a restart only attacks the points still robust. Default 1.
+    random_start (bool): start at a uniform random point of the ball. Default True.
+    loss (str): "ce" or "margin" (C&W margin on logits). Default "ce".
+    early_stop (bool): a point leaves the batch at its first misclassified iterate, which is kept.
+        It only saves work: the attack is never weaker than the plain last iterate. Default True.
+
+Shape: images (B, C, H, W) in [0, 1]; labels (B,). Returns x_adv of the same shape.
+
+Example:
+    >>> x_adv = PGD(steps=40, step_size=0.01)(model, x, y, ThreatModel("linf", 0.3), gen)
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from robustbench_karp.attacks.base import Attack, check_positive, register, untargeted_objective
+from robustbench_karp.threat import ThreatModel, ascend
+
+
+@register("pgd")
+@dataclass(frozen=True)
+class PGD(Attack):
+    steps: int = 50
+    step_size: float | None = None
+    restarts: int = 1
+    random_start: bool = True
+    loss: str = "ce"
+    early_stop: bool = True
+
+    def __post_init__(self):
+        check_positive(steps=self.steps, restarts=self.restarts)
+        if self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
+        step_size = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
+        x_adv = x.clone()
+        todo = torch.arange(len(x), device=x.device)  # points no restart has broken yet
+        for restart in range(self.restarts):
+            objective = untargeted_objective(model, y[todo], self.loss)
+            found, done = ascend(
+                x[todo], objective, threat, steps=self.steps, step_size=step_size,
+                random_start=self.random_start, gen=gen, stop_when_done=self.early_stop,
+            )
+            x_adv[todo] = found
+            if restart == self.restarts - 1:
+                break
+            if not self.early_stop:
+                with torch.no_grad():
+                    done = model(found).argmax(1) != y[todo]
+            todo = todo[~done]
+            if not len(todo):
+                break
+        return x_adv

@@ -1,0 +1,147 @@
+"""The `karp-robust` command line. Only this module prints and draws progress bars.
+
+    karp-robust evaluate --model resnet18 --attack pgd
+    karp-robust train --model smallcnn --dataset mnist --defense fgsm-at --eps 0.3 --epochs 10 --seed 0
+    karp-robust list
+
+Bad input exits with code 2 and one line on stderr (set KARP_DEBUG=1 for the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from robustbench_karp.attacks.base import parse_number
+
+log = logging.getLogger("robustbench_karp")
+
+
+def eps_list(text: str) -> list[float]:
+    """'8/255' or a sweep '0,0.1,0.2' -> [eps, ...], every value finite and >= 0."""
+    values = []
+    for part in text.split(","):
+        try:
+            value = parse_number(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"malformed eps {part!r}: use a number or a fraction such as 8/255") from None
+        if not (value >= 0 and value == value and value != float("inf")):
+            raise argparse.ArgumentTypeError(f"eps must be >= 0, got {part!r}")
+        values.append(value)
+    return values
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def number(text: str) -> float:
+    try:
+        return parse_number(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+class AttackAction(argparse.Action):
+    """--attack NAME appends [NAME, {}]; --attack-arg K=V adds to the attack named just before it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        attacks = getattr(namespace, "attacks", None) or []
+        if option_string == "--attack":
+            attacks.append([values, {}])
+        else:
+            if not attacks:
+                attacks.append([None, {}])  # options for the default attack
+            key, value = values
+            attacks[-1][1][key] = value
+        namespace.attacks = attacks
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="resnet18", help="registered model (karp-robust list)")
+    p.add_argument("--dataset", default="digits", help="digits (embedded, default), mnist, fashion-mnist, cifar10, ...")
+    p.add_argument("--defense", default="standard", help="registered defense the checkpoint was trained with")
+    p.add_argument("--norm", default="linf", choices=["linf", "l2"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--data-dir", type=Path, default=None, help="data directory (default $KARP_DATA_DIR or $KARP_HOME/data)")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True,
+                   help="download missing torchvision datasets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="karp-robust", description="Adversarial-robustness benchmarking for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ev = sub.add_parser("evaluate", help="clean and robust accuracy of a model; one record per run")
+    add_common(ev)
+    ev.add_argument("--checkpoint", default=None, help="your own weights (loaded strictly, weights_only)")
+    ev.add_argument("--attack", action=AttackAction, dest="attacks", metavar="NAME",
+                    help="attack (repeatable; worst case over all); torchattacks:<Class> for any torchattacks attack")
+    ev.add_argument("--attack-arg", action=AttackAction, dest="attacks", type=key_value, metavar="KEY=VALUE",
+                    help="option of the --attack just before it, e.g. steps=100")
+    ev.add_argument("--steps", type=positive_int, help="steps of every attack that has them")
+    ev.add_argument("--step-size", type=number, help="step size (pixel units) of every attack that has one")
+    ev.add_argument("--restarts", type=positive_int, help="restarts of every attack that has them")
+    ev.add_argument("--eps", type=eps_list, default=None, help="radius in pixel units (8/255); a list sweeps eps")
+    ev.add_argument("--n-examples", type=positive_int, default=None,
+                    help="evaluate the first N test points (default: 1000, or the whole test split if smaller)")
+    ev.add_argument("--batch-size", type=positive_int, default=500)
+    ev.add_argument("--json", action="store_true", help="print the record as one JSON object")
+
+    tr = sub.add_parser("train", help="train a model with a defense into the checkpoint store")
+    add_common(tr)
+    tr.add_argument("--defense-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE")
+    tr.add_argument("--eps", type=eps_list, default=None, help="training radius (default: the dataset's)")
+    tr.add_argument("--epochs", type=positive_int)
+    tr.add_argument("--batch-size", type=positive_int)
+    tr.add_argument("--lr", type=number)
+    tr.add_argument("--optimizer", choices=["sgd", "adam"])
+    tr.add_argument("--schedule", choices=["constant", "piecewise", "onecycle", "cosine"])
+    tr.add_argument("--momentum", type=number)
+    tr.add_argument("--weight-decay", type=number)
+    tr.add_argument("--eps-ramp-epochs", type=number)
+    tr.add_argument("--amp", choices=["bf16"], default=None, help="bf16 mixed precision for the training step")
+    tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    tr.add_argument("--resume", action="store_true", help="continue an interrupted run of this configuration")
+    tr.add_argument("--force", action="store_true", help="retrain even if the checkpoint exists")
+    tr.add_argument("--out", type=Path, default=None, help="also write a copy of the checkpoint here")
+    tr.add_argument("--tensorboard", type=Path, default=None, metavar="DIR")
+
+    sub.add_parser("list", help="registered models, datasets, attacks and defenses")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    from robustbench_karp import commands
+
+    try:
+        return commands.run(args)
+    except KeyboardInterrupt:
+        print("karp-robust: interrupted; no partial record was written", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line for the user; the traceback with KARP_DEBUG=1
+        if os.environ.get("KARP_DEBUG"):
+            raise
+        code, message = commands.describe_error(e)
+        print(f"karp-robust: error: {message}", file=sys.stderr)
+        return code
+

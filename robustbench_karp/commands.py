@@ -1,0 +1,205 @@
+"""What each `karp-robust` subcommand does, and how errors become one-line messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import asdict
+
+from tabulate import tabulate
+from tqdm import tqdm
+
+from robustbench_karp.attacks import ATTACKS, build_attack
+from robustbench_karp.attacks.torchattacks_adapter import torchattacks_names
+from robustbench_karp.data import DATASETS, DataUnavailable
+from robustbench_karp.defenses import DEFENSES
+from robustbench_karp.models import MODELS
+from robustbench_karp.registry import UnknownName
+from robustbench_karp.store import CheckpointError, atomic_write_bytes
+from robustbench_karp.threat import BudgetViolation
+
+EXIT_USAGE, EXIT_FAILED, EXIT_BUDGET = 2, 1, 3
+
+
+def describe_error(e: Exception) -> tuple[int, str]:
+    """(exit code, one-line message) for an exception that reached the CLI."""
+    from robustbench_karp.train import ResumeError, TrainingDiverged
+
+    if isinstance(e, BudgetViolation):
+        return EXIT_BUDGET, f"an attack left the threat model: {e}"
+    if isinstance(e, TrainingDiverged):
+        return EXIT_FAILED, str(e)
+    if isinstance(e, (UnknownName, ValueError, CheckpointError, DataUnavailable, ResumeError, FileNotFoundError)):
+        return EXIT_USAGE, str(e).replace("\n", " ")
+    return EXIT_FAILED, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+class TqdmTraining:
+    """Progress bar per epoch with running loss and accuracy; one summary line per epoch."""
+
+    def __init__(self):
+        self.bar = None
+
+    def on_step(self, epoch, step, steps, loss, accuracy):
+        if self.bar is None:
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", unit="batch", file=sys.stderr, leave=False, disable=None)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}")
+
+    def on_epoch(self, metrics):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+        tqdm.write(shown, file=sys.stderr)
+
+
+class EvalProgress:
+    """A progress bar over the test points being evaluated."""
+
+    def __init__(self):
+        self.bar = None
+
+    def start(self, n: int) -> None:
+        self.bar = tqdm(total=n, desc="evaluating", unit="img", file=sys.stderr, leave=False, disable=None)
+
+    def update(self, k: int) -> None:
+        self.bar.update(k)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def parse_attacks(args) -> list:
+    specs = [list(a) for a in (args.attacks or [])]
+    if len(specs) > 1 and specs[0][0] is None:
+        raise ValueError("--attack-arg must follow the --attack it belongs to")
+    if not specs or specs[0][0] is None:
+        default = specs.pop(0)[1] if specs else {}
+        specs.insert(0, ["pgd", default])
+    shorthands = {"steps": args.steps, "step_size": args.step_size, "restarts": args.restarts}
+    for key, value in shorthands.items():
+        if value is None:
+            continue
+        takers = [s for s in specs if _has_option(s[0], key)]
+        if not takers:
+            raise ValueError(f"--{key.replace('_', '-')}: none of the attacks {', '.join(s[0] for s in specs)} has it")
+        for spec in takers:
+            spec[1].setdefault(key, str(value))
+    return [build_attack(name, options) for name, options in specs]
+
+
+def _has_option(name: str, key: str) -> bool:
+    import dataclasses
+
+    if name.startswith("torchattacks:"):
+        return False
+    return key in {f.name for f in dataclasses.fields(ATTACKS.get(name))}
+
+
+def cmd_evaluate(args) -> int:
+    from robustbench_karp.harness import EvalRequest, prepare, run_evaluation
+
+    DATASETS.get(args.dataset), MODELS.get(args.model), DEFENSES.get(args.defense)  # fail fast on names
+    attacks = parse_attacks(args)
+    base = EvalRequest(model=args.model, dataset=args.dataset, defense=args.defense, attacks=attacks, norm=args.norm,
+                       n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
+                       checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download)
+    prepared = prepare(base, train_callbacks=[TqdmTraining()])
+    records = []
+    for eps in args.eps or [None]:
+        req = EvalRequest(**{**base.__dict__, "eps": eps})
+        with EvalProgress() as progress:
+            record = run_evaluation(req, prepared=prepared, on_start=progress.start, on_batch=progress.update)
+        records.append(record)
+        if not args.json:
+            print_record(record)
+    if args.json:
+        for record in records:
+            print(json.dumps(record, sort_keys=True))
+    return 0
+
+
+def print_record(record: dict) -> None:
+    rows = [["clean", f"{record['clean_accuracy']:.4f}"]]
+    rows += [[f"after {name}", f"{acc:.4f}"] for name, acc in record["per_attack"].items()]
+    rows.append(["robust (worst case)", f"{record['robust_accuracy']:.4f}"])
+    title = (f"{record['model']} / {record['dataset']} / {record['defense']}   {record['norm']} eps={record['eps']:.6g}"
+             f"   n={record['n_examples']}   seed={record['seed']}")
+    print(title)
+    print(tabulate(rows, headers=["", "accuracy"], tablefmt="github"))
+    for warning in record.get("warnings", []):
+        print(f"warning: {warning}")
+    print(f"record {record['id']}  ({record['elapsed_seconds']:.1f} s on {record['device']})")
+
+
+def cmd_train(args) -> int:
+    import os
+
+    from robustbench_karp.engine import resolve_device
+    from robustbench_karp.harness import checkpoint_dir
+    from robustbench_karp.train import TensorBoardCallback, fit, make_train_config
+
+    DATASETS.get(args.dataset), MODELS.get(args.model)
+    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "momentum",
+                                               "weight_decay", "eps_ramp_epochs") if getattr(args, k) is not None}
+    if args.eps is not None and len(args.eps) != 1:
+        raise ValueError("train takes a single --eps")
+    config = make_train_config(args.model, args.dataset, args.defense, defense_options=dict(args.defense_arg),
+                               recipe_overrides=overrides, norm=args.norm, eps=args.eps[0] if args.eps else None,
+                               seed=args.seed)
+    out = checkpoint_dir() / f"{config.stem()}.pt"
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if out.is_file() and not (args.force or args.resume):
+        if main_rank:
+            print(f"already trained: {out} (use --force to retrain)")
+        _copy(out, args.out)
+        return 0
+    callbacks = [TqdmTraining()] if main_rank else []
+    if args.tensorboard and main_rank:
+        callbacks.append(TensorBoardCallback(args.tensorboard))
+    if main_rank:
+        print(f"training {config.stem()}: {json.dumps(asdict(config)['recipe'])}", file=sys.stderr)
+    payload = fit(config, out, data_dir=args.data_dir, device=resolve_device(args.device), download=args.download,
+                  resume=args.resume, amp=args.amp, channels_last=args.channels_last, callbacks=callbacks)
+    if main_rank:
+        if payload["stopped_early"]:
+            print(f"catastrophic overfitting: stopped after epoch {payload['epochs_completed']}, kept the weights of "
+                  f"epoch {payload['selected_epoch']}")
+        last = payload["history"][-1] if payload["history"] else {}
+        print(f"checkpoint {out}  (val clean {last.get('val_clean_accuracy', float('nan')):.4f}, "
+              f"val PGD-10 {last.get('val_pgd_accuracy', float('nan')):.4f})")
+        _copy(out, args.out)
+    return 0
+
+
+def _copy(src, dst) -> None:
+    if dst is None:
+        return
+    with open(src, "rb") as f:
+        atomic_write_bytes(dst, lambda out: shutil.copyfileobj(f, out))
+    print(f"copied to {dst}")
+
+
+def cmd_list(args) -> int:
+    print("models:   " + ", ".join(MODELS.names()))
+    rows = [[n, DATASETS.get(n).default_eps["linf"], DATASETS.get(n).default_eps["l2"]] for n in DATASETS.names()]
+    print("datasets: " + ", ".join(DATASETS.names()))
+    print(tabulate(rows, headers=["dataset", "linf eps", "l2 eps"], tablefmt="github", floatfmt=".6g"))
+    print("attacks:  " + ", ".join(ATTACKS.names()))
+    print("          torchattacks:<Class> for " + ", ".join(torchattacks_names()))
+    print("defenses: " + ", ".join(DEFENSES.names()))
+    return 0
+
+
+COMMANDS = {"evaluate": cmd_evaluate, "train": cmd_train, "list": cmd_list}
+
+
+def run(args: argparse.Namespace) -> int:
+    return COMMANDS[args.command](args)

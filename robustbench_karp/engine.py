@@ -1,0 +1,172 @@
+"""The evaluation engine: clean accuracy, then attacks in cascade, per-example worst case.
+
+    robust = predict(model, x) == y                        # (N,) bool
+    for name, attack in attacks:                           # in the order given
+        x_adv = attack(model, x[robust], y[robust], threat, gen)
+        check_budget(x_adv, x[robust], threat)             # raises, never clamps
+        robust[robust] &= predict(model, x_adv) == y[robust]
+        per_attack[name] = robust.mean()                   # accuracy after this attack and all before it
+
+This is AutoAttack's worst-case semantics: only points still robust are attacked again, so a point
+counts as robust only if every attack failed on it. Data streams batch by batch, so memory is
+bounded by the batch size, not by the number of test points.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustbench_karp.attacks import Attack, build_attack
+from robustbench_karp.threat import ThreatModel, check_budget
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[bool]:
+    """Eval mode for the duration; yields whether the model was in train mode; restores it in finally."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield was_training
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1)
+
+
+def as_attack(spec) -> Attack:
+    if isinstance(spec, Attack):
+        return spec
+    if isinstance(spec, str):
+        return build_attack(spec)
+    name, options = spec
+    return build_attack(name, options)
+
+
+def expand(attacks: Sequence[Attack]) -> list[tuple[str, Attack]]:
+    """(name, attack) in run order; composite attacks contribute their components; repeated names get #2, #3."""
+    out, seen = [], {}
+    for attack in attacks:
+        for name, part in attack.components():
+            seen[name] = seen.get(name, 0) + 1
+            out.append((name if seen[name] == 1 else f"{name}#{seen[name]}", part))
+    return out
+
+
+@dataclass
+class EvalResult:
+    n_examples: int
+    clean_accuracy: float
+    robust_accuracy: float
+    per_attack: dict[str, float]  # robust accuracy after each attack, in cascade order
+    clean: list[bool]  # (N,) clean-correct per test point
+    robust: list[bool]  # (N,) robust to every attack per test point
+    elapsed_seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy, "per_attack": self.per_attack}
+
+
+def run_attacks(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    attacks: Sequence[Attack],
+    threat: ThreatModel,
+    gen: torch.Generator,
+    device: torch.device,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Attack each batch of (x, y) in [0, 1] with every attack in cascade; the model is put in eval mode."""
+    start = time.perf_counter()
+    named = expand(attacks)
+    robust_after = {name: 0 for name, _ in named}
+    clean, robust, warnings = [], [], []
+    with eval_mode(model) as was_training:
+        if was_training:
+            warnings.append("model was in train mode; it was evaluated in eval mode")
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            still = predict(model, x) == y  # (b,) bool
+            clean.append(still.clone())
+            for name, attack in named:
+                idx = still.nonzero().squeeze(1)
+                if len(idx):
+                    x_adv = attack(model, x[idx], y[idx], threat, gen)
+                    check_budget(x_adv, x[idx], threat)
+                    still[idx] &= predict(model, x_adv) == y[idx]
+                robust_after[name] += int(still.sum())
+            robust.append(still)
+            if on_batch is not None:
+                on_batch(len(y))
+    clean_t, robust_t = torch.cat(clean).cpu(), torch.cat(robust).cpu()
+    n = len(clean_t)
+    return EvalResult(
+        n_examples=n,
+        clean_accuracy=clean_t.float().mean().item(),
+        robust_accuracy=robust_t.float().mean().item(),
+        per_attack={name: count / n for name, count in robust_after.items()},
+        clean=clean_t.tolist(),
+        robust=robust_t.tolist(),
+        elapsed_seconds=time.perf_counter() - start,
+        warnings=warnings,
+    )
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu. Resolved once, at the entry point."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}; valid: auto, cpu, cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    return torch.device(device)
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Sequence = ("pgd",),
+    norm: str = "linf",
+    eps: float = 8 / 255,
+    seed: int = 0,
+    batch_size: int = 500,
+    device: str | torch.device = "auto",
+) -> EvalResult:
+    """Library entry point: robust accuracy of any nn.Module mapping [0, 1] images to logits.
+
+    Args:
+        model: classifier taking (B, C, H, W) in [0, 1] and returning logits (it must normalize itself).
+        x, y: images in [0, 1] and integer labels.
+        attacks: registered names ("pgd"), "torchattacks:<Class>", (name, options) pairs or Attack objects.
+        norm, eps: threat model, eps in pixel units.
+    Returns:
+        EvalResult with clean_accuracy, robust_accuracy (per-example worst case) and per_attack.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} images but y has {len(y)} labels")
+    if x.min() < 0 or x.max() > 1:
+        raise ValueError("images must lie in [0, 1]: the model normalizes inside itself")
+    device = resolve_device(device)
+    threat = ThreatModel(norm, eps)
+    built = [as_attack(a) for a in attacks]
+    model = model.to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    batches = zip(x.split(batch_size), y.split(batch_size))
+    return run_attacks(model, batches, built, threat, gen, device)

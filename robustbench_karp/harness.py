@@ -1,0 +1,197 @@
+"""The harness: models from the checkpoint store (trained on demand), evaluations, and their records.
+
+    load_model("resnet18", dataset="digits", defense="standard")   # trains once, then reuses
+    run_evaluation(EvalRequest(model="smallcnn", dataset="mnist", attacks=[...]))  # -> record, stored
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import logging
+import platform
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustbench_karp.attacks import Attack
+from robustbench_karp.data import DATASETS, load_split, subset_indices
+from robustbench_karp.engine import expand, resolve_device, run_attacks
+from robustbench_karp.models import Classifier, create_model
+from robustbench_karp.store import CheckpointError, ResultsStore, config_hash, file_sha256, karp_home, load_checkpoint
+from robustbench_karp.threat import ThreatModel
+from robustbench_karp.train import TrainConfig, fit, make_train_config
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir() -> Path:
+    return karp_home() / "checkpoints"
+
+
+def find_checkpoint(config: TrainConfig) -> Path | None:
+    """The checkpoint of exactly this configuration, else the newest one trained for the same
+    (model, dataset, defense, seed) with other options (e.g. `karp-robust train --epochs 20`)."""
+    exact = checkpoint_dir() / f"{config.stem()}.pt"
+    if exact.is_file():
+        return exact
+    prefix = f"{config.model}-{config.dataset}-{config.defense['name']}-s{config.seed}-"
+    others = [p for p in checkpoint_dir().glob(f"{prefix}*.pt") if not p.name.endswith(".last.pt")]
+    if others:
+        newest = max(others, key=lambda p: p.stat().st_mtime)
+        log.info("no checkpoint with the default recipe; using %s", newest)
+        return newest
+    return None
+
+
+def load_weights(model: Classifier, path: Path) -> dict[str, Any]:
+    """Strictly load a karp-robust checkpoint (or a plain state_dict) into model; errors name the file."""
+    payload = load_checkpoint(path)
+    state = payload.get("state_dict", payload)
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state_dict of tensors")
+    # A plain state_dict of the backbone alone (no "backbone." prefix) is accepted as well.
+    target = model if any(k.startswith("backbone.") for k in state) else model.backbone
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"checkpoint {path} does not fit this model ({first[:300]})") from None
+    return payload
+
+
+def new_model(name: str, dataset: str) -> Classifier:
+    spec = DATASETS.get(dataset)
+    return create_model(name, in_channels=spec.in_channels, num_classes=spec.num_classes,
+                        input_size=spec.input_size, mean=spec.mean, std=spec.std)
+
+
+def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, device: torch.device | None = None,
+                      download: bool = True, callbacks: list | None = None) -> Path:
+    """The stored checkpoint for config, training it with the loop when none exists."""
+    found = find_checkpoint(config)
+    if found is not None:
+        return found
+    out = checkpoint_dir() / f"{config.stem()}.pt"
+    log.info("no checkpoint for %s; training one (%d epochs)", config.stem(), config.recipe["epochs"])
+    fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks)
+    return out
+
+
+def load_model(name: str, dataset: str = "digits", defense: str = "standard", *, seed: int = 0,
+               checkpoint: str | Path | None = None, data_dir: Path | None = None, device: str = "auto",
+               download: bool = True, callbacks: list | None = None) -> nn.Module:
+    """The trained model (in eval mode), from `checkpoint` or the store, training it if needed."""
+    dev = resolve_device(device)
+    path = Path(checkpoint) if checkpoint else obtain_checkpoint(
+        make_train_config(name, dataset, defense, seed=seed), data_dir=data_dir, device=dev, download=download,
+        callbacks=callbacks)
+    model = new_model(name, dataset)
+    load_weights(model, path)
+    return model.to(dev).eval()
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist_name, key in [("torch", "torch"), ("torchvision", "torchvision"), ("torchattacks", "torchattacks"),
+                           ("karp-robust", "karp_robust")]:
+        try:
+            out[key] = importlib.metadata.version(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = "not installed"
+    out["git_commit"] = git_commit()
+    return out
+
+
+def git_commit() -> str | None:
+    """The source tree's commit (with '+dirty' for uncommitted changes), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+@dataclass
+class EvalRequest:
+    """One evaluation as the CLI or a script describes it."""
+
+    model: str = "resnet18"
+    dataset: str = "digits"
+    defense: str = "standard"
+    attacks: list[Attack] = field(default_factory=list)
+    norm: str = "linf"
+    eps: float | None = None  # None: the dataset's default for the norm
+    n_examples: int | None = None  # None: min(1000, test split)
+    seed: int = 0
+    batch_size: int = 500
+    device: str = "auto"
+    checkpoint: str | None = None
+    data_dir: Path | None = None
+    download: bool = True
+
+
+def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.Module, dict[str, Any], torch.device]:
+    """Resolve the request: (model in eval mode on device, provenance dict, device)."""
+    spec = DATASETS.get(req.dataset)
+    device = resolve_device(req.device)
+    if req.checkpoint:
+        path, train_config = Path(req.checkpoint), None
+    else:
+        train_config = make_train_config(req.model, req.dataset, req.defense, seed=req.seed)
+        path = obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
+                                 callbacks=train_callbacks)
+    model = new_model(req.model, req.dataset)
+    payload = load_weights(model, path)
+    stored = payload.get("config") if isinstance(payload.get("config"), dict) else None
+    defense = stored["defense"]["name"] if stored else req.defense
+    provenance = {"model": req.model, "dataset": spec.name, "defense": defense, "checkpoint": str(path),
+                  "checkpoint_sha256": file_sha256(path), "train_config": stored}
+    return model.to(device).eval(), provenance, device
+
+
+def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train_callbacks: list | None = None,
+                   on_batch: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
+                   prepared: tuple | None = None) -> dict[str, Any]:
+    """Evaluate, build the record, append it to the store (only once complete), return it."""
+    spec = DATASETS.get(req.dataset)
+    eps = spec.default_eps[req.norm] if req.eps is None else req.eps
+    threat = ThreatModel(req.norm, eps)
+    model, provenance, device = prepared or prepare(req, train_callbacks)
+    test = load_split(spec, train=False, data_dir=req.data_dir, download=req.download)
+    n = req.n_examples if req.n_examples is not None else min(1000, len(test))
+    indices = subset_indices(len(test), n)
+    attacks = [a.config() for a in req.attacks]
+    config = {**{k: provenance[k] for k in ("model", "dataset", "defense", "checkpoint_sha256")},
+              "attacks": attacks, "norm": threat.norm.value, "eps": threat.eps, "n_examples": n,
+              "seed": req.seed, "batch_size": req.batch_size}
+    if on_start:
+        on_start(n)
+    gen = torch.Generator(device=device).manual_seed(req.seed)
+    batches = ((x, y) for _, x, y in test.batches(indices, req.batch_size))
+    result = run_attacks(model, batches, req.attacks, threat, gen, device, on_batch=on_batch)
+    record = {
+        "id": config_hash(config), **config, **provenance,
+        "attack_order": [name for name, _ in expand(req.attacks)],
+        "indices": indices.tolist(),
+        "clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy,
+        "per_attack": result.per_attack,
+        "clean_mask": "".join("1" if c else "0" for c in result.clean),
+        "robust_mask": "".join("1" if r else "0" for r in result.robust),
+        "elapsed_seconds": result.elapsed_seconds, "device": str(device),
+        "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "warnings": result.warnings, "config": config,
+    }
+    (store or ResultsStore()).append(record)
+    return record
+

@@ -1,0 +1,150 @@
+"""Threat models (Linf / L2 balls in [0, 1] pixel space), the shared ascent loop and the budget check.
+
+Every attack and every adversarial-training defense perturbs images through `ascend`, so the
+projection, the ascent direction and the random start exist exactly once.
+
+Shapes: images are float (B, C, H, W) in [0, 1]; eps and step sizes are in pixel units (8/255).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+Objective = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
+BUDGET_TOLERANCE = 1e-6
+
+
+class Norm(str, enum.Enum):
+    LINF = "linf"
+    L2 = "l2"
+
+
+class BudgetViolation(RuntimeError):
+    """An adversarial batch left the threat model: never clamped silently, always raised."""
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def random_uniform(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    # Drawn on the generator's device, so a CPU generator also serves CUDA tensors.
+    return torch.rand(shape, generator=gen, device=gen.device, dtype=like.dtype).to(like.device)
+
+
+def random_normal(shape, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    return torch.randn(shape, generator=gen, device=gen.device, dtype=like.dtype).to(like.device)
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    norm: Norm
+    eps: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "norm", Norm(self.norm))
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"eps must be a finite number >= 0, got {self.eps}")
+
+    def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B,) distance in float64, so the budget check is not fooled by float32 rounding."""
+        d = (x_adv.detach().double() - x.detach().double()).flatten(1)
+        return d.abs().amax(dim=1) if self.norm is Norm.LINF else d.norm(dim=1)
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Nearest point of the eps-ball around x, then clipped to [0, 1] (clipping only shrinks delta)."""
+        delta = x_adv - x
+        if self.norm is Norm.LINF:
+            delta = delta.clamp(-self.eps, self.eps)
+        else:
+            delta = delta * (self.eps / _flat_norm(delta)).clamp(max=1.0)
+        return (x + delta).clamp(0.0, 1.0)
+
+    def ascent_direction(self, g: torch.Tensor) -> torch.Tensor:
+        """Steepest-ascent direction of unit norm: sign(g) for Linf, g/||g|| for L2."""
+        return g.sign() if self.norm is Norm.LINF else g / _flat_norm(g)
+
+    def random_point(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """A uniform random point of the ball around x, clipped to [0, 1]."""
+        if self.norm is Norm.LINF:
+            delta = (2 * random_uniform(x.shape, gen, x) - 1) * self.eps
+        else:
+            direction = random_normal(x.shape, gen, x)
+            direction = direction / _flat_norm(direction)
+            dim = x[0].numel()
+            radius = random_uniform((x.shape[0],), gen, x) ** (1.0 / dim) * self.eps
+            delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+        return self.project(x + delta, x)
+
+
+def check_budget(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> None:
+    """Raise BudgetViolation unless x_adv is finite, inside [0, 1] and within eps of x."""
+    if x_adv.shape != x.shape:
+        raise BudgetViolation(f"adversarial batch has shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise BudgetViolation("adversarial batch contains non-finite values")
+    lo, hi = x_adv.min().item(), x_adv.max().item()
+    if lo < 0.0 or hi > 1.0:
+        raise BudgetViolation(f"adversarial batch leaves [0, 1]: range [{lo:.6g}, {hi:.6g}]")
+    worst = threat.distance(x_adv, x).max().item() if len(x) else 0.0
+    if worst > threat.eps + BUDGET_TOLERANCE:
+        raise BudgetViolation(
+            f"perturbation {worst:.8g} exceeds {threat.norm.value} eps {threat.eps:.8g} (+{BUDGET_TOLERANCE})"
+        )
+
+
+def ascend(
+    x: torch.Tensor,
+    objective: Objective,
+    threat: ThreatModel,
+    *,
+    steps: int,
+    step_size: float,
+    random_start: bool,
+    gen: torch.Generator,
+    stop_when_done: bool = False,
+    start: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected steepest ascent of objective inside threat's ball and [0, 1].
+
+    objective(x_adv, idx) -> (loss (b,), done (b,) bool or None), where idx (b,) are the positions
+    in x of the rows of x_adv. With stop_when_done, a row leaves the batch at its first `done`
+    iterate, which is kept: later steps cost nothing for it and can never undo it. `start`, when
+    given, replaces the random or clean starting point (it is projected into the ball first).
+
+    Returns (x_adv (B, ...), done (B,) bool). The input x is never modified; parameters' .grad
+    are untouched because gradients are taken with autograd.grad with respect to x_adv only.
+    """
+    x = x.detach()
+    if start is not None:
+        out = threat.project(start.detach(), x)
+    else:
+        out = threat.random_point(x, gen) if random_start else x.clone()
+    done_all = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    idx = torch.arange(len(x), device=x.device)
+    x_adv, x_ref = out.clone(), x
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss, done = objective(x_adv, idx)
+        (g,) = torch.autograd.grad(loss.sum(), x_adv)
+        x_adv = x_adv.detach()
+        if stop_when_done and done is not None and done.any():
+            out[idx[done]] = x_adv[done]
+            done_all[idx[done]] = True
+            keep = ~done
+            idx, x_adv, x_ref, g = idx[keep], x_adv[keep], x_ref[keep], g[keep]
+            if not len(idx):
+                return out, done_all
+        x_adv = threat.project(x_adv + step_size * threat.ascent_direction(g), x_ref)
+    out[idx] = x_adv
+    if stop_when_done and len(idx):
+        with torch.no_grad():
+            _, done = objective(x_adv, idx)
+        if done is not None:
+            done_all[idx[done]] = True
+    return out, done_all

@@ -1,0 +1,339 @@
+"""The one training loop, shared by every defense.
+
+The loop owns the device, autocast, channels-last, the optimizer and learning-rate schedule, the
+epochs, the eps warm-up, checkpoints, resume, logs and callbacks, the catastrophic-overfitting
+guard, and DistributedDataParallel under torchrun. A defense only supplies the batch loss.
+
+    torchrun --nproc_per_node=2 -m robustbench_karp train --model smallcnn --dataset mnist --defense fgsm-at
+
+Determinism: the shuffle (DistributedSampler with seed + epoch) and the attack generator are
+re-seeded from (seed, epoch, rank) at each epoch, so a run resumed after epoch k is identical on
+CPU to one that never stopped. Only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from robustbench_karp.attacks.pgd import PGD
+from robustbench_karp.data import DATASETS, ImageSet, load_split
+from robustbench_karp.defenses.base import Defense, Recipe, build_defense
+from robustbench_karp.engine import run_attacks
+from robustbench_karp.models import create_model
+from robustbench_karp.store import atomic_write_text, config_hash, load_checkpoint, save_checkpoint
+from robustbench_karp.threat import ThreatModel
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "karp-robust/1"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; no checkpoint is written over a good one."""
+
+
+class ResumeError(ValueError):
+    """--resume without a checkpoint, or with one of another configuration."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the trained weights; its hash names the checkpoint."""
+
+    model: str
+    dataset: str
+    defense: dict  # defense.config(): name and every option
+    recipe: dict  # asdict(Recipe)
+    norm: str
+    eps: float
+    seed: int
+    val_size: int = 1000  # held out from the end of the training split
+    guard_size: int = 512  # catastrophic-overfitting guard: first points of the training split
+    guard_drop: float = 0.2  # collapse = guard PGD accuracy this far below its best
+    train_size: int | None = None  # train on the first N points only (None: the whole training split)
+
+    def hash(self) -> str:
+        return config_hash(asdict(self))
+
+    def stem(self) -> str:
+        return f"{self.model}-{self.dataset}-{self.defense['name']}-s{self.seed}-{self.hash()}"
+
+
+def make_train_config(model: str, dataset: str, defense: str = "standard", *, defense_options: dict | None = None,
+                      recipe_overrides: dict | None = None, norm: str = "linf", eps: float | None = None,
+                      seed: int = 0, train_size: int | None = None) -> TrainConfig:
+    """The configuration for (model, dataset, defense) with the defense's registered recipe, plus overrides."""
+    spec = DATASETS.get(dataset)
+    built = build_defense(defense, defense_options)
+    recipe = Recipe(**{**asdict(built.recipe_for(dataset)), **(recipe_overrides or {})})
+    eps = spec.default_eps[norm] if eps is None else eps
+    if built.adversarial and not eps > 0:
+        raise ValueError(f"defense {defense!r} trains against an attack: eps must be > 0, got {eps}")
+    val_size = 1000 if dataset != "digits" else 143
+    return TrainConfig(model, dataset, built.config(), asdict(recipe), norm, float(eps), seed, val_size=val_size,
+                       train_size=train_size)
+
+
+class Callback(Protocol):
+    def on_step(self, epoch: int, step: int, steps: int, loss: float, accuracy: float) -> None: ...
+    def on_epoch(self, metrics: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Distributed(0, 1, device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size(), device)
+
+
+def lr_factor(recipe: Recipe, progress: float) -> float:
+    """Multiplier of recipe.lr at progress in [0, 1] of training."""
+    if recipe.schedule == "piecewise":
+        return 0.1 ** sum(progress >= m for m in recipe.milestones)
+    if recipe.schedule == "onecycle":  # linear up to lr, then linear down to 0 (fast AT's cyclic schedule)
+        w = recipe.warmup_fraction
+        return progress / w if progress < w else max(0.0, (1 - progress) / (1 - w))
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
+                               weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
+    return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """A freshly initialized model; initialization is seeded without disturbing the global RNG."""
+    spec = DATASETS.get(config.dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return create_model(config.model, in_channels=spec.in_channels, num_classes=spec.num_classes,
+                            input_size=spec.input_size, mean=spec.mean, std=spec.std)
+
+
+def robust_accuracy(model: nn.Module, data: ImageSet, indices: torch.Tensor, threat: ThreatModel, seed: int,
+                    device: torch.device, batch_size: int = 500) -> tuple[float, float]:
+    """(clean, PGD-10) accuracy on data[indices]: the validation and guard measurement."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    batches = ((x, y) for _, x, y in data.batches(indices, batch_size))
+    result = run_attacks(model, batches, [PGD(steps=10)], threat, gen, device)
+    return result.clean_accuracy, result.robust_accuracy
+
+
+def write_logs(path_stem: Path, history: list[dict[str, Any]]) -> None:
+    """The per-epoch history as JSONL and CSV next to the checkpoint, rewritten atomically."""
+    atomic_write_text(path_stem.with_suffix(".log.jsonl"), "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(history[0]) if history else ["epoch"])
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path_stem.with_suffix(".log.csv"), out.getvalue())
+
+
+class TensorBoardCallback:
+    def __init__(self, log_dir: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_step(self, epoch, step, steps, loss, accuracy):
+        pass
+
+    def on_epoch(self, metrics):
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and key != "epoch":
+                self.writer.add_scalar(key, value, metrics["epoch"])
+        self.writer.flush()
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs, saved every epoch in <stem>.last.pt."""
+
+    epoch: int = 0  # epochs completed
+    history: list = field(default_factory=list)
+    best_guard: float = -1.0
+    best_epoch: int = 0
+    best_state: dict | None = None
+    stopped_early: bool = False
+
+
+def _epoch_seed(config: TrainConfig, epoch: int, rank: int) -> int:
+    return (config.seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**63 - 1)
+
+
+def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor, config: TrainConfig, epoch: int,
+                optimizer, scheduler, env: Distributed, amp: str | None, channels_last: bool,
+                callbacks: list[Callback]) -> dict[str, float]:
+    """One pass over the training indices; raises TrainingDiverged on a non-finite loss."""
+    recipe = Recipe(**config.recipe)
+    sampler = torch.utils.data.DistributedSampler(range(len(train_idx)), num_replicas=env.world, rank=env.rank,
+                                                  shuffle=True, seed=config.seed)
+    sampler.set_epoch(epoch)
+    order = train_idx[torch.tensor(list(iter(sampler)), dtype=torch.long)]
+    per_rank = max(1, recipe.batch_size // env.world)
+    steps = math.ceil(len(order) / per_rank)
+    gen = torch.Generator(device=env.device).manual_seed(_epoch_seed(config, epoch, env.rank))
+    autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext())
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for step, idx in enumerate(order.split(per_rank)):
+        x, y = data.batch(idx)
+        x, y = x.to(env.device), y.to(env.device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ramp = recipe.eps_ramp_epochs
+        scale = min(1.0, (epoch + step / steps) / ramp) if ramp > 0 else 1.0
+        threat = ThreatModel(config.norm, config.eps * scale)
+        with autocast:
+            loss, logits = defense.loss(model, x, y, threat, gen)
+        _check_finite(loss, epoch, step, env)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        for cb in callbacks:
+            cb.on_step(epoch, step + 1, steps, total_loss / seen, correct / seen)
+    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+
+def _check_finite(loss: torch.Tensor, epoch: int, step: int, env: Distributed) -> None:
+    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=env.device)
+    if env.world > 1:
+        dist.all_reduce(bad)  # every rank stops together
+    if bad.item():
+        raise TrainingDiverged(f"training diverged: the loss became NaN/inf at epoch {epoch + 1}, step {step + 1}")
+
+
+def split_train(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train, validation, guard) indices: validation is the held-out tail, guard a fixed training slice."""
+    n = len(data)
+    if n <= config.val_size:
+        raise ValueError(f"the training split has {n} points, not more than val_size={config.val_size}")
+    train_idx = torch.arange(n - config.val_size)
+    if config.train_size is not None:
+        if not 1 <= config.train_size <= len(train_idx):
+            raise ValueError(f"train_size must be in [1, {len(train_idx)}], got {config.train_size}")
+        train_idx = train_idx[: config.train_size]
+    val_idx = torch.arange(n - config.val_size, n)
+    return train_idx, val_idx, train_idx[: config.guard_size]
+
+
+def _load_resume(last: Path, config: TrainConfig, model: nn.Module, optimizer, scheduler) -> TrainState:
+    if not last.is_file():
+        raise ResumeError(f"--resume: no interrupted run to resume ({last} does not exist)")
+    payload = load_checkpoint(last)
+    if payload.get("config") != asdict(config):
+        raise ResumeError(f"--resume: {last} belongs to a different configuration")
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    return TrainState(**payload["state"])
+
+
+def _guard(state: TrainState, guard_acc: float, epoch: int, model: nn.Module, config: TrainConfig) -> bool:
+    """Track the best guard accuracy; True when robustness collapsed (catastrophic overfitting)."""
+    if guard_acc > state.best_guard:
+        state.best_guard, state.best_epoch = guard_acc, epoch
+        state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return False
+    return guard_acc < state.best_guard - config.guard_drop
+
+
+def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device: torch.device | None = None,
+        download: bool = True, resume: bool = False, amp: str | None = None, channels_last: bool = False,
+        callbacks: list[Callback] | None = None) -> dict[str, Any]:
+    """Train config's model with config's defense; write the final checkpoint atomically to `out`.
+
+    Returns the final checkpoint payload. `out.with_suffix('.last.pt')` holds the resumable state,
+    written after every epoch; an interrupted run leaves it (and any earlier `out`) intact.
+    """
+    env = setup_distributed(device or torch.device("cpu"))
+    callbacks = list(callbacks or []) if env.main else []
+    defense = build_defense(config.defense["name"], {k: v for k, v in config.defense.items() if k != "name"})
+    recipe = Recipe(**config.recipe)
+    data = load_split(DATASETS.get(config.dataset), train=True, data_dir=data_dir, download=download)
+    train_idx, val_idx, guard_idx = split_train(data, config)
+    model = build_model(config).to(env.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, recipe)
+    steps_per_epoch = math.ceil(math.ceil(len(train_idx) / env.world) / max(1, recipe.batch_size // env.world))
+    total = recipe.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s / total))
+    last = out.with_suffix(".last.pt")
+    state = _load_resume(last, config, model, optimizer, scheduler) if resume else TrainState()
+    wrapped = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+    threat = ThreatModel(config.norm, config.eps)
+    for epoch in range(state.epoch, 0 if state.stopped_early else recipe.epochs):
+        metrics = {"epoch": epoch + 1, **train_epoch(wrapped, defense, data, train_idx, config, epoch, optimizer,
+                                                      scheduler, env, amp, channels_last, callbacks)}
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics["val_clean_accuracy"], metrics["val_pgd_accuracy"] = robust_accuracy(
+            model, data, val_idx, threat, config.seed, env.device)
+        collapsed = False
+        if defense.adversarial:
+            _, metrics["guard_pgd_accuracy"] = robust_accuracy(model, data, guard_idx, threat, config.seed + 1,
+                                                               env.device)
+            collapsed = _guard(state, metrics["guard_pgd_accuracy"], epoch + 1, model, config)
+        state.epoch, state.stopped_early = epoch + 1, collapsed
+        state.history.append(metrics)
+        if env.main:
+            save_checkpoint(last, {"config": asdict(config), "state_dict": model.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                   "state": asdict(state)})
+            write_logs(out.with_suffix(""), state.history)
+        for cb in callbacks:
+            cb.on_epoch(metrics)
+        if collapsed:
+            log.warning("catastrophic overfitting at epoch %d: guard PGD accuracy %.3f fell more than %.2f below its "
+                        "best %.3f (epoch %d); stopping and keeping the epoch-%d weights", epoch + 1,
+                        metrics["guard_pgd_accuracy"], config.guard_drop, state.best_guard, state.best_epoch,
+                        state.best_epoch)
+            break
+    final_state = state.best_state if state.stopped_early else model.state_dict()
+    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "state_dict": final_state,
+               "epochs_completed": state.epoch, "selected_epoch": state.best_epoch if state.stopped_early else state.epoch,
+               "stopped_early": state.stopped_early, "history": state.history}
+    if env.main:
+        save_checkpoint(out, payload)
+    if env.world > 1:
+        dist.barrier()
+    return payload

@@ -1,0 +1,91 @@
+"""Shared fixtures: an isolated KARP_HOME, real MNIST from KARP_TEST_DATA, small trained models.
+
+MNIST tests read the data directory from KARP_TEST_DATA (default ../shared/data next to the
+repository). Outside CI they skip with a reason when it is missing; .ci/run sets
+KARP_REQUIRE_TEST_DATA=1, which turns a missing directory into a failure instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from robustbench_karp.data import DATASETS, load_split
+from robustbench_karp.harness import new_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def karp_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "karp-home"
+    monkeypatch.setenv("KARP_HOME", str(home))
+    monkeypatch.delenv("KARP_DATA_DIR", raising=False)
+    return home
+
+
+def mnist_data_dir() -> Path | None:
+    path = Path(os.environ.get("KARP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
+    return path if (path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file() else None
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    path = mnist_data_dir()
+    if path is None:
+        if os.environ.get("KARP_REQUIRE_TEST_DATA"):
+            pytest.fail("KARP_REQUIRE_TEST_DATA is set but MNIST is missing under KARP_TEST_DATA")
+        pytest.skip("real MNIST not found: set KARP_TEST_DATA to a directory holding MNIST/raw")
+    return path
+
+
+def quick_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 2e-3,
+                batch_size: int = 64, seed: int = 0) -> torch.nn.Module:
+    """A plain Adam/cross-entropy loop, independent of the project's training loop."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=gen).split(batch_size):
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    spec = DATASETS.get("digits")
+    return load_split(spec, train=True), load_split(spec, train=False)
+
+
+@pytest.fixture(scope="session")
+def digits_model(digits):
+    """smallcnn trained on the digits for a few seconds: about 97% test accuracy."""
+    train, _ = digits
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = new_model("smallcnn", "digits")
+    x, y = train.batch(torch.arange(len(train)))
+    return quick_train(model, x, y, epochs=8)
+
+
+@pytest.fixture(scope="session")
+def mnist_model(mnist_dir):
+    """smallcnn trained by the suite on the first 12000 real MNIST training images (one pass, ~97%)."""
+    train = load_split(DATASETS.get("mnist"), train=True, data_dir=mnist_dir, download=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = new_model("smallcnn", "mnist")
+    x, y = train.batch(torch.arange(12000))
+    return quick_train(model, x, y, epochs=1, lr=1e-3, batch_size=100)
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_dir):
+    return load_split(DATASETS.get("mnist"), train=False, data_dir=mnist_dir, download=False)
