@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from robustbench_karp.context import RunContext
 from robustbench_karp.registry import Registry
 from robustbench_karp.threat import ThreatModel
 
@@ -40,7 +41,15 @@ class Attack:
 
     def config(self) -> dict[str, Any]:
         """Name and every parameter: serialized into each record."""
-        return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}}
+
+    def bind(self, context: RunContext) -> Attack:
+        """This attack for a given run; attacks that train on the run's data (AdvGAN) fill in fields here."""
+        return self
+
+    def provenance(self, model) -> dict[str, Any]:
+        """Extra facts for the record after a run (e.g. the sha256 of a trained generator)."""
+        return {}
 
 
 def register(name: str):

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustbench_karp.context import RunContext
 from robustbench_karp.registry import Registry
 from robustbench_karp.threat import ThreatModel
 
@@ -73,6 +74,18 @@ class Defense:
     @classmethod
     def recipe_for(cls, dataset: str) -> Recipe:
         return cls.recipes.get(dataset, cls.recipes["default"])
+
+    def classifier_defense(self) -> Defense:
+        """The defense whose loss and recipe train the classifier checkpoint (a purifier names its base)."""
+        return self
+
+    def wrap(self, classifier: nn.Module, context: RunContext) -> nn.Module:
+        """The model the harness attacks; a purifier defense puts its purifier in front of the classifier."""
+        return classifier
+
+    def adaptive_attacks(self) -> list:
+        """Attacks an honest evaluation of this defense must add (BPDA/EOT for a purifier)."""
+        return []
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}

@@ -115,9 +115,9 @@ def run_attacks(
     n = len(clean_t)
     return EvalResult(
         n_examples=n,
-        clean_accuracy=clean_t.float().mean().item(),
-        robust_accuracy=robust_t.float().mean().item(),
-        per_attack={name: count / n for name, count in robust_after.items()},
+        clean_accuracy=int(clean_t.sum()) / max(n, 1),
+        robust_accuracy=int(robust_t.sum()) / max(n, 1),
+        per_attack={name: count / max(n, 1) for name, count in robust_after.items()},
         clean=clean_t.tolist(),
         robust=robust_t.tolist(),
         elapsed_seconds=time.perf_counter() - start,

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from robustbench_karp.attacks import Attack
+from robustbench_karp.context import RunContext
 from robustbench_karp.data import DATASETS, load_split, subset_indices
+from robustbench_karp.defenses import build_defense
 from robustbench_karp.engine import expand, resolve_device, run_attacks
 from robustbench_karp.models import Classifier, create_model
 from robustbench_karp.store import CheckpointError, ResultsStore, config_hash, file_sha256, karp_home, load_checkpoint
@@ -142,21 +144,29 @@ class EvalRequest:
 
 
 def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.Module, dict[str, Any], torch.device]:
-    """Resolve the request: (model in eval mode on device, provenance dict, device)."""
+    """Resolve the request: (model to attack, in eval mode on device; provenance; device).
+
+    The classifier comes from --checkpoint or the store (trained with the defense's classifier
+    recipe when missing); the defense then wraps it (a purifier defense puts its purifier in front).
+    """
     spec = DATASETS.get(req.dataset)
     device = resolve_device(req.device)
+    defense = build_defense(req.defense)
     if req.checkpoint:
-        path, train_config = Path(req.checkpoint), None
+        path = Path(req.checkpoint)
     else:
-        train_config = make_train_config(req.model, req.dataset, req.defense, seed=req.seed)
+        train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name, seed=req.seed)
         path = obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
                                  callbacks=train_callbacks)
-    model = new_model(req.model, req.dataset)
-    payload = load_weights(model, path)
+    classifier = new_model(req.model, req.dataset)
+    payload = load_weights(classifier, path)
     stored = payload.get("config") if isinstance(payload.get("config"), dict) else None
-    defense = stored["defense"]["name"] if stored else req.defense
-    provenance = {"model": req.model, "dataset": spec.name, "defense": defense, "checkpoint": str(path),
-                  "checkpoint_sha256": file_sha256(path), "train_config": stored}
+    sha = file_sha256(path)
+    context = RunContext(dataset=spec.name, model=req.model, data_dir=req.data_dir, download=req.download,
+                         device=device, seed=req.seed, checkpoint_sha256=sha)
+    model = defense.wrap(classifier.to(device).eval(), context)
+    provenance = {"model": req.model, "dataset": spec.name, "defense": req.defense, "defense_config": defense.config(),
+                  "checkpoint": str(path), "checkpoint_sha256": sha, "train_config": stored}
     return model.to(device).eval(), provenance, device
 
 
@@ -171,18 +181,25 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
     test = load_split(spec, train=False, data_dir=req.data_dir, download=req.download)
     n = req.n_examples if req.n_examples is not None else min(1000, len(test))
     indices = subset_indices(len(test), n)
-    attacks = [a.config() for a in req.attacks]
-    config = {**{k: provenance[k] for k in ("model", "dataset", "defense", "checkpoint_sha256")},
+    context = RunContext(dataset=spec.name, model=req.model, data_dir=req.data_dir, download=req.download,
+                         device=device, seed=req.seed, checkpoint_sha256=provenance["checkpoint_sha256"])
+    requested = list(req.attacks)
+    names = {a.name for a in requested}
+    requested += [a for a in build_defense(req.defense).adaptive_attacks() if a.name not in names]
+    bound = [a.bind(context) for a in requested]
+    attacks = [a.config() for a in bound]
+    config = {**{k: provenance[k] for k in ("model", "dataset", "defense_config", "checkpoint_sha256")},
               "attacks": attacks, "norm": threat.norm.value, "eps": threat.eps, "n_examples": n,
               "seed": req.seed, "batch_size": req.batch_size}
     if on_start:
         on_start(n)
     gen = torch.Generator(device=device).manual_seed(req.seed)
     batches = ((x, y) for _, x, y in test.batches(indices, req.batch_size))
-    result = run_attacks(model, batches, req.attacks, threat, gen, device, on_batch=on_batch)
+    result = run_attacks(model, batches, bound, threat, gen, device, on_batch=on_batch)
+    extra = {a.name: a.provenance(model) for a in bound if a.provenance(model)}
     record = {
         "id": config_hash(config), **config, **provenance,
-        "attack_order": [name for name, _ in expand(req.attacks)],
+        "attack_order": [name for name, _ in expand(bound)], "attack_provenance": extra,
         "indices": indices.tolist(),
         "clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy,
         "per_attack": result.per_attack,
