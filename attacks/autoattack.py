@@ -72,6 +72,7 @@ class FABT(Attack):
 @register("square")
 @dataclass(frozen=True)
 class Square(Attack):
+    black_box = True
     queries: int = 5000
     restarts: int = 1
 

@@ -31,6 +31,11 @@ class Attack:
     """Base of the registered attack dataclasses."""
 
     name: typing.ClassVar[str] = ""
+    # What the sanity checks need to know about an attack (robustbench_karp.checks).
+    single_step: typing.ClassVar[bool] = False
+    black_box: typing.ClassVar[bool] = False  # uses only the model's outputs
+    adaptive: typing.ClassVar[bool] = False  # built to get through preprocessing defenses (BPDA, EOT, transfer)
+    eot: typing.ClassVar[bool] = False  # averages gradients over the model's randomness
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -113,6 +118,22 @@ def build_attack(name: str, options: dict[str, Any] | None = None) -> Attack:
     if unknown:
         raise ValueError(f"attack {name!r} has no option {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
     return cls(**{k: coerce(v, hints[k], k) for k, v in options.items()})
+
+
+def attack_from_config(config: dict[str, Any]) -> Attack:
+    """The attack a record's `attacks` entry describes (the inverse of Attack.config())."""
+    config = dict(config)
+    name = config.pop("name")
+    if name.startswith("torchattacks:"):
+        from robustbench_karp.attacks.torchattacks_adapter import TorchAttack
+
+        return TorchAttack.from_options(config["cls_name"], dict(config.get("kwargs") or {}))
+    cls = ATTACKS.get(name)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(config) - set(fields))
+    if unknown:
+        raise ValueError(f"attack {name!r} has no option {', '.join(unknown)} (recorded by another version?)")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
 
 
 def check_positive(**values: float) -> None:

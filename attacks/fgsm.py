@@ -23,6 +23,7 @@ from robustbench_karp.threat import ThreatModel, ascend
 @register("fgsm")
 @dataclass(frozen=True)
 class FGSM(Attack):
+    single_step = True
     loss: str = "ce"
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:

@@ -27,6 +27,8 @@ from robustbench_karp.attacks.base import Attack, coerce
 from robustbench_karp.threat import ThreatModel
 
 _NORM_NAMES = {"linf": "Linf", "l2": "L2"}
+_SINGLE_STEP = {"FGSM", "FFGSM", "RFGSM"}
+_BLACK_BOX = {"Square", "OnePixel", "Pixle", "SPSA"}
 
 
 def torchattacks_names() -> list[str]:
@@ -102,6 +104,18 @@ class TorchAttack(Attack):
     @property
     def name(self) -> str:  # type: ignore[override]
         return f"torchattacks:{self.cls_name}"
+
+    @property
+    def single_step(self) -> bool:  # type: ignore[override]
+        return self.cls_name in _SINGLE_STEP
+
+    @property
+    def black_box(self) -> bool:  # type: ignore[override]
+        return self.cls_name in _BLACK_BOX
+
+    @property
+    def eot(self) -> bool:  # type: ignore[override]
+        return self.cls_name == "EOTPGD"
 
     @classmethod
     def from_options(cls, cls_name: str, options: dict[str, Any]) -> TorchAttack:

@@ -29,6 +29,7 @@ _CIFAR = Recipe(epochs=15, optimizer="sgd", lr=0.2, weight_decay=5e-4, schedule=
 @dataclass(frozen=True)
 class FGSMAT(Defense):
     step_scale: float = 1.25
+    clip_start: bool = True
     attack_eval_mode: bool = False
     recipes = {
         "default": Recipe(epochs=10, optimizer="adam", lr=1e-3, schedule="onecycle", eps_ramp_epochs=2),
@@ -41,7 +42,8 @@ class FGSMAT(Defense):
 
     def loss(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator):
         with inner_attack_mode(model, self.attack_eval_mode) as inner:
+            start = threat.random_point(x, gen, clip=self.clip_start)
             x_adv, _ = ascend(x, untargeted_objective(inner, y), threat, steps=1,
-                              step_size=self.step_scale * threat.eps, random_start=True, gen=gen)
+                              step_size=self.step_scale * threat.eps, random_start=True, gen=gen, start=start)
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits

@@ -34,6 +34,13 @@ def eps_list(text: str) -> list[float]:
     return values
 
 
+def single_eps(text: str) -> float:
+    values = eps_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError("give one eps here")
+    return values[0]
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -117,12 +124,40 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--momentum", type=number)
     tr.add_argument("--weight-decay", type=number)
     tr.add_argument("--eps-ramp-epochs", type=number)
+    tr.add_argument("--train-size", type=positive_int, default=None, help="train on the first N training points only")
     tr.add_argument("--amp", choices=["bf16"], default=None, help="bf16 mixed precision for the training step")
     tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run of this configuration")
     tr.add_argument("--force", action="store_true", help="retrain even if the checkpoint exists")
     tr.add_argument("--out", type=Path, default=None, help="also write a copy of the checkpoint here")
     tr.add_argument("--tensorboard", type=Path, default=None, metavar="DIR")
+
+    cmp = sub.add_parser("compare", help="fill the defenses x attacks matrix (trains and evaluates what is missing)")
+    add_common(cmp)
+    cmp.add_argument("--defenses", required=True, help="comma-separated defenses, e.g. standard,fgsm-at,pgd-at,trades")
+    cmp.add_argument("--attacks", default="fgsm,pgd", help="comma-separated attacks, one column each")
+    cmp.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE", help="e.g. pgd.steps=50")
+    cmp.add_argument("--eps", type=single_eps, default=None)
+    cmp.add_argument("--n-examples", type=positive_int, default=None)
+    cmp.add_argument("--batch-size", type=positive_int, default=500)
+
+    lb = sub.add_parser("leaderboard", help="render or publish the leaderboard, or import an external result")
+    lb_sub = lb.add_subparsers(dest="action", required=True)
+    for action, text in [("build", "render the store into the repository's leaderboard/"),
+                         ("publish", "render the same site into --out DIR")]:
+        p = lb_sub.add_parser(action, help=text)
+        p.add_argument("--dataset", default=None)
+        p.add_argument("--norm", default=None, choices=["linf", "l2"])
+        p.add_argument("--eps", type=eps_list, default=None, help="only these eps (comma-separated)")
+        p.add_argument("--out", type=Path, required=action == "publish", default=None)
+    ext = lb_sub.add_parser("add-external", help="import a RobustBench model_info JSON as an external entry")
+    ext.add_argument("file", type=Path)
+
+    rep = sub.add_parser("reproduce", help="re-run a record from its configuration and compare every number")
+    rep.add_argument("id", help="record id (see leaderboard/entries/*.json)")
+    rep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    rep.add_argument("--data-dir", type=Path, default=None)
+    rep.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
 
     sub.add_parser("list", help="registered models, datasets, attacks and defenses")
     return parser

@@ -116,7 +116,8 @@ def cmd_evaluate(args) -> int:
     for eps in args.eps or [None]:
         req = EvalRequest(**{**base.__dict__, "eps": eps})
         with EvalProgress() as progress:
-            record = run_evaluation(req, prepared=prepared, on_start=progress.start, on_batch=progress.update)
+            record = run_evaluation(req, prepared=prepared, on_start=progress.start, on_batch=progress.update,
+                                    sweep=records)
         records.append(record)
         if not args.json:
             print_record(record)
@@ -144,7 +145,7 @@ def cmd_train(args) -> int:
 
     from robustbench_karp.engine import resolve_device
     from robustbench_karp.harness import checkpoint_dir
-    from robustbench_karp.train import TensorBoardCallback, fit, make_train_config
+    from robustbench_karp.train import ResumeError, TensorBoardCallback, fit, make_train_config
 
     DATASETS.get(args.dataset), MODELS.get(args.model)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "momentum",
@@ -153,7 +154,7 @@ def cmd_train(args) -> int:
         raise ValueError("train takes a single --eps")
     config = make_train_config(args.model, args.dataset, args.defense, defense_options=dict(args.defense_arg),
                                recipe_overrides=overrides, norm=args.norm, eps=args.eps[0] if args.eps else None,
-                               seed=args.seed)
+                               seed=args.seed, train_size=args.train_size)
     out = checkpoint_dir() / f"{config.stem()}.pt"
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if out.is_file() and not (args.force or args.resume):
@@ -161,6 +162,8 @@ def cmd_train(args) -> int:
             print(f"already trained: {out} (use --force to retrain)")
         _copy(out, args.out)
         return 0
+    if args.resume and not out.with_suffix(".last.pt").is_file():
+        raise ResumeError(f"--resume: no interrupted run to resume ({out.with_suffix('.last.pt')} does not exist)")
     callbacks = [TqdmTraining()] if main_rank else []
     if args.tensorboard and main_rank:
         callbacks.append(TensorBoardCallback(args.tensorboard))
@@ -198,8 +201,9 @@ def cmd_list(args) -> int:
     return 0
 
 
-COMMANDS = {"evaluate": cmd_evaluate, "train": cmd_train, "list": cmd_list}
-
-
 def run(args: argparse.Namespace) -> int:
-    return COMMANDS[args.command](args)
+    from robustbench_karp import cli_publish
+
+    commands = {"evaluate": cmd_evaluate, "train": cmd_train, "list": cmd_list, "compare": cli_publish.cmd_compare,
+                "leaderboard": cli_publish.cmd_leaderboard, "reproduce": cli_publish.cmd_reproduce}
+    return commands[args.command](args)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustbench_karp import checks
 from robustbench_karp.attacks import Attack
 from robustbench_karp.context import RunContext
 from robustbench_karp.data import DATASETS, load_split, subset_indices
@@ -170,14 +171,22 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
     return model.to(device).eval(), provenance, device
 
 
-def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train_callbacks: list | None = None,
-                   on_batch: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
-                   prepared: tuple | None = None) -> dict[str, Any]:
-    """Evaluate, build the record, append it to the store (only once complete), return it."""
+@dataclass
+class Plan:
+    """A resolved evaluation: everything the record id depends on, before any attack runs."""
+
+    config: dict[str, Any]
+    id: str
+    attacks: list[Attack]  # bound to the run; the defense's adaptive attacks appended
+    threat: ThreatModel
+    indices: torch.Tensor
+    test: Any  # ImageSet of the test split
+
+
+def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     spec = DATASETS.get(req.dataset)
-    eps = spec.default_eps[req.norm] if req.eps is None else req.eps
-    threat = ThreatModel(req.norm, eps)
-    model, provenance, device = prepared or prepare(req, train_callbacks)
+    threat = ThreatModel(req.norm, spec.default_eps[req.norm] if req.eps is None else req.eps)
+    _, provenance, device = prepared
     test = load_split(spec, train=False, data_dir=req.data_dir, download=req.download)
     n = req.n_examples if req.n_examples is not None else min(1000, len(test))
     indices = subset_indices(len(test), n)
@@ -187,28 +196,44 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
     names = {a.name for a in requested}
     requested += [a for a in build_defense(req.defense).adaptive_attacks() if a.name not in names]
     bound = [a.bind(context) for a in requested]
-    attacks = [a.config() for a in bound]
     config = {**{k: provenance[k] for k in ("model", "dataset", "defense_config", "checkpoint_sha256")},
-              "attacks": attacks, "norm": threat.norm.value, "eps": threat.eps, "n_examples": n,
-              "seed": req.seed, "batch_size": req.batch_size}
+              "attacks": [a.config() for a in bound], "norm": threat.norm.value, "eps": threat.eps,
+              "n_examples": n, "seed": req.seed, "batch_size": req.batch_size}
+    return Plan(config, config_hash(config), bound, threat, indices, test)
+
+
+def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train_callbacks: list | None = None,
+                   on_batch: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
+                   prepared: tuple | None = None, plan: Plan | None = None,
+                   sweep: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Evaluate, run the sanity checks, build the record, append it to the store once complete, return it.
+
+    sweep: the records of smaller eps of the same sweep, for the monotonicity check.
+    """
+    prepared = prepared or prepare(req, train_callbacks)
+    model, provenance, device = prepared
+    plan = plan or plan_evaluation(req, prepared)
     if on_start:
-        on_start(n)
+        on_start(len(plan.indices))
     gen = torch.Generator(device=device).manual_seed(req.seed)
-    batches = ((x, y) for _, x, y in test.batches(indices, req.batch_size))
-    result = run_attacks(model, batches, bound, threat, gen, device, on_batch=on_batch)
-    extra = {a.name: a.provenance(model) for a in bound if a.provenance(model)}
+    batches = ((x, y) for _, x, y in plan.test.batches(plan.indices, req.batch_size))
+    result = run_attacks(model, batches, plan.attacks, plan.threat, gen, device, on_batch=on_batch)
+    order = [name for name, _ in expand(plan.attacks)]
+    x, y = plan.test.batch(plan.indices[: min(len(plan.indices), 200)])
+    warnings = result.warnings + checks.run_checks(model, x.to(device), y.to(device), result, plan.attacks, order,
+                                                    plan.threat, device, sweep or [])
     record = {
-        "id": config_hash(config), **config, **provenance,
-        "attack_order": [name for name, _ in expand(bound)], "attack_provenance": extra,
-        "indices": indices.tolist(),
+        "id": plan.id, **plan.config, **provenance,
+        "attack_order": order, "attack_provenance": {a.name: a.provenance(model) for a in plan.attacks if a.provenance(model)},
+        "non_adaptive_accuracy": checks.non_adaptive_accuracy(result, plan.attacks, order),
+        "indices": plan.indices.tolist(),
         "clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy,
         "per_attack": result.per_attack,
         "clean_mask": "".join("1" if c else "0" for c in result.clean),
         "robust_mask": "".join("1" if r else "0" for r in result.robust),
         "elapsed_seconds": result.elapsed_seconds, "device": str(device),
         "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "warnings": result.warnings, "config": config,
+        "warnings": warnings, "config": plan.config,
     }
     (store or ResultsStore()).append(record)
     return record
-

@@ -69,8 +69,8 @@ class ThreatModel:
         """Steepest-ascent direction of unit norm: sign(g) for Linf, g/||g|| for L2."""
         return g.sign() if self.norm is Norm.LINF else g / _flat_norm(g)
 
-    def random_point(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """A uniform random point of the ball around x, clipped to [0, 1]."""
+    def random_point(self, x: torch.Tensor, gen: torch.Generator, clip: bool = True) -> torch.Tensor:
+        """A uniform random point of the ball around x, clipped to [0, 1] unless clip=False."""
         if self.norm is Norm.LINF:
             delta = (2 * random_uniform(x.shape, gen, x) - 1) * self.eps
         else:
@@ -79,7 +79,7 @@ class ThreatModel:
             dim = x[0].numel()
             radius = random_uniform((x.shape[0],), gen, x) ** (1.0 / dim) * self.eps
             delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
-        return self.project(x + delta, x)
+        return self.project(x + delta, x) if clip else x + delta
 
 
 def check_budget(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> None:
@@ -115,14 +115,15 @@ def ascend(
     objective(x_adv, idx) -> (loss (b,), done (b,) bool or None), where idx (b,) are the positions
     in x of the rows of x_adv. With stop_when_done, a row leaves the batch at its first `done`
     iterate, which is kept: later steps cost nothing for it and can never undo it. `start`, when
-    given, replaces the random or clean starting point (it is projected into the ball first).
+    given, replaces the random or clean starting point and is used as given (even outside [0, 1]);
+    every returned point is projected.
 
     Returns (x_adv (B, ...), done (B,) bool). The input x is never modified; parameters' .grad
     are untouched because gradients are taken with autograd.grad with respect to x_adv only.
     """
     x = x.detach()
     if start is not None:
-        out = threat.project(start.detach(), x)
+        out = start.detach().clone()  # as given (it may leave [0, 1]); every later iterate is projected
     else:
         out = threat.random_point(x, gen) if random_start else x.clone()
     done_all = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -134,7 +135,7 @@ def ascend(
         (g,) = torch.autograd.grad(loss.sum(), x_adv)
         x_adv = x_adv.detach()
         if stop_when_done and done is not None and done.any():
-            out[idx[done]] = x_adv[done]
+            out[idx[done]] = threat.project(x_adv[done], x_ref[done])  # a no-op after the first step
             done_all[idx[done]] = True
             keep = ~done
             idx, x_adv, x_ref, g = idx[keep], x_adv[keep], x_ref[keep], g[keep]

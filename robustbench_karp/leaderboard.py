@@ -1,0 +1,284 @@
+"""The leaderboard: evaluation records -> ranked entries -> a static site, all pure functions.
+
+    entries = build_entries(ResultsStore().records(), checkpoint_exists=lambda p: Path(p).is_file())
+    render_site(entries, Path("leaderboard"))  # entries/*.json, README.md, results.csv, index.html, curves/*.png
+
+An entry is one (model, dataset, defense, checkpoint, norm, eps). Its robust accuracy is the
+per-example worst case over every attack run on it (the AND of its records' robust masks), never
+the most favourable attack. Data stay fractions; percentages exist only in the rendered files.
+Same entries in, byte-identical files out: no clock, no randomness, no environment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from robustbench_karp.leaderboard_html import COLUMNS, boards, curve_png, eps_label, render_html, slug
+from robustbench_karp.leaderboard_import import import_robustbench
+from robustbench_karp.store import atomic_write_bytes, config_hash
+
+__all__ = ["wilson_interval", "build_entries", "curves", "render_site", "import_robustbench", "eps_label"]
+
+GROUP_FIELDS = ("model", "dataset", "defense", "checkpoint_sha256", "norm", "eps")
+REQUIRED_FIELDS = ("id", "model", "dataset", "defense", "norm", "eps", "clean_accuracy", "robust_accuracy")
+BULKY_FIELDS = ("clean_mask", "robust_mask", "indices")  # kept out of the published provenance
+Z95 = 1.959964
+CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "model", "defense", "checkpoint_sha256",
+               "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low", "robust_ci_high",
+               "n", "attacks", "seeds", "flags", "reproducible", "external", "record_ids"]
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of the proportion k/n (95% for the default z), as fractions.
+
+    Unlike the normal approximation it stays inside [0, 1] and does not collapse at k = 0 or k = n.
+    n = 0 carries no evidence, so the interval is the whole range.
+    """
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson_interval: need 0 <= k <= n, got k={k}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # The exact bounds at k = 0 and k = n are 0 and 1; rounding would leave +-1e-17 there.
+    return (0.0 if k == 0 else max(0.0, center - half)), (1.0 if k == n else min(1.0, center + half))
+
+
+def _age(record: dict[str, Any]) -> tuple[bool, str]:
+    created = str(record.get("created_utc") or "unknown")
+    return created != "unknown", created  # ISO-8601 UTC strings sort in time order; "unknown" is oldest
+
+
+def _check_record(record: dict[str, Any]) -> None:
+    missing = [f for f in REQUIRED_FIELDS if record.get(f) is None]
+    if missing:
+        raise ValueError(f"record {record.get('id', '?')}: missing field(s) {', '.join(missing)}")
+
+
+def _group_key(record: dict[str, Any]) -> tuple:
+    return tuple(float(record[f]) if f == "eps" else record.get(f) for f in GROUP_FIELDS)
+
+
+def _combinable_sets(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Records that can be ANDed per example (masks on identical test points); the others stand alone."""
+    by_indices: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    alone = []
+    for r in records:
+        if r.get("robust_mask") and r.get("clean_mask") and r.get("indices") is not None:
+            by_indices.setdefault(tuple(r["indices"]), []).append(r)
+        else:
+            alone.append([r])
+    return list(by_indices.values()) + alone
+
+
+def _set_size(records: list[dict[str, Any]]) -> int:
+    first = records[0]
+    return len(first["indices"]) if first.get("robust_mask") else int(first.get("n_examples") or 0)
+
+
+def _choose_set(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records the entry is computed from, records left out): most points, then most records,
+    then the lowest robust accuracy (a tie never goes to the favourable side), then record ids."""
+    sets = _combinable_sets(records)
+    chosen = max(sets, key=lambda s: (_set_size(s), len(s), -min(r["robust_accuracy"] for r in s),
+                                      [r["id"] for r in s]))
+    return chosen, [r for s in sets if s is not chosen for r in s]
+
+
+def _and_masks(records: list[dict[str, Any]], field: str, n: int) -> int:
+    """The AND of the records' '0'/'1' masks, as an int whose bits are the test points."""
+    combined = (1 << n) - 1
+    for r in records:
+        mask = r[field]
+        if len(mask) != n or set(mask) - {"0", "1"}:
+            raise ValueError(f"record {r['id']}: {field} must be {n} characters of '0'/'1' (one per index)")
+        combined &= int(mask, 2)
+    return combined
+
+
+def _counts(chosen: list[dict[str, Any]]) -> tuple[int, int, int, list[str]]:
+    """(correct clean, robust in the worst case, n, notes) of the chosen records."""
+    first = chosen[0]
+    n = _set_size(chosen)
+    if not first.get("robust_mask"):  # an external or mask-less record: only its reported fractions
+        return round(first["clean_accuracy"] * n), round(first["robust_accuracy"] * n), n, []
+    if n == 0:
+        return 0, 0, 0, []
+    clean = _and_masks(chosen, "clean_mask", n)
+    robust = _and_masks(chosen, "robust_mask", n) & clean
+    notes = []
+    if len({r["clean_mask"] for r in chosen}) > 1:
+        notes.append("clean predictions differ between records (a randomized model?): clean accuracy is their AND")
+    return clean.bit_count(), robust.bit_count(), n, notes
+
+
+def _per_attack(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy after each attack; a cascade [a, b] gives 'a' and the cumulative 'a+b'. Repeats keep the worst."""
+    out: dict[str, float] = {}
+    for r in records:
+        per_attack = r.get("per_attack") or {}
+        order = list(r.get("attack_order") or per_attack)
+        for i, name in enumerate(order):
+            if name in per_attack:
+                label = "+".join(order[: i + 1])
+                out[label] = min(float(per_attack[name]), out.get(label, math.inf))
+    return dict(sorted(out.items()))
+
+
+def _attack_names(records: list[dict[str, Any]]) -> list[str]:
+    names: dict[str, None] = {}  # insertion-ordered set: first appearance, oldest record first
+    for r in records:
+        names.update(dict.fromkeys(r.get("attack_order") or r.get("per_attack") or []))
+    return list(names)
+
+
+def _reproducibility(chosen: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> str:
+    if any(r.get("source") == "external" for r in chosen):
+        return "external"
+    return "yes" if any(r.get("checkpoint") and checkpoint_exists(r["checkpoint"]) for r in chosen) else \
+        "no: checkpoint missing"
+
+
+def _entry(key: tuple, records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> dict[str, Any]:
+    records = sorted(records, key=lambda r: (_age(r), r["id"]))
+    chosen, left_out = _choose_set(records)
+    k_clean, k_robust, n, notes = _counts(chosen)
+    if left_out:
+        notes.append(f"worst case over the {len(chosen)} record(s) on the largest common set of {n} test points; "
+                     f"left out (other test points): {', '.join(r['id'] for r in left_out)}")
+    masked = bool(chosen[0].get("robust_mask"))
+    reproducibility = _reproducibility(chosen, checkpoint_exists)
+    fields = dict(zip(GROUP_FIELDS, key))
+    return {
+        "entry_id": config_hash(fields), **fields, "eps_label": eps_label(key[5]),
+        "clean_accuracy": k_clean / n if masked and n else float(chosen[0]["clean_accuracy"]),
+        "robust_accuracy": k_robust / n if masked and n else float(chosen[0]["robust_accuracy"]),
+        "clean_ci": list(wilson_interval(k_clean, n)), "robust_ci": list(wilson_interval(k_robust, n)),
+        "n": n, "k_clean": k_clean, "k_robust": k_robust,
+        "attacks": _attack_names(chosen), "per_attack": _per_attack(chosen),
+        "record_ids": [r["id"] for r in chosen], "left_out_record_ids": [r["id"] for r in left_out],
+        "seeds": sorted({r["seed"] for r in chosen if r.get("seed") is not None}),
+        "versions": {r["id"]: r.get("versions") or {} for r in chosen},
+        "flags": sorted({str(w) for r in records for w in r.get("warnings") or []}),
+        "external": reproducibility == "external", "tool": next((r.get("tool") for r in chosen if r.get("tool")), None),
+        "reproducible": reproducibility == "yes", "reproducibility": reproducibility, "notes": notes,
+        "records": [{k: v for k, v in r.items() if k not in BULKY_FIELDS} for r in records],
+    }
+
+
+def _rank_key(entry: dict[str, Any]) -> tuple:
+    return (entry["dataset"], entry["norm"], entry["eps"], -entry["robust_accuracy"], -entry["clean_accuracy"],
+            entry["model"], entry["defense"], entry["entry_id"])
+
+
+def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """Leaderboard entries, one per (model, dataset, defense, checkpoint_sha256, norm, eps), ranked.
+
+    Within a group the newest record of each id counts (records are immutable; a re-run is newer).
+    A missing checkpoint makes an entry not reproducible; it is never dropped.
+
+    Args:
+        records: evaluation records (harness.run_evaluation) and imported external ones.
+        checkpoint_exists: whether a record's checkpoint path still exists (injected: this stays pure).
+    """
+    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for record in records:
+        _check_record(record)
+        newest = groups.setdefault(_group_key(record), {})
+        old = newest.get(record["id"])
+        if old is None or _age(record) >= _age(old):
+            newest[record["id"]] = record
+    entries = [_entry(key, list(by_id.values()), checkpoint_exists) for key, by_id in groups.items()]
+    return sorted(entries, key=_rank_key)
+
+
+def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], list[tuple[float, float]]]:
+    """Robustness curves: (dataset, norm, model, defense) -> [(eps, robust accuracy)] sorted by eps.
+
+    eps = 0 entries are the clean points. Entries of several checkpoints at one eps all stay.
+    """
+    out: dict[tuple[str, str, str, str], list[tuple[float, float]]] = {}
+    for e in entries:
+        out.setdefault((e["dataset"], e["norm"], e["model"], e["defense"]), []).append((e["eps"], e["robust_accuracy"]))
+    return {key: sorted(points) for key, points in sorted(out.items())}
+
+
+INTRO = [
+    "Generated from evaluation records by a pure function (`robustbench_karp.leaderboard.render_site`); do not edit by hand.",
+    "Regenerate a table with the command shown under its title, e.g. "
+    "`karp-robust leaderboard build --dataset mnist --norm linf --eps 0.3`.",
+    "Re-run a row with `karp-robust reproduce <record id>`; each entry's record ids are in `entries/<entry id>.json`.",
+    "Robust accuracy is the per-example worst case over every attack run on the entry, never the best attack; "
+    "brackets are 95% Wilson intervals. A flag is a warning from the sanity checks (e.g. gradient masking).",
+]
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(tables: list[dict[str, Any]], figures: list[tuple[str, str, bytes]]) -> str:
+    lines = ["# karp-robust leaderboard", ""] + [f"- {line}" for line in INTRO]
+    for board in tables:
+        rows = [[_md_cell(text) for text, _ in row["cells"]] for row in board["rows"]]
+        table = tabulate(rows, headers=[name for name, _ in COLUMNS], tablefmt="github", disable_numparse=True)
+        lines += ["", f"## {board['title']}", "", f"`{board['command']}`", "", table, "", board["separation"]]
+        if board["notes"]:
+            lines += [""] + [f"- Note {_md_cell(note)}" for note in board["notes"]]
+    lines += ["", "## Robustness curves", ""] + [f"![{alt}]({path})" for path, alt, _ in figures]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(entries: list[dict[str, Any]]) -> str:
+    rows = [{**{c: e.get(c) for c in CSV_COLUMNS}, "clean_ci_low": e["clean_ci"][0], "clean_ci_high": e["clean_ci"][1],
+             "robust_ci_low": e["robust_ci"][0], "robust_ci_high": e["robust_ci"][1],
+             "attacks": "; ".join(e["attacks"]), "seeds": "; ".join(map(str, e["seeds"])), "flags": "; ".join(e["flags"]),
+             "reproducible": e["reproducibility"], "record_ids": "; ".join(e["record_ids"])}
+            for e in sorted(entries, key=_rank_key)]
+    return pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(index=False, float_format="%.6f", lineterminator="\n")
+
+
+def figures(entries: list[dict[str, Any]]) -> list[tuple[str, str, bytes]]:
+    """(relative path, alt text, PNG bytes): one robustness-curve figure per (dataset, norm)."""
+    per_figure: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
+    for (dataset, norm, model, defense), points in curves(entries).items():
+        per_figure.setdefault((dataset, norm), {})[f"{model} / {defense}"] = points
+    out = []
+    for (dataset, norm), lines in per_figure.items():
+        alt = f"Robustness curves on {dataset} ({norm}): robust accuracy against eps, one line per model and defense"
+        out.append((f"curves/{slug(dataset)}-{slug(norm)}.png", alt, curve_png(f"{dataset} ({norm})", lines)))
+    return out
+
+
+def render_site(entries: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """Write the leaderboard site into out_dir and return the paths written.
+
+    entries/<entry_id>.json, README.md (tabulate), results.csv (pandas), index.html (self-contained)
+    and curves/<dataset>-<norm>.png. Output is a pure function of entries (byte-identical on re-run).
+    """
+    if not entries:
+        raise ValueError("no entries to publish: run `karp-robust evaluate` or `karp-robust compare` first")
+    ids = [e["entry_id"] for e in entries]
+    if len(set(ids)) != len(ids):
+        raise ValueError("render_site: duplicate entry ids (pass the output of build_entries once)")
+    tables, figs = boards(sorted(entries, key=_rank_key)), figures(entries)
+    files: dict[str, bytes] = {f"entries/{e['entry_id']}.json": (json.dumps(e, sort_keys=True, indent=2) + "\n").encode()
+                               for e in sorted(entries, key=lambda e: e["entry_id"])}
+    files["README.md"] = render_markdown(tables, figs).encode()
+    files["results.csv"] = render_csv(entries).encode()
+    files["index.html"] = render_html(INTRO, tables, COLUMNS, figs).encode()
+    files.update({path: png for path, _, png in figs})
+    written = []
+    for rel, content in files.items():
+        atomic_write_bytes(Path(out_dir) / rel, lambda f, c=content: f.write(c))
+        written.append(Path(out_dir) / rel)
+    return written

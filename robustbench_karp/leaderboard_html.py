@@ -1,0 +1,216 @@
+"""The rendered views of the leaderboard: its tables, the robustness-curve PNGs and the static page.
+
+index.html is self-contained: inline CSS and JS, figures as data: URIs, no external URL, no fetch,
+so it works from file:// with no server and no network. Clicking a column header sorts the table
+(numbers numerically; a second click reverses). Everything here is a pure function of its input:
+PNGs come from matplotlib's Agg canvas with the default style and no Software metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+from typing import Any
+
+import matplotlib.style
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+COLUMNS = [("rank", "number"), ("model", "text"), ("defense", "text"), ("clean % [95% CI]", "number"),
+           ("robust % worst case [95% CI]", "number"), ("attacks run", "text"), ("n", "number"), ("seed", "text"),
+           ("flags", "text"), ("reproducible", "text"), ("entry id", "text")]
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+MARKERS = "osD^v<>ph*"
+FIGSIZE, DPI = (6.4, 4.0), 100  # 640 x 400 pixels
+
+
+def slug(text: str) -> str:
+    """A file- and id-safe form of text: 'CIFAR-10' -> 'cifar-10', '8/255' -> '8-255', '0.3' -> '0-3'."""
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "x"
+
+
+def eps_label(eps: float) -> str:
+    """eps as people write it: '0.3', or '8/255' when it is a whole number of 8-bit pixel steps."""
+    short = f"{eps:g}"
+    if float(short) == eps:
+        return short
+    steps = round(eps * 255)
+    return f"{steps}/255" if steps / 255 == eps else f"{eps:.6g}"
+
+
+# --- tables: one board per (dataset, norm, eps), shared by README.md and index.html ------------------
+
+def _percent_ci(accuracy: float, ci: list[float]) -> str:
+    return f"{100 * accuracy:.1f} [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _cells(rank: int, e: dict[str, Any]) -> list[tuple[str, float | int | str]]:
+    """(shown text, sort value) per column of COLUMNS."""
+    seeds = ", ".join(str(s) for s in e["seeds"]) or "-"
+    return [(str(rank), rank), (e["model"], e["model"]), (e["defense"], e["defense"]),
+            (_percent_ci(e["clean_accuracy"], e["clean_ci"]), e["clean_accuracy"]),
+            (_percent_ci(e["robust_accuracy"], e["robust_ci"]), e["robust_accuracy"]),
+            (", ".join(e["attacks"]), ", ".join(e["attacks"])), (str(e["n"]), e["n"]), (seeds, seeds),
+            ("; ".join(_short(f) for f in e["flags"]), "; ".join(e["flags"])),
+            (e["reproducibility"], e["reproducibility"]), (e["entry_id"], e["entry_id"])]
+
+
+def _separation(ranked: list[dict[str, Any]]) -> str:
+    """Which adjacent ranks are not statistically separated (overlapping 95% CIs of robust accuracy)."""
+    if len(ranked) < 2:
+        return "A single entry: nothing to separate."
+    pairs = [f"#{i + 1} and #{i + 2}" for i, (a, b) in enumerate(zip(ranked, ranked[1:]))
+             if a["robust_ci"][0] <= b["robust_ci"][1] and b["robust_ci"][0] <= a["robust_ci"][1]]
+    if not pairs:
+        return "Every pair of adjacent entries is statistically separated (95% CIs of robust accuracy do not overlap)."
+    return f"Not statistically separated (95% CIs of robust accuracy overlap): {'; '.join(pairs)}."
+
+
+def boards(ranked_entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tables of the site: entries, given in rank order (build_entries' order), grouped by (dataset, norm, eps)."""
+    grouped: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    for e in ranked_entries:
+        grouped.setdefault((e["dataset"], e["norm"], e["eps"]), []).append(e)
+    out = []
+    for (dataset, norm, eps), ranked in grouped.items():
+        label = eps_label(eps)
+        key = f"{slug(dataset)}-{slug(norm)}-{slug(label)}"
+        out.append({
+            "id": f"board-{key}", "table_id": f"table-{key}", "dataset": dataset, "norm": norm, "eps": eps,
+            "title": f"{dataset} · {norm} · ε = {label}" + (" (clean accuracy only)" if eps == 0 else ""),
+            "command": f"karp-robust leaderboard build --dataset {dataset} --norm {norm} --eps {label}",
+            "rows": [{"entry_id": e["entry_id"], "flags": e["flags"], "reproducibility": e["reproducibility"],
+                      "cells": _cells(rank, e)} for rank, e in enumerate(ranked, start=1)],
+            "separation": _separation(ranked),
+            "notes": [f"{e['entry_id']}: {note}" for e in ranked for note in e["notes"]],
+        })
+    return out
+
+
+# --- figures -----------------------------------------------------------------------------------------
+
+def curve_png(title: str, lines: dict[str, list[tuple[float, float]]]) -> bytes:
+    """One robustness-curve figure as PNG bytes: robust accuracy (%) against eps, one line per label.
+
+    Deterministic: the default style (a user's matplotlibrc does not leak in), fixed size, dpi, colors
+    and markers, and no Software metadata (which carries the matplotlib version).
+    """
+    with matplotlib.style.context("default"):
+        fig = Figure(figsize=FIGSIZE, dpi=DPI)
+        FigureCanvasAgg(fig)  # Agg canvas attached to this figure only: pyplot's global state is never touched
+        ax = fig.add_subplot()
+        for i, (label, points) in enumerate(lines.items()):
+            xs, ys = zip(*points)
+            ax.plot(xs, [100 * y for y in ys], color=COLORS[i % len(COLORS)], marker=MARKERS[i % len(MARKERS)],
+                    label=_short(label, 45))
+        ax.set(title=title, xlabel="ε (pixel units, images in [0, 1])", ylabel="robust accuracy (%)", ylim=(0, 100))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", loc="best")
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+# --- the page -------------------------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; padding: 0 1em; color: #222; }
+table.leaderboard { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+table.leaderboard th, table.leaderboard td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
+table.leaderboard th button { font: inherit; font-weight: bold; background: none; border: 0; cursor: pointer; padding: 0; }
+table.leaderboard th[aria-sort=ascending] button::after { content: " \\25B2"; }
+table.leaderboard th[aria-sort=descending] button::after { content: " \\25BC"; }
+table.leaderboard td.number { text-align: right; font-variant-numeric: tabular-nums; }
+tr.flagged { background: #fff3cd; }
+tr.flagged td:first-child { border-left: 4px solid #d9822b; }
+tr.not-reproducible td.reproducible { color: #a40000; font-weight: bold; }
+code { background: #f3f3f3; padding: 0 0.2em; }
+figure { margin: 1em 0; }
+"""
+
+# Sorts a table's rows by the clicked column's data-value; ties keep the original order, and the
+# comparison is negated as a whole so that a second click is the exact reverse of the first.
+JS = """
+"use strict";
+document.querySelectorAll("table.leaderboard").forEach(function (table) {
+  var body = table.tBodies[0];
+  Array.prototype.forEach.call(body.rows, function (row, i) { row.dataset.order = i; });
+  table.querySelectorAll("thead th").forEach(function (th, col) {
+    th.addEventListener("click", function () {
+      var ascending = th.getAttribute("aria-sort") !== "ascending";
+      table.querySelectorAll("thead th").forEach(function (other) { other.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+      var numeric = th.dataset.type === "number";
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {
+        var x = a.cells[col].dataset.value, y = b.cells[col].dataset.value, c;
+        if (numeric) { c = parseFloat(x) - parseFloat(y); } else { c = x < y ? -1 : (x > y ? 1 : 0); }
+        if (c === 0) { c = a.dataset.order - b.dataset.order; }
+        return ascending ? c : -c;
+      });
+      rows.forEach(function (row) { body.appendChild(row); });
+    });
+  });
+});
+"""
+
+
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans (the Markdown of the intro lines) as <code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
+
+
+def _table(board: dict[str, Any], columns: list[tuple[str, str]]) -> list[str]:
+    heads = "".join(f'<th scope="col" data-type="{kind}"><button type="button">{html.escape(name)}</button></th>'
+                    for name, kind in columns)
+    out = [f'<table class="leaderboard" id="{board["table_id"]}">', f"<thead><tr>{heads}</tr></thead>",
+           "<tbody>"]
+    for row in board["rows"]:
+        status = row["reproducibility"]
+        classes = " ".join(c for c, on in [("entry", True), ("flagged", row["flags"]), ("external", status == "external"),
+                                           ("not-reproducible", status.startswith("no"))] if on)
+        cells = []
+        for (text, value), (name, kind) in zip(row["cells"], columns):
+            attrs = f' class="{kind} {slug(name)}" data-value="{html.escape(str(value))}"'
+            if name == "flags" and row["flags"]:
+                attrs += f' title="{html.escape(chr(10).join(row["flags"]))}"'
+                text = f"\u26a0 {text}"
+            cells.append(f"<td{attrs}>{html.escape(text)}</td>")
+        out.append(f'<tr data-entry-id="{html.escape(row["entry_id"])}" class="{classes}">{"".join(cells)}</tr>')
+    return out + ["</tbody>", "</table>"]
+
+
+def render_html(intro: list[str], tables: list[dict[str, Any]], columns: list[tuple[str, str]],
+                figures: list[tuple[str, str, bytes]]) -> str:
+    """The whole page. figures: (path, alt text, PNG bytes), embedded as data: URIs."""
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+           '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           "<title>karp-robust leaderboard</title>", f"<style>{CSS}</style>", "</head>", "<body>",
+           "<h1>karp-robust leaderboard</h1>", '<ul class="intro">']
+    out += [f"<li>{_inline(line)}</li>" for line in intro]
+    out += ["<li>Rows marked \u26a0 carry flags; click a column header to sort.</li>", "</ul>", "<nav><ul>"]
+    out += [f'<li><a href="#{b["id"]}">{html.escape(b["title"])}</a></li>' for b in tables]
+    out += ['<li><a href="#curves">Robustness curves</a></li>', "</ul></nav>"]
+    for b in tables:
+        out += [f'<section class="board" id="{b["id"]}" data-dataset="{html.escape(b["dataset"])}" '
+                f'data-norm="{html.escape(b["norm"])}" data-eps="{b["eps"]!r}">',
+                f"<h2>{html.escape(b['title'])}</h2>", f'<p class="command"><code>{html.escape(b["command"])}</code></p>']
+        out += _table(b, columns)
+        out.append(f'<p class="separation">{html.escape(b["separation"])}</p>')
+        if b["notes"]:
+            out += ['<ul class="notes">'] + [f"<li>{html.escape(n)}</li>" for n in b["notes"]] + ["</ul>"]
+        out.append("</section>")
+    out += ['<section id="curves">', "<h2>Robustness curves</h2>"]
+    for path, alt, png in figures:
+        data = base64.b64encode(png).decode("ascii")
+        width, height = int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI)
+        out += [f'<figure><img class="curve" src="data:image/png;base64,{data}" alt="{html.escape(alt)}" '
+                f'width="{width}" height="{height}"><figcaption>{html.escape(path)}</figcaption></figure>']
+    out += ["</section>", f"<script>{JS}</script>", "</body>", "</html>"]
+    return "\n".join(out) + "\n"

@@ -1,0 +1,107 @@
+"""The rendered index.html in headless Chromium: every entry's row is there, a header click sorts, plots load.
+
+The page is the golden site of tests/test_leaderboard.py, opened from file:// (no server, no network).
+Outside CI the test skips when Chromium, chromedriver or selenium is missing; with KARP_REQUIRE_BROWSER=1
+(CI sets it) a missing browser is a failure instead. Selenium never downloads a driver: the system
+chromedriver is passed to Service and SE_OFFLINE=true.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from robustbench_karp.leaderboard import build_entries, import_robustbench, render_site
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+GOLDEN = Path(__file__).parent / "golden"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"]
+
+
+def golden_entries() -> list[dict]:
+    fixture = json.loads((GOLDEN / "records.json").read_text())
+    external = import_robustbench(fixture["robustbench_model_info"], fixture["robustbench_source"])
+    existing = set(fixture["existing_checkpoints"])
+    return build_entries(fixture["records"] + [external], checkpoint_exists=existing.__contains__)
+
+
+def browser_missing() -> str | None:
+    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
+        return "headless Chromium not installed (apt-get install chromium chromium-driver)"
+    if importlib.util.find_spec("selenium") is None:
+        return "selenium not installed (pip install selenium)"
+    return None
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    missing = browser_missing()
+    if missing and os.environ.get("KARP_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"KARP_REQUIRE_BROWSER=1 but {missing}")
+    if missing:
+        pytest.skip(missing)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in CHROMIUM_ARGS + [f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def column_order(table, column_class: str) -> tuple[list[str], list[float]]:
+    """(entry ids of the rows, the column's numeric data-value) in the order the page shows them."""
+    from selenium.webdriver.common.by import By
+
+    rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    values = [float(r.find_element(By.CSS_SELECTOR, f"td.{column_class}").get_attribute("data-value")) for r in rows]
+    return [r.get_attribute("data-entry-id") for r in rows], values
+
+
+def test_page_rows_sorting_and_plots(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    entries = golden_entries()
+    render_site(entries, tmp_path / "site")
+    browser.get((tmp_path / "site" / "index.html").as_uri())
+
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr[data-entry-id]")
+    assert len(rows) == len(entries)
+    assert sorted(r.get_attribute("data-entry-id") for r in rows) == sorted(e["entry_id"] for e in entries)
+    flagged = browser.find_elements(By.CSS_SELECTOR, "tr.flagged")
+    assert [r.get_attribute("data-entry-id") for r in flagged] == [e["entry_id"] for e in entries if e["flags"]]
+
+    # mnist linf 0.3, in rank order: pgd_at (n=100), trades (n=20), standard (n=20).
+    table = browser.find_element(By.ID, "table-mnist-linf-0-3")
+    ranked = [e["entry_id"] for e in entries if e["dataset"] == "mnist" and e["eps"] == 0.3]
+    assert column_order(table, "n") == (ranked, [100, 20, 20])
+    header = table.find_element(By.XPATH, ".//th[normalize-space()='n']")
+    header.click()  # numeric, ascending: 20 < 100 (as text "100" would come first); ties keep rank order
+    assert column_order(table, "n") == ([ranked[1], ranked[2], ranked[0]], [20, 20, 100])
+    assert header.get_attribute("aria-sort") == "ascending"
+    header.click()  # the exact reverse
+    assert column_order(table, "n") == ([ranked[0], ranked[2], ranked[1]], [100, 20, 20])
+    assert header.get_attribute("aria-sort") == "descending"
+
+    clean = table.find_element(By.XPATH, ".//th[starts-with(normalize-space(), 'clean')]")
+    clean.click()
+    assert column_order(table, "clean-95-ci")[1] == [0.85, 0.9, 0.95]
+    clean.click()
+    assert column_order(table, "clean-95-ci")[1] == [0.95, 0.9, 0.85]
+
+    images = browser.execute_script(
+        "return Array.from(document.images).map(function (i) { return [i.complete, i.naturalWidth, i.alt]; });")
+    assert len(images) == 2
+    assert all(complete and width > 0 and alt for complete, width, alt in images)
+    errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert errors == []

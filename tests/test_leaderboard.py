@@ -1,0 +1,229 @@
+"""The leaderboard: Wilson intervals, worst-case entries, the RobustBench importer and the golden site.
+
+tests/golden/records.json holds synthetic records (20 test points; resnet18/pgd_at on 100): on mnist
+linf 0.3 smallcnn/standard (a fgsm -> pgd cascade, a square run, and an older run of the same id),
+smallcnn/trades at eps 0, 0.1, 0.2, 0.3 (the 0.3 one flagged), resnet18/pgd_at whose checkpoint is
+missing, and one external RobustBench entry on cifar10 8/255. Its rendered site is compared with
+tests/golden/{README.md, results.csv, index.html}. After an intended change of the output,
+regenerate them and review the diff before committing:
+
+    KARP_UPDATE_GOLDEN=1 OMP_NUM_THREADS=1 pytest tests/test_leaderboard.py -k golden
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from robustbench_karp.leaderboard import build_entries, curves, import_robustbench, render_site, wilson_interval
+
+GOLDEN = Path(__file__).parent / "golden"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_DATA = re.compile(rb"data:image/png;base64,([A-Za-z0-9+/=]+)")
+
+
+def golden_entries() -> list[dict]:
+    fixture = json.loads((GOLDEN / "records.json").read_text())
+    external = import_robustbench(fixture["robustbench_model_info"], fixture["robustbench_source"])
+    existing = set(fixture["existing_checkpoints"])
+    return build_entries(fixture["records"] + [external], checkpoint_exists=existing.__contains__)
+
+
+def make_record(rid: str, *, broken: dict[str, set[int]], n: int = 10, wrong: frozenset[int] = frozenset(),
+                model: str = "smallcnn", created: str = "2025-01-01T00:00:00+00:00", warnings: tuple[str, ...] = (),
+                checkpoint: str = "/ckpt/a.pt") -> dict:
+    """A record on test points 0..n-1: `wrong` misclassified clean, then each attack (a cascade) breaks its points."""
+    clean = set(range(n)) - set(wrong)
+    robust, per_attack = set(clean), {}
+    for name, points in broken.items():
+        robust -= points
+        per_attack[name] = len(robust) / n
+    mask = lambda points: "".join("1" if i in points else "0" for i in range(n))
+    return {"id": rid, "model": model, "dataset": "mnist", "defense": "standard", "checkpoint": checkpoint,
+            "checkpoint_sha256": "f" * 64, "attacks": [{"name": a} for a in broken], "attack_order": list(broken),
+            "norm": "linf", "eps": 0.3, "n_examples": n, "indices": list(range(n)), "seed": 0,
+            "clean_accuracy": len(clean) / n, "robust_accuracy": len(robust) / n, "per_attack": per_attack,
+            "clean_mask": mask(clean), "robust_mask": mask(robust), "versions": {"torch": "2.5.1"},
+            "created_utc": created, "warnings": list(warnings), "train_config": None}
+
+
+def exists(path: str) -> bool:
+    return True
+
+
+@pytest.mark.parametrize("k, n, expected", [
+    (0, 10, (0.0, 0.277533)),  # upper = z^2 / (n + z^2) = 3.841459 / 13.841459
+    (50, 100, (0.403832, 0.596168)),  # 0.5 -+ z * sqrt(25 + z^2/4) / (100 + z^2) = 0.5 -+ 0.096168
+    (10, 10, (0.722467, 1.0)),  # lower = n / (n + z^2) = 10 / 13.841459
+    (1, 20, (0.008881, 0.236131)),
+])
+def test_wilson_interval_matches_hand_computed_values(k, n, expected):
+    assert wilson_interval(k, n) == pytest.approx(expected, abs=1e-6)
+
+
+def test_wilson_interval_edge_cases():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        wilson_interval(11, 10)
+
+
+def test_worst_case_is_the_and_of_the_masks_across_records():
+    a = make_record("a" * 16, broken={"attack_a": {0, 1}})
+    b = make_record("b" * 16, broken={"attack_b": {1, 2}})
+    (entry,) = build_entries([a, b], exists)
+    # Only points 3..9 survive both attacks; each attack alone leaves 8 of 10.
+    assert (entry["k_robust"], entry["n"], entry["robust_accuracy"]) == (7, 10, 0.7)
+    assert entry["per_attack"] == {"attack_a": 0.8, "attack_b": 0.8}
+    assert entry["robust_ci"] == list(wilson_interval(7, 10))
+    assert entry["clean_accuracy"] == 1.0 and entry["record_ids"] == ["a" * 16, "b" * 16]
+
+
+def test_ranking_uses_the_worst_case_never_the_best_attack():
+    # x: attack_a alone leaves 90%, but with attack_b only 30% survive; y: 50% against its one attack.
+    x = [make_record("1" * 16, model="x", broken={"attack_a": {0}}),
+         make_record("2" * 16, model="x", broken={"attack_b": set(range(1, 7))})]
+    y = [make_record("3" * 16, model="y", broken={"attack_a": set(range(5))})]
+    entries = build_entries(x + y, exists)
+    assert [(e["model"], e["robust_accuracy"]) for e in entries] == [("y", 0.5), ("x", 0.3)]
+
+
+def test_a_cascade_keeps_its_cumulative_accuracies():
+    (entry,) = build_entries([make_record("c" * 16, broken={"fgsm": {0}, "pgd": {1, 2}})], exists)
+    assert entry["per_attack"] == {"fgsm": 0.9, "fgsm+pgd": 0.7}
+    assert entry["attacks"] == ["fgsm", "pgd"]
+
+
+def test_a_missing_checkpoint_keeps_the_entry_but_not_reproducible():
+    records = [make_record("a" * 16, broken={"pgd": {0}}, checkpoint="/gone.pt"),
+               make_record("b" * 16, model="other", broken={"pgd": {0}}, checkpoint="/here.pt")]
+    entries = build_entries(records, checkpoint_exists=lambda p: p == "/here.pt")
+    status = {e["model"]: (e["reproducible"], e["reproducibility"]) for e in entries}
+    assert status == {"smallcnn": (False, "no: checkpoint missing"), "other": (True, "yes")}
+
+
+def test_the_newest_record_of_an_id_wins():
+    old = make_record("a" * 16, broken={"pgd": {0}}, created="2025-01-01T00:00:00+00:00")
+    new = make_record("a" * 16, broken={"pgd": {0, 1, 2, 3}}, created="2025-02-01T00:00:00+00:00")
+    for records in ([old, new], [new, old]):
+        (entry,) = build_entries(records, exists)
+        assert entry["robust_accuracy"] == 0.6 and entry["record_ids"] == ["a" * 16]
+
+
+def test_warnings_of_every_record_become_flags():
+    records = [make_record("a" * 16, broken={"pgd": {0}}, warnings=("zero gradients on 3 points",)),
+               make_record("b" * 16, broken={"square": {1}}, warnings=("black-box beats white-box",))]
+    (entry,) = build_entries(records, exists)
+    assert entry["flags"] == ["black-box beats white-box", "zero gradients on 3 points"]
+
+
+def test_only_records_on_identical_test_points_are_combined():
+    big = make_record("a" * 16, broken={"pgd": {0}}, n=10)
+    small = make_record("b" * 16, broken={"square": {1, 2, 3}}, n=5)
+    (entry,) = build_entries([big, small], exists)
+    assert (entry["n"], entry["robust_accuracy"], entry["record_ids"]) == (10, 0.9, ["a" * 16])
+    assert entry["left_out_record_ids"] == ["b" * 16]
+    assert any("b" * 16 in note and "other test points" in note for note in entry["notes"])
+
+
+def test_golden_entries_external_flagged_and_curves():
+    entries = golden_entries()
+    by_name = {(e["model"], e["defense"], e["eps"]): e for e in entries}
+    external = [e for e in entries if e["external"]]
+    assert len(entries) == 7 and len(external) == 1
+    assert external[0]["reproducibility"] == "external" and not external[0]["reproducible"]
+    standard = by_name[("smallcnn", "standard", 0.3)]  # the older run of a1a1... (90% robust) is superseded
+    assert (standard["k_robust"], standard["per_attack"]) == (1, {"fgsm": 0.55, "fgsm+pgd": 0.35, "square": 0.55})
+    assert by_name[("smallcnn", "trades", 0.3)]["flags"] == [
+        "gradient masking suspected: black-box square beats white-box pgd on 2 points"]
+    assert curves(entries)[("mnist", "linf", "smallcnn", "trades")] == [(0.0, 0.85), (0.1, 0.75), (0.2, 0.6), (0.3, 0.55)]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("site")
+    render_site(golden_entries(), out)
+    return out
+
+
+@pytest.mark.parametrize("name", ["README.md", "results.csv", "index.html"])
+def test_golden_files(site, name):
+    actual = (site / name).read_bytes()
+    if name == "index.html":
+        # PNG pixels depend on the matplotlib/FreeType build, so the golden page holds a placeholder
+        # for each embedded image; the payloads are checked against curves/*.png below.
+        actual = PNG_DATA.sub(b"data:image/png;base64,PLACEHOLDER", actual)
+    golden = GOLDEN / name
+    if os.environ.get("KARP_UPDATE_GOLDEN") == "1":
+        golden.write_bytes(actual)
+    assert golden.is_file(), f"{golden} is missing: regenerate with KARP_UPDATE_GOLDEN=1 pytest tests/test_leaderboard.py"
+    assert actual.decode() == golden.read_bytes().decode(), f"{name} differs from {golden} (see module docstring)"
+
+
+def test_site_files_pngs_and_embedded_images(site):
+    entries = golden_entries()
+    assert sorted(p.name for p in (site / "entries").iterdir()) == sorted(f"{e['entry_id']}.json" for e in entries)
+    pngs = [site / "curves" / "cifar10-linf.png", site / "curves" / "mnist-linf.png"]
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
+    page = (site / "index.html").read_bytes()
+    assert [base64.b64decode(m) for m in PNG_DATA.findall(page)] == [p.read_bytes() for p in pngs]
+    assert page.count(b'alt="Robustness curves on ') == 2
+    # Self-contained: the external entry's paper link and any fetch/XHR stay out of the page.
+    for forbidden in (b"http://", b"https://", b"fetch(", b"XMLHttpRequest", b"<link"):
+        assert forbidden not in page
+    entry = json.loads((site / "entries" / f"{entries[0]['entry_id']}.json").read_text())
+    assert entry == json.loads(json.dumps(entries[0]))
+
+
+def test_rendering_is_pure(tmp_path):
+    entries = golden_entries()
+    first, second = render_site(entries, tmp_path / "a"), render_site(list(reversed(entries)), tmp_path / "b")
+    tree = lambda root: {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    assert tree(tmp_path / "a") == tree(tmp_path / "b")
+    assert [p.relative_to(tmp_path / "a") for p in first] == [p.relative_to(tmp_path / "b") for p in second]
+
+
+def test_no_entries_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no entries to publish"):
+        render_site([], tmp_path / "site")
+    assert not (tmp_path / "site").exists()
+
+
+CARMON = {"link": "https://arxiv.org/abs/1905.13736", "name": "Unlabeled Data Improves Adversarial Robustness",
+          "authors": "Yair Carmon, Aditi Raghunathan, Ludwig Schmidt, Percy Liang, John C. Duchi",
+          "additional_data": True, "number_forward_passes": 1, "dataset": "cifar10", "venue": "NeurIPS 2019",
+          "architecture": "WideResNet-28-10", "eps": "8/255", "clean_acc": "89.69", "reported": "62.5",
+          "autoattack_acc": "59.53", "threat_model": "Linf"}
+
+
+def test_import_robustbench_converts_to_fractions():
+    record = import_robustbench(CARMON, "Carmon2019Unlabeled.json")
+    assert (record["clean_accuracy"], record["robust_accuracy"], record["eps"]) == (0.8969, 0.5953, 8 / 255)
+    assert (record["source"], record["tool"], record["dataset"], record["norm"]) == ("external", "robustbench", "cifar10", "linf")
+    assert record["per_attack"] == {"autoattack": 0.5953} and record["n_examples"] == 10000
+    assert record["model"] == "WideResNet-28-10" and record["defense"] == CARMON["name"]
+    assert record["warnings"] == [] and record["created_utc"] == "unknown" and re.fullmatch(r"[0-9a-f]{16}", record["id"])
+    assert import_robustbench(dict(CARMON), "elsewhere/Carmon2019Unlabeled.json")["id"] == record["id"]
+
+
+def test_import_robustbench_reads_the_threat_model_from_the_directory():
+    data = {k: v for k, v in CARMON.items() if k != "threat_model"}
+    assert import_robustbench(data, "model_info/cifar10/L2/x.json")["norm"] == "l2"
+    with pytest.raises(ValueError, match="field 'threat_model'"):
+        import_robustbench(data, "x.json")
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"clean_acc": None}, "clean_acc"), ({"clean_acc": "abc"}, "clean_acc"), ({"clean_acc": "120"}, "clean_acc"),
+    ({"autoattack_acc": None}, "autoattack_acc"), ({"autoattack_acc": "95.0"}, "autoattack_acc"),
+    ({"eps": "1/0"}, "eps"), ({"eps": "__import__('os')"}, "eps"), ({"eps": None}, "eps"),
+    ({"dataset": None}, "dataset"), ({"threat_model": "corruptions"}, "threat_model"), ({"n_examples": 0}, "n_examples"),
+])
+def test_import_robustbench_errors_name_the_field(change, field):
+    data = {k: v for k, v in {**CARMON, **change}.items() if v is not None}  # None: the field is missing
+    with pytest.raises(ValueError, match=f"robustbench model_info: field '{field}'"):
+        import_robustbench(data, "Carmon2019Unlabeled.json")

@@ -1,0 +1,143 @@
+"""The one training loop: resume, divergence, the catastrophic-overfitting guard, DDP, the train command."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from robustbench_karp import train as train_module
+from robustbench_karp.cli import main
+from robustbench_karp.defenses.standard import Standard
+from robustbench_karp.harness import checkpoint_dir
+from robustbench_karp.store import ResultsStore, file_sha256, load_checkpoint
+from robustbench_karp.train import ResumeError, TrainingDiverged, fit, make_train_config
+
+QUICK = {"epochs": 2, "schedule": "constant", "batch_size": 64}
+
+
+def digits_config(defense="fgsm-at", **overrides):
+    return make_train_config("smallcnn", "digits", defense, recipe_overrides={**QUICK, **overrides}, seed=3,
+                             train_size=400)
+
+
+class StopAfter:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_step(self, *args):
+        pass
+
+    def on_epoch(self, metrics):
+        if metrics["epoch"] == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
+    config = digits_config(schedule="onecycle")
+    straight = fit(config, tmp_path / "a.pt")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "b.pt", callbacks=[StopAfter(1)])
+    assert not (tmp_path / "b.pt").exists() and (tmp_path / "b.last.pt").exists()  # last complete epoch kept
+    resumed = fit(config, tmp_path / "b.pt", resume=True)
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    log_lines = (tmp_path / "b.log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in log_lines] == [1, 2]
+    assert (tmp_path / "b.log.csv").read_text().startswith("epoch,")
+
+
+def test_resume_errors(tmp_path):
+    config = digits_config()
+    with pytest.raises(ResumeError, match="no interrupted run"):
+        fit(config, tmp_path / "x.pt", resume=True)
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "x.pt", callbacks=[StopAfter(1)])
+    other = digits_config(lr=5e-4)
+    (tmp_path / "x.last.pt").rename(tmp_path / "y.last.pt")
+    with pytest.raises(ResumeError, match="different configuration"):
+        fit(other, tmp_path / "y.pt", resume=True)
+
+
+def test_nan_loss_stops_with_epoch_and_step_and_saves_nothing(tmp_path, monkeypatch):
+    config = digits_config("standard")
+    calls = {"n": 0}
+    real = Standard.loss
+
+    def poisoned(self, model, x, y, threat, gen):
+        calls["n"] += 1
+        loss, logits = real(self, model, x, y, threat, gen)
+        return (loss * float("nan"), logits) if calls["n"] == 7 + 3 else (loss, logits)  # epoch 2, step 3
+
+    monkeypatch.setattr(Standard, "loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="epoch 2, step 3"):
+        fit(config, tmp_path / "n.pt")
+    assert not (tmp_path / "n.pt").exists()
+    last = load_checkpoint(tmp_path / "n.last.pt")
+    assert last["state"]["epoch"] == 1 and all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_catastrophic_overfitting_guard_keeps_the_best_epoch(tmp_path, monkeypatch, caplog):
+    guard = iter([0.5, 0.6, 0.1])  # guard PGD accuracy per epoch: collapse at epoch 3
+    real = train_module.robust_accuracy
+
+    def fake(model, data, indices, threat, seed, device, batch_size=500):
+        clean, pgd = real(model, data, indices, threat, seed, device, batch_size)
+        return (clean, next(guard)) if len(indices) == 256 else (clean, pgd)
+
+    monkeypatch.setattr(train_module, "robust_accuracy", fake)
+    config = make_train_config("smallcnn", "digits", "fgsm-at", recipe_overrides={**QUICK, "epochs": 4}, seed=3,
+                               train_size=400)
+    config = type(config)(**{**config.__dict__, "guard_size": 256})
+    payload = fit(config, tmp_path / "g.pt")
+    assert payload["stopped_early"] and payload["epochs_completed"] == 3 and payload["selected_epoch"] == 2
+    assert "catastrophic overfitting at epoch 3" in caplog.text
+    monkeypatch.setattr(train_module, "robust_accuracy", real)
+    two = fit(type(config)(**{**config.__dict__, "recipe": {**config.recipe, "epochs": 2}}), tmp_path / "two.pt")
+    for key, value in two["state_dict"].items():  # constant lr: epoch-2 weights of both runs coincide
+        assert torch.equal(value, payload["state_dict"][key]), key
+
+
+def test_train_command_then_evaluate_uses_that_checkpoint(karp_home, tmp_path, capsys):
+    copy = tmp_path / "copy.pt"
+    tb = tmp_path / "tb"
+    args = ["train", "--model", "smallcnn", "--dataset", "digits", "--defense", "fgsm-at", "--eps", "0.1",
+            "--epochs", "2", "--out", str(copy), "--tensorboard", str(tb)]
+    assert main(args) == 0
+    stored = [p for p in checkpoint_dir().glob("smallcnn-digits-fgsm-at-s0-*.pt") if ".last" not in p.name]
+    assert len(stored) == 1 and file_sha256(stored[0]) == file_sha256(copy)
+    assert any(tb.rglob("events.out.tfevents*"))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "smallcnn", "--defense", "fgsm-at", "--attack", "fgsm", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["checkpoint_sha256"] == file_sha256(stored[0]) and record["defense"] == "fgsm-at"
+    assert record["train_config"]["recipe"]["epochs"] == 2
+    assert main(args) == 0 and "already trained" in capsys.readouterr().out  # no silent retraining
+    assert len(ResultsStore().records()) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--defense", "fgsm-at", "--eps", "0"], "eps must be > 0"), (["--defense", "nope"], "valid:"),
+    (["--defense", "pgd-at", "--defense-arg", "steps=0"], "steps must be >= 1"), (["--resume"], "no interrupted run")])
+def test_impossible_training_configurations_exit_2(karp_home, capsys, args, message):
+    code = main(["train", "--model", "smallcnn", "--dataset", "digits", *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu_with_gloo(tmp_path):
+    env = {**os.environ, "KARP_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "robustbench_karp", "train", "--model", "smallcnn", "--dataset", "digits", "--defense", "fgsm-at",
+           "--epochs", "3", "--device", "cpu"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    finals = [p for p in (tmp_path / "checkpoints").glob("*.pt") if ".last" not in p.name]
+    assert len(finals) == 1 and not list((tmp_path / "checkpoints").glob(".*.tmp"))
+    payload = load_checkpoint(finals[0])
+    assert payload["history"][-1]["val_clean_accuracy"] > 0.8  # a working model, trained on both shards
+    assert result.stdout.count("checkpoint ") == 1  # only rank 0 reports and writes
