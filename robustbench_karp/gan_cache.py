@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,10 +120,14 @@ def obtain(path: Path, config: dict[str, Any], build: Callable[[], nn.Module], t
 
 # --- training helpers --------------------------------------------------------------------------
 
-def seeded(build, seed: int):
-    """build() with the global RNG seeded, then restored: initialization is reproducible and the RNG untouched."""
+def seeded(build: Callable[[], nn.Module], seed: int) -> nn.Module:
+    """build() on the CPU with the CPU RNG seeded, then restored: reproducible initialization, global RNG untouched.
+
+    Only the CPU generator is seeded (torch.manual_seed would also reseed every CUDA generator,
+    which fork_rng(devices=[]) does not restore).
+    """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         return build()
 
 
@@ -135,7 +139,8 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: 
     optimizer.step()
 
 
-def training_batches(data: ImageSet, n: int, batch_size: int, epochs: int, seed: int, desc: str):
+def training_batches(data: ImageSet, n: int, batch_size: int, epochs: int, seed: int,
+                     desc: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(x, y) batches of the first n images, reshuffled each epoch by a private generator, under a progress bar."""
     gen = torch.Generator().manual_seed(seed)
     per_epoch = math.ceil(n / batch_size)

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -190,6 +191,7 @@ class TrainState:
     best_epoch: int = 0
     best_state: dict | None = None
     stopped_early: bool = False
+    train_seconds: float = 0.0  # wall time of the epochs so far, validation included (summed over resumes)
 
 
 def _epoch_seed(config: TrainConfig, epoch: int, rank: int) -> int:
@@ -303,6 +305,7 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     wrapped = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
     threat = ThreatModel(config.norm, config.eps)
     for epoch in range(state.epoch, 0 if state.stopped_early else recipe.epochs):
+        started = time.perf_counter()
         metrics = {"epoch": epoch + 1, **train_epoch(wrapped, defense, data, train_idx, config, epoch, optimizer,
                                                       scheduler, env, amp, channels_last, callbacks)}
         metrics["lr"] = optimizer.param_groups[0]["lr"]
@@ -314,6 +317,8 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
                                                                env.device)
             collapsed = _guard(state, metrics["guard_pgd_accuracy"], epoch + 1, model, config)
         state.epoch, state.stopped_early = epoch + 1, collapsed
+        state.train_seconds += time.perf_counter() - started
+        metrics["train_seconds"] = state.train_seconds
         state.history.append(metrics)
         if env.main:
             save_checkpoint(last, {"config": asdict(config), "state_dict": model.state_dict(),
@@ -331,7 +336,7 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     final_state = state.best_state if state.stopped_early else model.state_dict()
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "state_dict": final_state,
                "epochs_completed": state.epoch, "selected_epoch": state.best_epoch if state.stopped_early else state.epoch,
-               "stopped_early": state.stopped_early, "history": state.history}
+               "stopped_early": state.stopped_early, "train_seconds": state.train_seconds, "history": state.history}
     if env.main:
         save_checkpoint(out, payload)
     if env.world > 1:

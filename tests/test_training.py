@@ -141,3 +141,11 @@ def test_ddp_two_processes_on_cpu_with_gloo(tmp_path):
     payload = load_checkpoint(finals[0])
     assert payload["history"][-1]["val_clean_accuracy"] > 0.8  # a working model, trained on both shards
     assert result.stdout.count("checkpoint ") == 1  # only rank 0 reports and writes
+
+
+def test_bf16_autocast_and_channels_last_train_a_working_model(tmp_path):
+    """The GPU options run on CPU too (autocast bf16 is supported there): finite loss, a usable checkpoint."""
+    config = make_train_config("smallcnn", "digits", "pgd-at", recipe_overrides={"epochs": 3}, seed=0)
+    payload = fit(config, tmp_path / "amp.pt", amp="bf16", channels_last=True)
+    assert all(torch.isfinite(v).all() for v in payload["state_dict"].values())
+    assert payload["history"][-1]["val_clean_accuracy"] > 0.7
