@@ -17,12 +17,13 @@ Example:
     >>> x_adv = PGD(steps=40, step_size=0.01)(model, x, y, ThreatModel("linf", 0.3), gen)
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from robustbench_karp.attacks.base import Attack, check_positive, register, untargeted_objective
-from robustbench_karp.threat import ThreatModel, ascend
+from robustbench_karp.threat import Objective, ThreatModel, ascend
 
 
 @register("pgd")
@@ -37,26 +38,41 @@ class PGD(Attack):
 
     def __post_init__(self):
         check_positive(steps=self.steps, restarts=self.restarts)
-        if self.step_size is not None and not self.step_size > 0:
-            raise ValueError(f"step_size must be > 0, got {self.step_size}")
+        check_step_size(self.step_size)
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         step_size = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
-        x_adv = x.clone()
-        todo = torch.arange(len(x), device=x.device)  # points no restart has broken yet
-        for restart in range(self.restarts):
-            objective = untargeted_objective(model, y[todo], self.loss)
-            found, done = ascend(
-                x[todo], objective, threat, steps=self.steps, step_size=step_size,
-                random_start=self.random_start, gen=gen, stop_when_done=self.early_stop,
-            )
-            x_adv[todo] = found
-            if restart == self.restarts - 1:
-                break
-            if not self.early_stop:
-                with torch.no_grad():
-                    done = model(found).argmax(1) != y[todo]
-            todo = todo[~done]
-            if not len(todo):
-                break
-        return x_adv
+        return restarted_ascent(lambda y_todo: untargeted_objective(model, y_todo, self.loss), x, y, threat, gen,
+                                steps=self.steps, step_size=step_size, restarts=self.restarts,
+                                random_start=self.random_start, early_stop=self.early_stop)
+
+
+def check_step_size(step_size: float | None) -> None:
+    if step_size is not None and not step_size > 0:
+        raise ValueError(f"step_size must be > 0, got {step_size}")
+
+
+def restarted_ascent(make_objective: Callable[[torch.Tensor], Objective], x: torch.Tensor, y: torch.Tensor,
+                     threat: ThreatModel, gen: torch.Generator, *, steps: int, step_size: float, restarts: int,
+                     random_start: bool, early_stop: bool) -> torch.Tensor:
+    """PGD's restart loop over `ascend`: each restart attacks only the points no earlier restart broke.
+
+    make_objective(y_todo) builds the objective for the labels of the points still to attack.
+    """
+    x_adv = x.clone()
+    todo = torch.arange(len(x), device=x.device)  # (t,) points no restart has broken yet
+    for restart in range(restarts):
+        objective = make_objective(y[todo])
+        found, done = ascend(x[todo], objective, threat, steps=steps, step_size=step_size,
+                             random_start=random_start, gen=gen, stop_when_done=early_stop,
+                             final_check=restart < restarts - 1)
+        x_adv[todo] = found
+        if restart == restarts - 1:
+            break
+        if not early_stop:
+            with torch.no_grad():
+                _, done = objective(found, torch.arange(len(found), device=x.device))
+        todo = todo[~done]
+        if not len(todo):
+            break
+    return x_adv.detach()

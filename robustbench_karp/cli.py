@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="clean and robust accuracy of a model; one record per run")
     add_common(ev)
     ev.add_argument("--checkpoint", default=None, help="your own weights (loaded strictly, weights_only)")
+    ev.add_argument("--defense-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                    help="option of the defense, e.g. steps=100 for defense-gan")
     ev.add_argument("--attack", action=AttackAction, dest="attacks", metavar="NAME",
                     help="attack (repeatable; worst case over all); torchattacks:<Class> for any torchattacks attack")
     ev.add_argument("--attack-arg", action=AttackAction, dest="attacks", type=key_value, metavar="KEY=VALUE",
@@ -166,10 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
-    from robustbench_karp import commands
+    from robustbench_karp import commands, progress
 
     try:
-        return commands.run(args)
+        with progress.use(commands.tqdm_progress):  # library loops (GAN training, ...) get progress bars
+            return commands.run(args)
     except KeyboardInterrupt:
         print("karp-robust: interrupted; no partial record was written", file=sys.stderr)
         return 130

@@ -36,6 +36,11 @@ def describe_error(e: Exception) -> tuple[int, str]:
     return EXIT_FAILED, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
+def tqdm_progress(iterable, *, total=None, desc=""):
+    """The CLI's renderer for robustbench_karp.progress: a tqdm bar on stderr (none when not a TTY)."""
+    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, disable=None)
+
+
 class TqdmTraining:
     """Progress bar per epoch with running loss and accuracy; one summary line per epoch."""
 
@@ -108,7 +113,8 @@ def cmd_evaluate(args) -> int:
 
     DATASETS.get(args.dataset), MODELS.get(args.model), DEFENSES.get(args.defense)  # fail fast on names
     attacks = parse_attacks(args)
-    base = EvalRequest(model=args.model, dataset=args.dataset, defense=args.defense, attacks=attacks, norm=args.norm,
+    base = EvalRequest(model=args.model, dataset=args.dataset, defense=args.defense,
+                       defense_options=dict(args.defense_arg), attacks=attacks, norm=args.norm,
                        n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
                        checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download)
     prepared = prepare(base, train_callbacks=[TqdmTraining()])

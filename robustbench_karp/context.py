@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from robustbench_karp.threat import ThreatModel
+
 
 @dataclass(frozen=True)
 class RunContext:
@@ -22,3 +24,4 @@ class RunContext:
     device: torch.device = torch.device("cpu")
     seed: int = 0
     checkpoint_sha256: str | None = None  # of the classifier's checkpoint, when it came from a file
+    threat: ThreatModel | None = None  # the evaluation's threat model (None while only building the model)

@@ -132,6 +132,7 @@ class EvalRequest:
     model: str = "resnet18"
     dataset: str = "digits"
     defense: str = "standard"
+    defense_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"steps": 100} for defense-gan
     attacks: list[Attack] = field(default_factory=list)
     norm: str = "linf"
     eps: float | None = None  # None: the dataset's default for the norm
@@ -152,7 +153,7 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
     """
     spec = DATASETS.get(req.dataset)
     device = resolve_device(req.device)
-    defense = build_defense(req.defense)
+    defense = build_defense(req.defense, req.defense_options)
     if req.checkpoint:
         path = Path(req.checkpoint)
     else:
@@ -191,10 +192,10 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     n = req.n_examples if req.n_examples is not None else min(1000, len(test))
     indices = subset_indices(len(test), n)
     context = RunContext(dataset=spec.name, model=req.model, data_dir=req.data_dir, download=req.download,
-                         device=device, seed=req.seed, checkpoint_sha256=provenance["checkpoint_sha256"])
+                         device=device, seed=req.seed, checkpoint_sha256=provenance["checkpoint_sha256"], threat=threat)
     requested = list(req.attacks)
     names = {a.name for a in requested}
-    requested += [a for a in build_defense(req.defense).adaptive_attacks() if a.name not in names]
+    requested += [a for a in build_defense(req.defense, req.defense_options).adaptive_attacks() if a.name not in names]
     bound = [a.bind(context) for a in requested]
     config = {**{k: provenance[k] for k in ("model", "dataset", "defense_config", "checkpoint_sha256")},
               "attacks": [a.config() for a in bound], "norm": threat.norm.value, "eps": threat.eps,
@@ -224,7 +225,8 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
                                                     plan.threat, device, sweep or [])
     record = {
         "id": plan.id, **plan.config, **provenance,
-        "attack_order": order, "attack_provenance": {a.name: a.provenance(model) for a in plan.attacks if a.provenance(model)},
+        "attack_order": order, "attack_provenance": {name: facts for name, facts in
+                                                     ((a.name, a.provenance(model)) for a in plan.attacks) if facts},
         "non_adaptive_accuracy": checks.non_adaptive_accuracy(result, plan.attacks, order),
         "indices": plan.indices.tolist(),
         "clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy,

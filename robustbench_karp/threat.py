@@ -109,6 +109,7 @@ def ascend(
     gen: torch.Generator,
     stop_when_done: bool = False,
     start: torch.Tensor | None = None,
+    final_check: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected steepest ascent of objective inside threat's ball and [0, 1].
 
@@ -118,7 +119,9 @@ def ascend(
     given, replaces the random or clean starting point and is used as given (even outside [0, 1]);
     every returned point is projected.
 
-    Returns (x_adv (B, ...), done (B,) bool). The input x is never modified; parameters' .grad
+    Returns (x_adv (B, ...), done (B,) bool): done marks the points found adversarial during the
+    ascent, and at the last iterate when final_check (one extra forward, for callers that restart).
+    The input x is never modified; parameters' .grad
     are untouched because gradients are taken with autograd.grad with respect to x_adv only.
     """
     x = x.detach()
@@ -143,7 +146,7 @@ def ascend(
                 return out, done_all
         x_adv = threat.project(x_adv + step_size * threat.ascent_direction(g), x_ref)
     out[idx] = x_adv
-    if stop_when_done and len(idx):
+    if stop_when_done and final_check and len(idx):  # the last iterate is only checked when asked (restarts)
         with torch.no_grad():
             _, done = objective(x_adv, idx)
         if done is not None:

@@ -77,7 +77,7 @@ def make_train_config(model: str, dataset: str, defense: str = "standard", *, de
                       seed: int = 0, train_size: int | None = None) -> TrainConfig:
     """The configuration for (model, dataset, defense) with the defense's registered recipe, plus overrides."""
     spec = DATASETS.get(dataset)
-    built = build_defense(defense, defense_options)
+    built = build_defense(defense, defense_options).classifier_defense()  # a purifier trains its base classifier
     recipe = Recipe(**{**asdict(built.recipe_for(dataset)), **(recipe_overrides or {})})
     eps = spec.default_eps[norm] if eps is None else eps
     if built.adversarial and not eps > 0:
@@ -138,8 +138,8 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 def build_model(config: TrainConfig) -> nn.Module:
     """A freshly initialized model; initialization is seeded without disturbing the global RNG."""
     spec = DATASETS.get(config.dataset)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+    with torch.random.fork_rng(devices=[]):  # the CPU generator only: initialization happens on the CPU
+        torch.default_generator.manual_seed(config.seed)
         return create_model(config.model, in_channels=spec.in_channels, num_classes=spec.num_classes,
                             input_size=spec.input_size, mean=spec.mean, std=spec.std)
 

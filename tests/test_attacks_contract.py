@@ -1,13 +1,16 @@
 """Contract tests over every registered attack (and torchattacks through the adapter).
 
 Adding an attack to the registry adds it here automatically; only attacks that need cheaper
-options to run in seconds are listed in FAST_OPTIONS.
+options to run in seconds are listed in FAST_OPTIONS. Every attack is bound to a run context first
+(AdvGAN trains its generator on the context's training data, in a temporary KARP_HOME).
 """
 
 import pytest
 import torch
+from torch import nn
 
 from robustbench_karp.attacks import ATTACKS, build_attack
+from robustbench_karp.context import RunContext
 from robustbench_karp.engine import predict
 from robustbench_karp.threat import ThreatModel, check_budget
 
@@ -15,14 +18,37 @@ FAST_OPTIONS = {
     "pgd": {"steps": 10},
     "apgd-ce": {"steps": 10}, "apgd-t": {"steps": 5}, "fab-t": {"steps": 5},
     "square": {"queries": 50}, "autoattack": {"steps": 5, "square_queries": 50},
+    "advgan": {"epochs": 5}, "bpda-pgd": {"steps": 10}, "eot-pgd": {"steps": 10, "samples": 2},
+    "transfer-pgd": {"steps": 10},
 }
+PURIFIER_PROTOCOL = {"transfer-pgd"}  # attack the `classifier` of a model with `preprocess` and `classifier`
 EXTRA = ["torchattacks:PGD", "torchattacks:CW"]
 NAMES = ATTACKS.names() + EXTRA
 THREATS = [ThreatModel("linf", 0.1), ThreatModel("l2", 1.0)]
 
 
 def make(name):
-    return build_attack(name, FAST_OPTIONS.get(name, {}))
+    return build_attack(name, FAST_OPTIONS.get(name, {})).bind(RunContext(dataset="digits", model="smallcnn", seed=0))
+
+
+class Purified(nn.Module):
+    """The purifier protocol around a plain classifier (identity purifier)."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.preprocess = nn.Identity()
+        self.classifier = classifier
+
+    def forward(self, x):
+        return self.classifier(self.preprocess(x))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_store(tmp_path_factory):
+    """Generators trained by attacks land in a temporary KARP_HOME, never in ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KARP_HOME", str(tmp_path_factory.mktemp("karp-home")))
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +63,7 @@ def test_attack_contract(name, threat, digits_model, batch):
     x, y = batch
     x0 = x.clone()
     attack = make(name)
-    model = digits_model
+    model = Purified(digits_model) if name in PURIFIER_PROTOCOL else digits_model
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.25)  # a stale .grad the attack must not touch
     rng_before = torch.get_rng_state()
