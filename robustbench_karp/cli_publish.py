@@ -16,13 +16,13 @@ from robustbench_karp.attacks import ATTACKS, build_attack
 from robustbench_karp.attacks.base import attack_from_config
 from robustbench_karp.checks import entry_flags
 from robustbench_karp.defenses import DEFENSES
-from robustbench_karp.store import CheckpointError, ResultsStore, file_sha256
+from robustbench_karp.store import CheckpointError, ResultsStore, file_sha256, resolve_path
 
 GPU_TOLERANCE = 0.005  # accuracies re-run on a GPU may differ by this much (nondeterministic kernels)
 
 
 def _exists(path: str) -> bool:
-    return Path(path).is_file()
+    return resolve_path(path).is_file()
 
 
 def _entries_with_flags(records: list[dict]) -> list[dict]:
@@ -152,7 +152,7 @@ def cmd_reproduce(args) -> int:
         raise ValueError(f"unknown record id {args.id!r}; closest: {_closest(args.id, ids)}")
     if record.get("source") == "external":
         raise ValueError(f"record {args.id} was imported from {record.get('tool', 'another tool')}: nothing to re-run")
-    path = Path(record["checkpoint"])
+    path = resolve_path(record["checkpoint"])
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is missing: record {args.id} is not reproducible")
     if file_sha256(path) != record["checkpoint_sha256"]:

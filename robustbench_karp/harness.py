@@ -26,7 +26,15 @@ from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.engine import expand, resolve_device, run_attacks
 from robustbench_karp.models import Classifier, create_model
-from robustbench_karp.store import CheckpointError, ResultsStore, config_hash, file_sha256, karp_home, load_checkpoint
+from robustbench_karp.store import (
+    CheckpointError,
+    ResultsStore,
+    config_hash,
+    file_sha256,
+    karp_home,
+    load_checkpoint,
+    portable_path,
+)
 from robustbench_karp.threat import ThreatModel
 from robustbench_karp.train import TrainConfig, fit, make_train_config
 
@@ -168,7 +176,7 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
                          device=device, seed=req.seed, checkpoint_sha256=sha)
     model = defense.wrap(classifier.to(device).eval(), context)
     provenance = {"model": req.model, "dataset": spec.name, "defense": req.defense, "defense_config": defense.config(),
-                  "checkpoint": str(path), "checkpoint_sha256": sha, "train_config": stored}
+                  "checkpoint": portable_path(path), "checkpoint_sha256": sha, "train_config": stored}
     return model.to(device).eval(), provenance, device
 
 

@@ -28,6 +28,21 @@ def karp_home() -> Path:
     return Path(os.environ.get("KARP_HOME") or Path.home() / ".cache" / "karp-robust")
 
 
+def portable_path(path: Path) -> str:
+    """A path for records: relative to KARP_HOME when inside the store (so a store can move), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(karp_home().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def resolve_path(text: str) -> Path:
+    """The inverse of portable_path under the current KARP_HOME."""
+    path = Path(text)
+    return path if path.is_absolute() else karp_home() / path
+
+
 def config_hash(config: dict[str, Any], length: int = 16) -> str:
     """Stable id: sha256 of the canonical JSON of a configuration."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)

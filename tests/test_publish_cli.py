@@ -1,0 +1,151 @@
+"""compare, leaderboard build/publish/add-external and reproduce, through the CLI."""
+
+import json
+import shutil
+
+import pytest
+
+from robustbench_karp import harness
+from robustbench_karp.cli import main
+from robustbench_karp.store import ResultsStore
+
+COMPARE = ["compare", "--model", "smallcnn", "--defenses", "standard,fgsm-at", "--attacks", "fgsm,pgd",
+           "--attack-arg", "pgd.steps=5", "--n-examples", "100"]
+MODEL_INFO = {"link": "https://arxiv.org/abs/1905.13736", "name": "Unlabeled Data Improves Adversarial Robustness",
+              "authors": "Yair Carmon", "additional_data": True, "number_forward_passes": 1, "dataset": "cifar10",
+              "venue": "NeurIPS 2019", "architecture": "WideResNet-28-10", "eps": "8/255", "clean_acc": "89.69",
+              "reported": "62.5", "autoattack_acc": "59.53", "threat_model": "Linf"}
+
+
+def error_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("karp-robust: error:"), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """A store filled by one compare run (two defenses x two attacks on the digits)."""
+    home = tmp_path_factory.mktemp("compare-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KARP_HOME", str(home))
+        assert main(COMPARE) == 0
+    return home
+
+
+@pytest.fixture
+def home(compared, tmp_path, monkeypatch):
+    copy = tmp_path / "home"
+    shutil.copytree(compared, copy)
+    monkeypatch.setenv("KARP_HOME", str(copy))
+    for record in ResultsStore(copy / "results.sqlite").records():  # store-relative: they move with the store
+        assert record["checkpoint"].startswith("checkpoints/")
+    return copy
+
+
+def test_compare_prints_the_matrix_and_reuses_the_store(home, capsys):
+    assert main(COMPARE) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("stored, reused") == 4 and "running" not in captured.err
+    header = next(line for line in captured.out.splitlines() if line.startswith("| defense"))
+    assert ["clean", "fgsm", "pgd", "worst case [95% CI]"] == [c.strip() for c in header.split("|")[2:6]]
+    rows = [line for line in captured.out.splitlines() if line.startswith("| standard") or line.startswith("| fgsm-at")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        fgsm, pgd, worst = float(cells[2]), float(cells[3]), float(cells[4].split()[0])
+        assert worst <= min(fgsm, pgd)  # the worst case is per example, never the best attack
+
+
+def test_interrupted_compare_resumes_where_it_stopped(compared, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KARP_HOME", str(tmp_path / "fresh"))
+    shutil.copytree(compared / "checkpoints", tmp_path / "fresh" / "checkpoints")
+    real, calls = harness.run_evaluation, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(harness, "run_evaluation", interrupted)
+    assert main(COMPARE) == 130
+    assert len(ResultsStore().records()) == 2  # the finished cells stayed, the interrupted one left nothing
+    monkeypatch.setattr(harness, "run_evaluation", real)
+    capsys.readouterr()
+    assert main(COMPARE) == 0
+    assert capsys.readouterr().err.count("stored, reused") == 2 and len(ResultsStore().records()) == 4
+
+
+@pytest.mark.parametrize("args,message", [(["--defenses", ","], "--defenses is empty"),
+                                          (["--defenses", "standard,magic"], "valid:")])
+def test_compare_bad_input(home, capsys, args, message):
+    assert main(["compare", "--model", "smallcnn", *args]) == 2
+    assert message in error_line(capsys)
+
+
+def test_leaderboard_publish_and_not_reproducible_entries(home, tmp_path, capsys):
+    missing = next(r for r in ResultsStore().records() if r["defense"] == "fgsm-at")["checkpoint"]
+    (home / missing).unlink()
+    out = tmp_path / "site"
+    assert main(["leaderboard", "publish", "--out", str(out), "--dataset", "digits"]) == 0
+    assert "1 not reproducible" in capsys.readouterr().out
+    rows = [line for line in (out / "README.md").read_text().splitlines() if "| smallcnn" in line]
+    assert len(rows) == 2  # shown, never dropped
+    assert "no: checkpoint missing" in next(r for r in rows if "fgsm-at" in r)
+    assert "yes" in next(r for r in rows if "standard" in r)
+    assert len(list((out / "entries").glob("*.json"))) == 2 and (out / "results.csv").is_file()
+    assert "<table" in (out / "index.html").read_text() and list((out / "curves").glob("*.png"))
+
+
+def test_leaderboard_with_no_entries_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KARP_HOME", str(tmp_path / "empty"))
+    assert main(["leaderboard", "publish", "--out", str(tmp_path / "site")]) == 2
+    assert "no entries to publish" in error_line(capsys)
+    assert not (tmp_path / "site").exists()
+
+
+def test_add_external_and_its_bad_input(home, tmp_path, capsys):
+    good = tmp_path / "Carmon2019Unlabeled.json"
+    good.write_text(json.dumps(MODEL_INFO))
+    assert main(["leaderboard", "add-external", str(good)]) == 0
+    external = [r for r in ResultsStore().records() if r.get("source") == "external"]
+    assert len(external) == 1 and external[0]["robust_accuracy"] == pytest.approx(0.5953)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({k: v for k, v in MODEL_INFO.items() if k != "clean_acc"}))
+    assert main(["leaderboard", "add-external", str(bad)]) == 2
+    assert "clean_acc" in error_line(capsys)
+    bad.write_text("{not json")
+    assert main(["leaderboard", "add-external", str(bad)]) == 2
+    assert "not valid JSON" in error_line(capsys)
+    out = tmp_path / "site"
+    assert main(["leaderboard", "publish", "--out", str(out)]) == 0
+    assert "external" in (out / "README.md").read_text()
+
+
+def test_reproduce_matches_exactly_on_cpu(home, capsys):
+    record = ResultsStore().records()[0]
+    capsys.readouterr()
+    assert main(["reproduce", record["id"]]) == 0
+    out = capsys.readouterr().out
+    assert "exact match" in out and "MISMATCH" not in out and out.strip().endswith("reproduced")
+
+
+def test_reproduce_reports_a_mismatch_and_exits_1(home, capsys):
+    record = ResultsStore().records()[0]
+    ResultsStore().append({**record, "robust_accuracy": record["robust_accuracy"] + 0.01, "created_utc": "9999"})
+    assert main(["reproduce", record["id"]]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_reproduce_bad_input(home, capsys):
+    record = ResultsStore().records()[0]
+    assert main(["reproduce", record["id"][:10] + "zz"]) == 2
+    assert f"closest: {record['id']}" in error_line(capsys)
+    checkpoint = home / record["checkpoint"]
+    checkpoint.write_bytes(checkpoint.read_bytes() + b"tampered")
+    assert main(["reproduce", record["id"]]) == 2
+    assert "sha256 differs" in error_line(capsys)
+    checkpoint.unlink()
+    assert main(["reproduce", record["id"]]) == 2
+    assert "not reproducible" in error_line(capsys)
