@@ -104,9 +104,12 @@ class Distributed:
 
 
 def setup_distributed(device: torch.device) -> Distributed:
-    """Join torchrun's process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    """Join torchrun's process group when launched by torchrun (NCCL on CUDA, gloo on CPU).
+
+    Under torchrun the model is wrapped in DDP even with one process, so a one-GPU machine
+    exercises the same path as many.
+    """
+    if not {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= set(os.environ):
         return Distributed(0, 1, device)
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -238,7 +241,7 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, env: Distributed) -> None:
     bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=env.device)
-    if env.world > 1:
+    if dist.is_initialized():
         dist.all_reduce(bad)  # every rank stops together
     if bad.item():
         raise TrainingDiverged(f"training diverged: the loss became NaN/inf at epoch {epoch + 1}, step {step + 1}")
@@ -302,7 +305,7 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s / total))
     last = out.with_suffix(".last.pt")
     state = _load_resume(last, config, model, optimizer, scheduler) if resume else TrainState()
-    wrapped = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+    wrapped = nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
     threat = ThreatModel(config.norm, config.eps)
     for epoch in range(state.epoch, 0 if state.stopped_early else recipe.epochs):
         started = time.perf_counter()
@@ -339,6 +342,6 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
                "stopped_early": state.stopped_early, "train_seconds": state.train_seconds, "history": state.history}
     if env.main:
         save_checkpoint(out, payload)
-    if env.world > 1:
+    if dist.is_initialized():
         dist.barrier()
     return payload

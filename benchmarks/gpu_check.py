@@ -1,0 +1,149 @@
+"""The DEVICE paths in one short script: AMP bf16 + channels-last training, DDP over NCCL under torchrun,
+evaluation and reproduction on the GPU, and PGD throughput against torchattacks.
+
+    python benchmarks/gpu_check.py --data-dir /path/with/MNIST/raw --out results.json
+
+Every check prints one line and lands in the JSON. It needs a DEVICE device; nothing here runs in the
+CPU test suite (which covers the same code on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchattacks
+
+from robustbench_karp.attacks.pgd import PGD
+from robustbench_karp.data import DATASETS, load_split, subset_indices
+from robustbench_karp.engine import predict, run_attacks
+from robustbench_karp.harness import EvalRequest, new_model, run_evaluation
+from robustbench_karp.store import load_checkpoint
+from robustbench_karp.threat import ThreatModel
+from robustbench_karp.train import fit, make_train_config
+
+DEVICE = torch.device("cuda")  # --device cpu makes a dry run of the script itself
+TRAIN_SIZE: int | None = None  # --quick
+
+
+def sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_check(data_dir: Path, home: Path) -> dict:
+    """bf16 autocast + channels-last training of smallcnn on MNIST (2 epochs) and fgsm-at (3 epochs)."""
+    out = {}
+    for defense, epochs in (("standard", 2), ("fgsm-at", 3)):
+        config = make_train_config("smallcnn", "mnist", defense, recipe_overrides={"epochs": epochs}, seed=0,
+                                   train_size=TRAIN_SIZE)
+        start = time.perf_counter()
+        payload = fit(config, home / f"{defense}.pt", data_dir=data_dir, device=DEVICE, download=False, amp="bf16",
+                      channels_last=True)
+        last = payload["history"][-1]
+        out[defense] = {"seconds": time.perf_counter() - start, "val_clean": last["val_clean_accuracy"],
+                        "val_pgd10": last["val_pgd_accuracy"], "finite": all(torch.isfinite(v).all().item()
+                                                                             for v in payload["state_dict"].values())}
+        print(f"train {defense} bf16+channels-last: {out[defense]}", flush=True)
+    return out
+
+
+def ddp_check(data_dir: Path, home: Path) -> dict:
+    """torchrun + DDP over NCCL (one process per GPU; one GPU here)."""
+    gpus = max(1, torch.cuda.device_count())
+    env = {**os.environ, "KARP_HOME": str(home / "ddp")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}", "-m",
+           "robustbench_karp", "train", "--model", "smallcnn", "--dataset", "mnist", "--defense", "fgsm-at",
+           "--epochs", "1", "--device", DEVICE.type, "--data-dir", str(data_dir), "--no-download", "--amp", "bf16"]
+    if TRAIN_SIZE:
+        cmd += ["--train-size", str(TRAIN_SIZE)]
+    start = time.perf_counter()
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=400)
+    finals = [p for p in (home / "ddp" / "checkpoints").glob("*.pt") if ".last" not in p.name]
+    result = {"gpus": gpus, "returncode": run.returncode, "seconds": time.perf_counter() - start,
+              "checkpoint": bool(finals), "tail": run.stderr[-600:] if run.returncode else ""}
+    if finals:
+        result["val_clean"] = load_checkpoint(finals[0])["history"][-1]["val_clean_accuracy"]
+    print(f"ddp nccl: {result}", flush=True)
+    return result
+
+
+def throughput(model, test, indices, batch_size: int) -> dict:
+    """PGD-40 (eps 0.3, step 0.01) on the GPU: our engine vs torchattacks.PGD plus its accuracy count."""
+    threat, out = ThreatModel("linf", 0.3), {}
+    for round_ in range(2):  # the first round warms up cuDNN
+        sync()
+        start = time.perf_counter()
+        batches = ((x, y) for _, x, y in test.batches(indices, batch_size))
+        ours = run_attacks(model, batches, [PGD(steps=40, step_size=0.01)], threat,
+                           torch.Generator(device=DEVICE).manual_seed(0), DEVICE).robust_accuracy
+        sync()
+        t_ours = time.perf_counter() - start
+        start, correct = time.perf_counter(), 0
+        attack = torchattacks.PGD(model, eps=0.3, alpha=0.01, steps=40, random_start=True)
+        for _, x, y in test.batches(indices, batch_size):
+            x, y = x.to(DEVICE), y.to(DEVICE)
+            correct += int((predict(model, attack(x, y)) == y).sum())
+        sync()
+        t_ref = time.perf_counter() - start
+        out = {"ours_s": t_ours, "torchattacks_s": t_ref, "time_ratio": t_ours / t_ref, "ours_acc": ours,
+               "torchattacks_acc": correct / len(indices), "ours_images_per_s": len(indices) / t_ours,
+               "torchattacks_images_per_s": len(indices) / t_ref, "round": round_}
+    return out
+
+
+def eval_checks(data_dir: Path, home: Path) -> dict:
+    test = load_split(DATASETS.get("mnist"), train=False, data_dir=data_dir, download=False)
+    indices = subset_indices(len(test), 1000)
+    out = {}
+    for defense in ("standard", "fgsm-at"):
+        model = new_model("smallcnn", "mnist")
+        model.load_state_dict(load_checkpoint(home / f"{defense}.pt")["state_dict"])
+        out[f"pgd40_{defense}"] = throughput(model.to(DEVICE).eval(), test, indices, 500)
+        print(f"pgd-40 throughput {defense}: {out[f'pgd40_{defense}']}", flush=True)
+    req = EvalRequest(model="smallcnn", dataset="mnist", defense="fgsm-at", eps=0.3, n_examples=500, device=DEVICE.type,
+                      checkpoint=str(home / "fgsm-at.pt"), data_dir=data_dir, download=False,
+                      attacks=[PGD(steps=20)])
+    first, second = run_evaluation(req), run_evaluation(req)
+    out["reproduce_on_gpu"] = {"same_id": first["id"] == second["id"],
+                               "robust_diff": abs(first["robust_accuracy"] - second["robust_accuracy"]),
+                               "clean_diff": abs(first["clean_accuracy"] - second["clean_accuracy"]),
+                               "warnings": first["warnings"]}
+    print(f"reproduce on gpu: {out['reproduce_on_gpu']}", flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--quick", action="store_true", help="train on 2000 points only (a dry run)")
+    args = parser.parse_args()
+    global DEVICE, TRAIN_SIZE
+    DEVICE, TRAIN_SIZE = torch.device(args.device), 2000 if args.quick else None
+    home = Path(tempfile.mkdtemp())
+    os.environ["KARP_HOME"] = str(home)
+    name = torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "cpu"
+    result = {"torch": torch.__version__, "device": name}
+    print(result, flush=True)
+    for name, check in (("train", train_check), ("ddp", ddp_check), ("eval", eval_checks)):
+        try:
+            result[name] = check(args.data_dir, home)
+        except Exception as e:  # report every check, even after one fails
+            result[name] = {"error": f"{type(e).__name__}: {e}"}
+            print(f"{name} FAILED: {e}", flush=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
