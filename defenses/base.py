@@ -45,6 +45,8 @@ class Recipe:
     milestones: tuple[float, ...] = (0.5, 0.75)  # piecewise: x0.1 at these fractions of training
     warmup_fraction: float = 0.4  # onecycle: share of training spent rising to lr
     eps_ramp_epochs: float = 0.0  # eps rises linearly from 0 over this many epochs (0: off)
+    ema_decay: float = 0.0  # evaluate and keep an exponential moving average of the weights (0: off)
+    select: str = "last"  # final weights: "last" epoch, or "best" validation PGD accuracy (early stopping)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -57,6 +59,10 @@ class Recipe:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.select not in ("last", "best"):
+            raise ValueError(f"select must be 'last' or 'best', got {self.select!r}")
         object.__setattr__(self, "milestones", tuple(self.milestones))
 
 

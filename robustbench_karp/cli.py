@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--momentum", type=number)
     tr.add_argument("--weight-decay", type=number)
     tr.add_argument("--eps-ramp-epochs", type=number)
+    tr.add_argument("--ema-decay", type=number, help="keep an exponential moving average of the weights")
+    tr.add_argument("--select", choices=["last", "best"], help="keep the last epoch or the best validation PGD one")
     tr.add_argument("--train-size", type=positive_int, default=None, help="train on the first N training points only")
     tr.add_argument("--amp", choices=["bf16"], default=None, help="bf16 mixed precision for the training step")
     tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)

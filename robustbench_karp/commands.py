@@ -155,7 +155,8 @@ def cmd_train(args) -> int:
 
     DATASETS.get(args.dataset), MODELS.get(args.model)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "momentum",
-                                               "weight_decay", "eps_ramp_epochs") if getattr(args, k) is not None}
+                                               "weight_decay", "eps_ramp_epochs", "ema_decay", "select")
+                 if getattr(args, k) is not None}
     if args.eps is not None and len(args.eps) != 1:
         raise ValueError("train takes a single --eps")
     config = make_train_config(args.model, args.dataset, args.defense, defense_options=dict(args.defense_arg),

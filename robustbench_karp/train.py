@@ -14,6 +14,7 @@ CPU to one that never stopped. Only rank 0 writes checkpoints and logs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -21,6 +22,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -190,7 +192,8 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     history: list = field(default_factory=list)
-    best_guard: float = -1.0
+    best_guard: float = -1.0  # best guard PGD accuracy (catastrophic-overfitting detection)
+    best_val: float = -1.0  # best validation PGD accuracy (the weights kept on collapse or with select="best")
     best_epoch: int = 0
     best_state: dict | None = None
     stopped_early: bool = False
@@ -203,7 +206,7 @@ def _epoch_seed(config: TrainConfig, epoch: int, rank: int) -> int:
 
 def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor, config: TrainConfig, epoch: int,
                 optimizer, scheduler, env: Distributed, amp: str | None, channels_last: bool,
-                callbacks: list[Callback]) -> dict[str, float]:
+                callbacks: list[Callback], after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over the training indices; raises TrainingDiverged on a non-finite loss."""
     recipe = Recipe(**config.recipe)
     sampler = torch.utils.data.DistributedSampler(range(len(train_idx)), num_replicas=env.world, rank=env.rank,
@@ -231,6 +234,8 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if after_step is not None:
+            after_step()
         total_loss += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
@@ -261,7 +266,8 @@ def split_train(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, torc
     return train_idx, val_idx, train_idx[: config.guard_size]
 
 
-def _load_resume(last: Path, config: TrainConfig, model: nn.Module, optimizer, scheduler) -> TrainState:
+def _load_resume(last: Path, config: TrainConfig, model: nn.Module, optimizer, scheduler,
+                 average: WeightAverage | None) -> TrainState:
     if not last.is_file():
         raise ResumeError(f"--resume: no interrupted run to resume ({last} does not exist)")
     payload = load_checkpoint(last)
@@ -270,16 +276,49 @@ def _load_resume(last: Path, config: TrainConfig, model: nn.Module, optimizer, s
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
+    if average is not None:
+        average.load_state_dict(payload["average"])
     return TrainState(**payload["state"])
 
 
-def _guard(state: TrainState, guard_acc: float, epoch: int, model: nn.Module, config: TrainConfig) -> bool:
-    """Track the best guard accuracy; True when robustness collapsed (catastrophic overfitting)."""
-    if guard_acc > state.best_guard:
-        state.best_guard, state.best_epoch = guard_acc, epoch
+class WeightAverage:
+    """Exponential moving average of the weights (Polyak averaging), warmed up like TensorFlow's EMA."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay, self.updates = decay, 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, current in zip(self.model.state_dict().values(), model.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(current.detach(), alpha=1 - d)
+            else:
+                avg.copy_(current)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["state"])
+        self.updates = saved["updates"]
+
+
+def _track(state: TrainState, metrics: dict[str, Any], model: nn.Module, config: TrainConfig, keep_best: bool) -> bool:
+    """True when the guard says robustness collapsed; otherwise remember the best epoch by validation PGD accuracy."""
+    guard = metrics.get("guard_pgd_accuracy")
+    if guard is not None:
+        if state.best_guard >= 0 and guard < state.best_guard - config.guard_drop:
+            return True
+        state.best_guard = max(state.best_guard, guard)
+    if keep_best and metrics["val_pgd_accuracy"] > state.best_val:
+        state.best_val, state.best_epoch = metrics["val_pgd_accuracy"], metrics["epoch"]
         state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        return False
-    return guard_acc < state.best_guard - config.guard_drop
+    return False
 
 
 def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device: torch.device | None = None,
@@ -304,21 +343,24 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     total = recipe.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s / total))
     last = out.with_suffix(".last.pt")
-    state = _load_resume(last, config, model, optimizer, scheduler) if resume else TrainState()
+    average = WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
+    state = _load_resume(last, config, model, optimizer, scheduler, average) if resume else TrainState()
     wrapped = nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
+    evaluated = average.model if average else model  # the weights that are validated and kept
     threat = ThreatModel(config.norm, config.eps)
+    keep_best = defense.adversarial or recipe.select == "best"
     for epoch in range(state.epoch, 0 if state.stopped_early else recipe.epochs):
         started = time.perf_counter()
         metrics = {"epoch": epoch + 1, **train_epoch(wrapped, defense, data, train_idx, config, epoch, optimizer,
-                                                      scheduler, env, amp, channels_last, callbacks)}
+                                                      scheduler, env, amp, channels_last, callbacks,
+                                                      after_step=average and (lambda: average.update(model)))}
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics["val_clean_accuracy"], metrics["val_pgd_accuracy"] = robust_accuracy(
-            model, data, val_idx, threat, config.seed, env.device)
-        collapsed = False
+            evaluated, data, val_idx, threat, config.seed, env.device)
         if defense.adversarial:
-            _, metrics["guard_pgd_accuracy"] = robust_accuracy(model, data, guard_idx, threat, config.seed + 1,
+            _, metrics["guard_pgd_accuracy"] = robust_accuracy(evaluated, data, guard_idx, threat, config.seed + 1,
                                                                env.device)
-            collapsed = _guard(state, metrics["guard_pgd_accuracy"], epoch + 1, model, config)
+        collapsed = _track(state, metrics, evaluated, config, keep_best)
         state.epoch, state.stopped_early = epoch + 1, collapsed
         state.train_seconds += time.perf_counter() - started
         metrics["train_seconds"] = state.train_seconds
@@ -326,19 +368,20 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
         if env.main:
             save_checkpoint(last, {"config": asdict(config), "state_dict": model.state_dict(),
                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                   "state": asdict(state)})
+                                   "average": average.state_dict() if average else None, "state": asdict(state)})
             write_logs(out.with_suffix(""), state.history)
         for cb in callbacks:
             cb.on_epoch(metrics)
         if collapsed:
             log.warning("catastrophic overfitting at epoch %d: guard PGD accuracy %.3f fell more than %.2f below its "
-                        "best %.3f (epoch %d); stopping and keeping the epoch-%d weights", epoch + 1,
-                        metrics["guard_pgd_accuracy"], config.guard_drop, state.best_guard, state.best_epoch,
-                        state.best_epoch)
+                        "best %.3f; stopping and keeping the epoch-%d weights (best validation PGD accuracy %.3f)",
+                        epoch + 1, metrics["guard_pgd_accuracy"], config.guard_drop, state.best_guard,
+                        state.best_epoch, state.best_val)
             break
-    final_state = state.best_state if state.stopped_early else model.state_dict()
-    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "state_dict": final_state,
-               "epochs_completed": state.epoch, "selected_epoch": state.best_epoch if state.stopped_early else state.epoch,
+    use_best = state.stopped_early or recipe.select == "best"
+    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config),
+               "state_dict": state.best_state if use_best else evaluated.state_dict(),
+               "epochs_completed": state.epoch, "selected_epoch": state.best_epoch if use_best else state.epoch,
                "stopped_early": state.stopped_early, "train_seconds": state.train_seconds, "history": state.history}
     if env.main:
         save_checkpoint(out, payload)

@@ -81,12 +81,12 @@ def test_nan_loss_stops_with_epoch_and_step_and_saves_nothing(tmp_path, monkeypa
 
 
 def test_catastrophic_overfitting_guard_keeps_the_best_epoch(tmp_path, monkeypatch, caplog):
-    guard = iter([0.5, 0.6, 0.1])  # guard PGD accuracy per epoch: collapse at epoch 3
+    measured = {256: iter([0.5, 0.6, 0.1]), 143: iter([0.4, 0.5, 0.05])}  # guard / validation PGD accuracy per epoch
     real = train_module.robust_accuracy
 
     def fake(model, data, indices, threat, seed, device, batch_size=500):
-        clean, pgd = real(model, data, indices, threat, seed, device, batch_size)
-        return (clean, next(guard)) if len(indices) == 256 else (clean, pgd)
+        clean, _ = real(model, data, indices, threat, seed, device, batch_size)
+        return clean, next(measured[len(indices)])
 
     monkeypatch.setattr(train_module, "robust_accuracy", fake)
     config = make_train_config("smallcnn", "digits", "fgsm-at", recipe_overrides={**QUICK, "epochs": 4}, seed=3,
@@ -99,6 +99,23 @@ def test_catastrophic_overfitting_guard_keeps_the_best_epoch(tmp_path, monkeypat
     two = fit(type(config)(**{**config.__dict__, "recipe": {**config.recipe, "epochs": 2}}), tmp_path / "two.pt")
     for key, value in two["state_dict"].items():  # constant lr: epoch-2 weights of both runs coincide
         assert torch.equal(value, payload["state_dict"][key]), key
+
+
+def test_weight_average_and_best_epoch_selection(tmp_path):
+    """ema_decay keeps an average of the weights, used for validation and kept; select=best keeps the best epoch."""
+    config = digits_config("standard", ema_decay=0.9, select="best", epochs=3)
+    payload = fit(config, tmp_path / "ema.pt")
+    best = max(payload["history"], key=lambda h: h["val_pgd_accuracy"])
+    assert payload["selected_epoch"] == best["epoch"]
+    resumed_config = digits_config("standard", ema_decay=0.9, epochs=2)
+    straight = fit(resumed_config, tmp_path / "a.pt")
+    with pytest.raises(KeyboardInterrupt):
+        fit(resumed_config, tmp_path / "b.pt", callbacks=[StopAfter(1)])
+    resumed = fit(resumed_config, tmp_path / "b.pt", resume=True)  # the average survives the interruption
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+    with pytest.raises(ValueError, match="ema_decay"):
+        digits_config("standard", ema_decay=1.5)
 
 
 def test_train_command_then_evaluate_uses_that_checkpoint(karp_home, tmp_path, capsys):
