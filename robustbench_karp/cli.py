@@ -95,7 +95,14 @@ def add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="karp-robust", description="Adversarial-robustness benchmarking for PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_evaluate(sub)
+    add_train(sub)
+    add_publishing(sub)
+    sub.add_parser("list", help="registered models, datasets, attacks and defenses")
+    return parser
 
+
+def add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="clean and robust accuracy of a model; one record per run")
     add_common(ev)
     ev.add_argument("--checkpoint", default=None, help="your own weights (loaded strictly, weights_only)")
@@ -114,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=positive_int, default=500)
     ev.add_argument("--json", action="store_true", help="print the record as one JSON object")
 
+
+def add_train(sub) -> None:
     tr = sub.add_parser("train", help="train a model with a defense into the checkpoint store")
     add_common(tr)
     tr.add_argument("--defense-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE")
@@ -136,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, default=None, help="also write a copy of the checkpoint here")
     tr.add_argument("--tensorboard", type=Path, default=None, metavar="DIR")
 
+
+def add_publishing(sub) -> None:
     cmp = sub.add_parser("compare", help="fill the defenses x attacks matrix (trains and evaluates what is missing)")
     add_common(cmp)
     cmp.add_argument("--defenses", required=True, help="comma-separated defenses, e.g. standard,fgsm-at,pgd-at,trades")
@@ -162,9 +173,6 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rep.add_argument("--data-dir", type=Path, default=None)
     rep.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
-
-    sub.add_parser("list", help="registered models, datasets, attacks and defenses")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,7 +151,8 @@ def cmd_train(args) -> int:
 
     from robustbench_karp.engine import resolve_device
     from robustbench_karp.harness import checkpoint_dir
-    from robustbench_karp.train import ResumeError, TensorBoardCallback, fit, make_train_config
+    from robustbench_karp.train import ResumeError, fit, make_train_config
+    from robustbench_karp.train_logs import TensorBoardCallback
 
     DATASETS.get(args.dataset), MODELS.get(args.model)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "momentum",

@@ -14,18 +14,13 @@ CPU to one that never stopped. Only rank 0 writes checkpoints and logs.
 from __future__ import annotations
 
 import contextlib
-import copy
-import csv
-import io
-import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -34,10 +29,13 @@ from torch import nn
 from robustbench_karp.attacks.pgd import PGD
 from robustbench_karp.data import DATASETS, ImageSet, load_split
 from robustbench_karp.defenses.base import Defense, Recipe, build_defense
+from robustbench_karp.distributed import Distributed, setup_distributed
 from robustbench_karp.engine import run_attacks
 from robustbench_karp.models import create_model
-from robustbench_karp.store import atomic_write_text, config_hash, load_checkpoint, save_checkpoint
+from robustbench_karp.optim import WeightAverage, lr_factor, make_optimizer
+from robustbench_karp.store import config_hash, load_checkpoint, save_checkpoint
 from robustbench_karp.threat import ThreatModel
+from robustbench_karp.train_logs import Callback, write_logs
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "karp-robust/1"
@@ -89,57 +87,6 @@ def make_train_config(model: str, dataset: str, defense: str = "standard", *, de
                        train_size=train_size)
 
 
-class Callback(Protocol):
-    def on_step(self, epoch: int, step: int, steps: int, loss: float, accuracy: float) -> None: ...
-    def on_epoch(self, metrics: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: torch.device) -> Distributed:
-    """Join torchrun's process group when launched by torchrun (NCCL on CUDA, gloo on CPU).
-
-    Under torchrun the model is wrapped in DDP even with one process, so a one-GPU machine
-    exercises the same path as many.
-    """
-    if not {"RANK", "WORLD_SIZE", "MASTER_ADDR"} <= set(os.environ):
-        return Distributed(0, 1, device)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), device)
-
-
-def lr_factor(recipe: Recipe, progress: float) -> float:
-    """Multiplier of recipe.lr at progress in [0, 1] of training."""
-    if recipe.schedule == "piecewise":
-        return 0.1 ** sum(progress >= m for m in recipe.milestones)
-    if recipe.schedule == "onecycle":  # linear up to lr, then linear down to 0 (fast AT's cyclic schedule)
-        w = recipe.warmup_fraction
-        return progress / w if progress < w else max(0.0, (1 - progress) / (1 - w))
-    if recipe.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
-
-
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                               weight_decay=recipe.weight_decay, nesterov=recipe.momentum > 0)
-    return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-
-
 def build_model(config: TrainConfig) -> nn.Module:
     """A freshly initialized model; initialization is seeded without disturbing the global RNG."""
     spec = DATASETS.get(config.dataset)
@@ -156,34 +103,6 @@ def robust_accuracy(model: nn.Module, data: ImageSet, indices: torch.Tensor, thr
     batches = ((x, y) for _, x, y in data.batches(indices, batch_size))
     result = run_attacks(model, batches, [PGD(steps=10)], threat, gen, device)
     return result.clean_accuracy, result.robust_accuracy
-
-
-def write_logs(path_stem: Path, history: list[dict[str, Any]]) -> None:
-    """The per-epoch history as JSONL and CSV next to the checkpoint, rewritten atomically."""
-    atomic_write_text(path_stem.with_suffix(".log.jsonl"), "".join(json.dumps(h, sort_keys=True) + "\n" for h in history))
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(history[0]) if history else ["epoch"])
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path_stem.with_suffix(".log.csv"), out.getvalue())
-
-
-class TensorBoardCallback:
-    def __init__(self, log_dir: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-        self.writer = SummaryWriter(str(log_dir))
-
-    def on_step(self, epoch, step, steps, loss, accuracy):
-        pass
-
-    def on_epoch(self, metrics):
-        for key, value in metrics.items():
-            if isinstance(value, (int, float)) and key != "epoch":
-                self.writer.add_scalar(key, value, metrics["epoch"])
-        self.writer.flush()
 
 
 @dataclass
@@ -281,33 +200,6 @@ def _load_resume(last: Path, config: TrainConfig, model: nn.Module, optimizer, s
     return TrainState(**payload["state"])
 
 
-class WeightAverage:
-    """Exponential moving average of the weights (Polyak averaging), warmed up like TensorFlow's EMA."""
-
-    def __init__(self, model: nn.Module, decay: float):
-        self.model = copy.deepcopy(model).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.decay, self.updates = decay, 0
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for avg, current in zip(self.model.state_dict().values(), model.state_dict().values()):
-            if avg.dtype.is_floating_point:
-                avg.mul_(d).add_(current.detach(), alpha=1 - d)
-            else:
-                avg.copy_(current)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"state": self.model.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, saved: dict[str, Any]) -> None:
-        self.model.load_state_dict(saved["state"])
-        self.updates = saved["updates"]
-
-
 def _track(state: TrainState, metrics: dict[str, Any], model: nn.Module, config: TrainConfig, keep_best: bool) -> bool:
     """True when the guard says robustness collapsed; otherwise remember the best epoch by validation PGD accuracy."""
     guard = metrics.get("guard_pgd_accuracy")
@@ -319,6 +211,25 @@ def _track(state: TrainState, metrics: dict[str, Any], model: nn.Module, config:
         state.best_val, state.best_epoch = metrics["val_pgd_accuracy"], metrics["epoch"]
         state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return False
+
+
+def _optimization(model: nn.Module, recipe: Recipe, n_train: int, env: Distributed):
+    """(optimizer, per-step LambdaLR scheduler) for the recipe."""
+    optimizer = make_optimizer(model, recipe)
+    steps_per_epoch = math.ceil(math.ceil(n_train / env.world) / max(1, recipe.batch_size // env.world))
+    total = recipe.epochs * steps_per_epoch
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s / total))
+
+
+def _measure(model: nn.Module, data: ImageSet, val_idx: torch.Tensor, guard_idx: torch.Tensor, config: TrainConfig,
+             env: Distributed, adversarial: bool) -> dict[str, float]:
+    """Clean and PGD-10 accuracy on the validation slice, and the guard's PGD-10 accuracy (adversarial defenses)."""
+    threat = ThreatModel(config.norm, config.eps)
+    clean, pgd = robust_accuracy(model, data, val_idx, threat, config.seed, env.device)
+    out = {"val_clean_accuracy": clean, "val_pgd_accuracy": pgd}
+    if adversarial:
+        out["guard_pgd_accuracy"] = robust_accuracy(model, data, guard_idx, threat, config.seed + 1, env.device)[1]
+    return out
 
 
 def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device: torch.device | None = None,
@@ -335,44 +246,31 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     recipe = Recipe(**config.recipe)
     data = load_split(DATASETS.get(config.dataset), train=True, data_dir=data_dir, download=download)
     train_idx, val_idx, guard_idx = split_train(data, config)
-    model = build_model(config).to(env.device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, recipe)
-    steps_per_epoch = math.ceil(math.ceil(len(train_idx) / env.world) / max(1, recipe.batch_size // env.world))
-    total = recipe.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(recipe, s / total))
+    model = build_model(config).to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    optimizer, scheduler = _optimization(model, recipe, len(train_idx), env)
     last = out.with_suffix(".last.pt")
     average = WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
     state = _load_resume(last, config, model, optimizer, scheduler, average) if resume else TrainState()
     wrapped = nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
     evaluated = average.model if average else model  # the weights that are validated and kept
-    threat = ThreatModel(config.norm, config.eps)
-    keep_best = defense.adversarial or recipe.select == "best"
     for epoch in range(state.epoch, 0 if state.stopped_early else recipe.epochs):
         started = time.perf_counter()
         metrics = {"epoch": epoch + 1, **train_epoch(wrapped, defense, data, train_idx, config, epoch, optimizer,
                                                       scheduler, env, amp, channels_last, callbacks,
-                                                      after_step=average and (lambda: average.update(model)))}
-        metrics["lr"] = optimizer.param_groups[0]["lr"]
-        metrics["val_clean_accuracy"], metrics["val_pgd_accuracy"] = robust_accuracy(
-            evaluated, data, val_idx, threat, config.seed, env.device)
-        if defense.adversarial:
-            _, metrics["guard_pgd_accuracy"] = robust_accuracy(evaluated, data, guard_idx, threat, config.seed + 1,
-                                                               env.device)
-        collapsed = _track(state, metrics, evaluated, config, keep_best)
-        state.epoch, state.stopped_early = epoch + 1, collapsed
-        state.train_seconds += time.perf_counter() - started
-        metrics["train_seconds"] = state.train_seconds
-        state.history.append(metrics)
+                                                      after_step=average and (lambda: average.update(model))),
+                   "lr": optimizer.param_groups[0]["lr"]}
+        metrics |= _measure(evaluated, data, val_idx, guard_idx, config, env, defense.adversarial)
+        state.stopped_early = _track(state, metrics, evaluated, config, defense.adversarial or recipe.select == "best")
+        state.epoch, state.train_seconds = epoch + 1, state.train_seconds + time.perf_counter() - started
+        state.history.append({**metrics, "train_seconds": state.train_seconds})
         if env.main:
             save_checkpoint(last, {"config": asdict(config), "state_dict": model.state_dict(),
                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                    "average": average.state_dict() if average else None, "state": asdict(state)})
             write_logs(out.with_suffix(""), state.history)
         for cb in callbacks:
-            cb.on_epoch(metrics)
-        if collapsed:
+            cb.on_epoch(state.history[-1])
+        if state.stopped_early:
             log.warning("catastrophic overfitting at epoch %d: guard PGD accuracy %.3f fell more than %.2f below its "
                         "best %.3f; stopping and keeping the epoch-%d weights (best validation PGD accuracy %.3f)",
                         epoch + 1, metrics["guard_pgd_accuracy"], config.guard_drop, state.best_guard,
