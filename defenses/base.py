@@ -71,6 +71,8 @@ class Defense:
 
     name: typing.ClassVar[str] = ""
     recipes: typing.ClassVar[dict[str, Recipe]] = {"default": Recipe()}
+    # Per-dataset defaults of the defense's own options (e.g. fgsm-at's step on MNIST); explicit options win.
+    dataset_options: typing.ClassVar[dict[str, dict[str, Any]]] = {}
     adversarial: typing.ClassVar[bool] = True  # trains against an inner attack: needs eps > 0
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
@@ -105,11 +107,12 @@ def register(name: str):
     return add
 
 
-def build_defense(name: str, options: dict[str, Any] | None = None) -> Defense:
+def build_defense(name: str, options: dict[str, Any] | None = None, dataset: str | None = None) -> Defense:
+    """The defense with its options (strings are coerced); `dataset` applies the defense's per-dataset defaults."""
     from robustbench_karp.attacks.base import coerce
 
     cls = DEFENSES.get(name)
-    options = dict(options or {})
+    options = {**(cls.dataset_options.get(dataset, {}) if dataset else {}), **(options or {})}
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(options) - fields)

@@ -175,7 +175,9 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
     context = RunContext(dataset=spec.name, model=req.model, data_dir=req.data_dir, download=req.download,
                          device=device, seed=req.seed, checkpoint_sha256=sha)
     model = defense.wrap(classifier.to(device).eval(), context)
-    provenance = {"model": req.model, "dataset": spec.name, "defense": req.defense, "defense_config": defense.config(),
+    trained_by = stored["defense"] if stored and defense.classifier_defense() is defense else None
+    provenance = {"model": req.model, "dataset": spec.name, "defense": req.defense,
+                  "defense_config": trained_by or defense.config(),
                   "checkpoint": portable_path(path), "checkpoint_sha256": sha, "train_config": stored}
     return model.to(device).eval(), provenance, device
 

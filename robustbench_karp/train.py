@@ -77,7 +77,7 @@ def make_train_config(model: str, dataset: str, defense: str = "standard", *, de
                       seed: int = 0, train_size: int | None = None) -> TrainConfig:
     """The configuration for (model, dataset, defense) with the defense's registered recipe, plus overrides."""
     spec = DATASETS.get(dataset)
-    built = build_defense(defense, defense_options).classifier_defense()  # a purifier trains its base classifier
+    built = build_defense(defense, defense_options, dataset).classifier_defense()  # a purifier trains its base
     recipe = Recipe(**{**asdict(built.recipe_for(dataset)), **(recipe_overrides or {})})
     eps = spec.default_eps[norm] if eps is None else eps
     if built.adversarial and not eps > 0:
