@@ -11,7 +11,8 @@ import torch
 from robustbench_karp import train as train_module
 from robustbench_karp.cli import main
 from robustbench_karp.defenses.standard import Standard
-from robustbench_karp.harness import checkpoint_dir
+from robustbench_karp.engine import evaluate
+from robustbench_karp.harness import checkpoint_dir, new_model
 from robustbench_karp.store import ResultsStore, file_sha256, load_checkpoint
 from robustbench_karp.train import ResumeError, TrainingDiverged, fit, make_train_config
 
@@ -166,3 +167,21 @@ def test_bf16_autocast_and_channels_last_train_a_working_model(tmp_path):
     payload = fit(config, tmp_path / "amp.pt", amp="bf16", channels_last=True)
     assert all(torch.isfinite(v).all() for v in payload["state_dict"].values())
     assert payload["history"][-1]["val_clean_accuracy"] > 0.7
+
+
+@pytest.mark.slow
+def test_short_mnist_fgsm_at_beats_standard_under_pgd(mnist_dir, mnist_test, tmp_path):
+    """200 steps of fgsm-at against the same 200 steps of standard training, on real MNIST at eps 0.2."""
+    x, y = mnist_test.batch(torch.arange(500))
+    results = {}
+    for defense in ("standard", "fgsm-at"):
+        config = make_train_config("smallcnn", "mnist", defense, eps=0.2, seed=0, train_size=200 * 128,
+                                   recipe_overrides={"epochs": 1, "eps_ramp_epochs": 0, "schedule": "onecycle",
+                                                     "lr": 2e-3, "batch_size": 128})
+        payload = fit(config, tmp_path / f"{defense}.pt", data_dir=mnist_dir, download=False)
+        model = new_model("smallcnn", "mnist")
+        model.load_state_dict(payload["state_dict"])
+        results[defense] = evaluate(model.eval(), x, y, attacks=[("pgd", {"steps": 20})], eps=0.2, device="cpu")
+    assert results["fgsm-at"].clean_accuracy > 0.9
+    assert results["fgsm-at"].robust_accuracy > results["standard"].robust_accuracy + 0.3, \
+        (results["fgsm-at"].robust_accuracy, results["standard"].robust_accuracy)
