@@ -38,7 +38,6 @@ from robustbench_karp import progress
 from robustbench_karp.attacks import build_attack
 from robustbench_karp.context import RunContext
 from robustbench_karp.data import DATASETS, load_split, subset_indices
-from robustbench_karp.defenses import build_defense
 from robustbench_karp.harness import EvalRequest, obtain_checkpoint, prepare, run_evaluation
 from robustbench_karp.store import atomic_write_text
 from robustbench_karp.threat import ThreatModel
@@ -78,10 +77,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def request(args, defense: str, attacks: list, checkpoint: str | None, n: int) -> EvalRequest:
-    return EvalRequest(model="smallcnn", dataset="mnist", defense=defense, attacks=attacks, norm="linf", eps=EPS,
-                       n_examples=n, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                       checkpoint=checkpoint, data_dir=args.data_dir, download=False)
+def request(args, defense: str, attacks: list, checkpoint: str | None, n: int, options: dict | None = None) -> EvalRequest:
+    return EvalRequest(model="smallcnn", dataset="mnist", defense=defense, defense_options=options or {}, attacks=attacks,
+                       norm="linf", eps=EPS, n_examples=n, seed=args.seed, batch_size=args.batch_size,
+                       device=args.device, checkpoint=checkpoint, data_dir=args.data_dir, download=False)
 
 
 def quick_checkpoint(args, defense: str) -> str | None:
@@ -147,19 +146,17 @@ def checkpoint_results(args, defense: str) -> dict:
 def defense_gan_results(args) -> dict:
     """Defense-GAN over the standard classifier: clean, plain PGD, transfer, BPDA+EOT, worst case, cost per image."""
     checkpoint = quick_checkpoint(args, "standard")
-    classifier, provenance, device = prepare(request(args, "standard", [], checkpoint, args.dg_n_examples))
-    defense = build_defense("defense-gan", {"steps": args.dg_steps, "restarts": args.dg_restarts,
-                                            "epochs": args.dg_gan_epochs, "train_size": args.dg_gan_train_size,
-                                            "gan_lr": args.dg_gan_lr})
-    model = defense.wrap(classifier, context_of(args, provenance, device)).to(device).eval()
-    prepared = (model, {**provenance, "defense": "defense-gan", "defense_config": defense.config()}, device)
+    options = {"steps": args.dg_steps, "restarts": args.dg_restarts, "epochs": args.dg_gan_epochs,
+               "train_size": args.dg_gan_train_size, "gan_lr": args.dg_gan_lr}
+    request_of = lambda attacks: request(args, "defense-gan", attacks, checkpoint, args.dg_n_examples, options)
+    model, _, device = prepared = prepare(request_of([]))  # the classifier with the projection in front
     steps = args.dg_attack_steps
     pgd = build_attack("pgd", {"steps": steps})
     transfer = build_attack("transfer-pgd", {"steps": steps})
     bpda = build_attack("bpda-pgd", {"steps": steps, "eot_samples": args.dg_eot})
     out = {"steps": args.dg_steps, "restarts": args.dg_restarts, "attack_steps": steps, "eot": args.dg_eot}
     for first, rest in [(pgd, [transfer, bpda]), (transfer, [bpda]), (bpda, [transfer])]:
-        record = run_evaluation(request(args, "defense-gan", [first, *rest], None, args.dg_n_examples), prepared=prepared)
+        record = run_evaluation(request_of([first, *rest]), prepared=prepared)
         out[first.name] = {"accuracy": record["per_attack"][first.name], "record": record["id"]}
         if first is pgd:
             out["clean_accuracy"], out["worst_case"] = record["clean_accuracy"], record["robust_accuracy"]

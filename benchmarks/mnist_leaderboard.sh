@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Regenerate the published MNIST leaderboard from scratch, on the CPU (hours on two cores).
+#
+#   DATA=../shared/data KARP_HOME=~/.cache/karp-robust bash benchmarks/mnist_leaderboard.sh
+#
+# 1. trains every defense on smallcnn with its registered recipe (fgsm-at on seeds 0, 1, 2) and
+#    evaluates each on the first 1000 MNIST test points: clean, PGD-50 x 10 restarts, AutoAttack;
+# 2. PGD-40 against torchattacks.PGD (speed and accuracy) and peak memory at 1,000 vs 10,000 points;
+# 3. AdvGAN and Defense-GAN (adaptive evaluation);
+# 4. renders leaderboard/ from the store. Every number is a store record: `karp-robust reproduce <id>`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${DATA:-$(cd .. && pwd)/shared/data}"
+OUT="${OUT:-bench-out}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
+mkdir -p "$OUT"
+
+python benchmarks/train_mnist_defenses.py --data-dir "$DATA" --defenses fgsm-at --seeds 0,1,2 --no-autoattack \
+    --out "$OUT/defenses.jsonl" | tee "$OUT/fgsm_at_seeds.md"
+python benchmarks/train_mnist_defenses.py --data-dir "$DATA" --defenses standard --no-autoattack \
+    --out "$OUT/defenses.jsonl" | tee "$OUT/standard.md"
+python benchmarks/pgd_vs_torchattacks.py --data-dir "$DATA" --out "$OUT/pgd_speed.json" | tee "$OUT/pgd_speed.md"
+python benchmarks/pgd_vs_torchattacks.py --data-dir "$DATA" --memory --out "$OUT/pgd_memory.json" | tee "$OUT/pgd_memory.md"
+python benchmarks/train_mnist_defenses.py --data-dir "$DATA" --defenses pgd-at,trades --no-autoattack \
+    --out "$OUT/defenses.jsonl" | tee "$OUT/pgd_at_trades.md"
+python benchmarks/train_mnist_defenses.py --data-dir "$DATA" --defenses standard,fgsm-at,pgd-at,trades \
+    --out "$OUT/defenses_aa.jsonl" | tee "$OUT/autoattack.md"
+python benchmarks/gan_mnist.py --data-dir "$DATA" --out "$OUT/gan.json" | tee "$OUT/gan.md"
+python -m robustbench_karp leaderboard build --dataset mnist
