@@ -9,6 +9,7 @@ in the ball (`fgsm-at`) collapses. Cost: one forward/backward for the step, like
 Arguments:
     noise_scale (float): k, noise drawn from U[-k eps, k eps]. Default 2.0 (the paper's).
     step_scale (float): step = step_scale * eps. Default 1.0 (the paper's).
+    clip_start (bool): clip the noisy start to [0, 1] before the gradient. Default False (see fgsm-at).
     attack_eval_mode (bool): inner step with the model in eval mode. Default False.
 """
 
@@ -29,9 +30,12 @@ _CIFAR = Recipe(epochs=30, optimizer="sgd", lr=0.2, weight_decay=5e-4, schedule=
 class NFGSM(Defense):
     noise_scale: float = 2.0
     step_scale: float = 1.0
+    clip_start: bool = False
     attack_eval_mode: bool = False
     recipes = {
         "default": Recipe(epochs=10, optimizer="adam", lr=1e-3, schedule="onecycle"),
+        "mnist": Recipe(epochs=12, optimizer="adam", lr=3e-3, schedule="onecycle", eps_ramp_epochs=3, ema_decay=0.999,
+                        select="best"),
         "cifar10": _CIFAR, "cifar100": _CIFAR, "svhn": _CIFAR,
     }
 
@@ -42,7 +46,7 @@ class NFGSM(Defense):
     def loss(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator):
         # The training ball is the noise plus one step: projecting onto it changes nothing, it only clips to [0, 1].
         wide = ThreatModel(threat.norm, (self.noise_scale + self.step_scale) * threat.eps)
-        start = ThreatModel(threat.norm, self.noise_scale * threat.eps).random_point(x, gen)
+        start = ThreatModel(threat.norm, self.noise_scale * threat.eps).random_point(x, gen, clip=self.clip_start)
         with inner_attack_mode(model, self.attack_eval_mode) as inner:
             x_adv, _ = ascend(x, untargeted_objective(inner, y), wide, steps=1, step_size=self.step_scale * threat.eps,
                               random_start=True, gen=gen, start=start)
