@@ -7,7 +7,7 @@ treats it as the identity on the backward pass, through the straight-through sur
 
     classifier(x + (preprocess(x) - x).detach())       # value: the real model; gradient: d classifier at preprocess(x)
 
-and averages that gradient over `eot_samples` forward passes (EOT), since purifiers are random.
+and averages that gradient over `samples` forward passes (EOT), since purifiers are random.
 
 Protocol (nothing is special-cased): the model has attributes `preprocess` (nn.Module) and
 `classifier` (nn.Module), and its forward is classifier(preprocess(x)). A model without
@@ -22,27 +22,24 @@ Arguments:
     step_size (float | None): pixel units; None means 2.5 * eps / steps. Default None.
     restarts (int): random restarts, each only on the points no earlier restart broke. Default 1.
     random_start (bool): start at a uniform random point of the ball. Default True.
-    eot_samples (int): forward passes (purifier draws) averaged per step. Default 2.
+    samples (int): forward passes (purifier draws) averaged per step (EOT). Default 2.
     loss (str): "ce" or "margin". Default "ce".
     early_stop (bool): a point leaves the batch at its first misclassified iterate. Default True.
 
 Shape: images (B, C, H, W) in [0, 1]; labels (B,). Returns x_adv of the same shape.
 
 Example:
-    >>> x_adv = BPDAPGD(steps=100, eot_samples=4)(defended, x, y, ThreatModel("linf", 0.3), gen)
+    >>> x_adv = BPDAPGD(steps=100, samples=4)(defended, x, y, ThreatModel("linf", 0.3), gen)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
-from robustbench_karp.attacks.base import LOSSES, Attack, check_positive, register
-from robustbench_karp.attacks.eot import Forward, eot_objective
-from robustbench_karp.attacks.pgd import check_step_size, restarted_ascent
-from robustbench_karp.threat import ThreatModel
+from robustbench_karp.attacks.base import register
+from robustbench_karp.attacks.eot import EOTPGD, Forward
 
 
 def straight_through(model) -> Forward:
@@ -61,26 +58,8 @@ def straight_through(model) -> Forward:
 
 @register("bpda-pgd")
 @dataclass(frozen=True)
-class BPDAPGD(Attack):
-    adaptive: ClassVar[bool] = True
-    eot: ClassVar[bool] = True
-    steps: int = 50
-    step_size: float | None = None
-    restarts: int = 1
-    random_start: bool = True
-    eot_samples: int = 2
-    loss: str = "ce"
-    early_stop: bool = True
+class BPDAPGD(EOTPGD):
+    samples: int = 2
 
-    def __post_init__(self):
-        check_positive(steps=self.steps, restarts=self.restarts, eot_samples=self.eot_samples)
-        check_step_size(self.step_size)
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
-
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
-        step_size = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
-        forward = straight_through(model)
-        return restarted_ascent(lambda y_todo: eot_objective(forward, y_todo, self.loss, self.eot_samples), x, y, threat,
-                                gen, steps=self.steps, step_size=step_size, restarts=self.restarts,
-                                random_start=self.random_start, early_stop=self.early_stop)
+    def gradient_model(self, model) -> Forward:
+        return straight_through(model)

@@ -74,8 +74,13 @@ class EOTPGD(Attack):
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
 
+    def gradient_model(self, model) -> Forward:
+        """What gradients are taken through: the model itself (BPDA replaces its preprocessing)."""
+        return model
+
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         step_size = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
-        return restarted_ascent(lambda y_todo: eot_objective(model, y_todo, self.loss, self.samples), x, y, threat, gen,
+        forward = self.gradient_model(model)
+        return restarted_ascent(lambda y_todo: eot_objective(forward, y_todo, self.loss, self.samples), x, y, threat, gen,
                                 steps=self.steps, step_size=step_size, restarts=self.restarts,
                                 random_start=self.random_start, early_stop=self.early_stop)

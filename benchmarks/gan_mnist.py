@@ -153,7 +153,7 @@ def defense_gan_results(args) -> dict:
     steps = args.dg_attack_steps
     pgd = build_attack("pgd", {"steps": steps})
     transfer = build_attack("transfer-pgd", {"steps": steps})
-    bpda = build_attack("bpda-pgd", {"steps": steps, "eot_samples": args.dg_eot})
+    bpda = build_attack("bpda-pgd", {"steps": steps, "samples": args.dg_eot})
     out = {"steps": args.dg_steps, "restarts": args.dg_restarts, "attack_steps": steps, "eot": args.dg_eot}
     for first, rest in [(pgd, [transfer, bpda]), (transfer, [bpda]), (bpda, [transfer])]:
         record = run_evaluation(request_of([first, *rest]), prepared=prepared)

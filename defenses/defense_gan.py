@@ -236,4 +236,4 @@ class DefenseGAN(Defense):
         return private.requires_grad_(False).to(context.device)
 
     def adaptive_attacks(self) -> list:
-        return [build_attack("transfer-pgd"), build_attack("bpda-pgd", {"eot_samples": 2})]
+        return [build_attack("transfer-pgd"), build_attack("bpda-pgd", {"samples": 2})]

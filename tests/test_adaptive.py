@@ -71,7 +71,7 @@ def test_bpda_gradient_is_nonzero_where_the_true_gradient_vanishes(digits_model,
 def test_bpda_without_preprocess_is_eot_pgd_through_the_model(digits_model, batch):
     x, y = batch
     threat = ThreatModel("linf", 0.1)
-    bpda = build_attack("bpda-pgd", {"steps": 5, "eot_samples": 3})(digits_model, x, y, threat, torch.Generator().manual_seed(0))
+    bpda = build_attack("bpda-pgd", {"steps": 5, "samples": 3})(digits_model, x, y, threat, torch.Generator().manual_seed(0))
     eot = build_attack("eot-pgd", {"steps": 5, "samples": 3})(digits_model, x, y, threat, torch.Generator().manual_seed(0))
     assert torch.equal(bpda, eot)
 
@@ -128,7 +128,7 @@ def test_adaptive_flags():
     assert build_attack("bpda-pgd").adaptive and build_attack("eot-pgd").adaptive
     assert not getattr(build_attack("pgd"), "adaptive", False)
     assert not getattr(build_attack("transfer-pgd"), "adaptive", False)
-    with pytest.raises(ValueError, match="eot_samples must be >= 1"):
-        build_attack("bpda-pgd", {"eot_samples": "0"})
+    with pytest.raises(ValueError, match="samples must be >= 1"):
+        build_attack("bpda-pgd", {"samples": "0"})
     with pytest.raises(ValueError, match="samples must be >= 1"):
         build_attack("eot-pgd", {"samples": "0"})
