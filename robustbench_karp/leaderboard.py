@@ -215,7 +215,8 @@ def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], lis
 INTRO = [
     "Generated from evaluation records by a pure function (`robustbench_karp.leaderboard.render_site`); do not edit by hand.",
     "Regenerate a table with the command shown under its title, e.g. "
-    "`karp-robust leaderboard build --dataset mnist --norm linf --eps 0.3`.",
+    "`karp-robust leaderboard build --dataset mnist --norm linf --eps 0.3`; "
+    "`benchmarks/mnist_leaderboard.sh` retrains and re-evaluates every published MNIST entry from scratch.",
     "Re-run a row with `karp-robust reproduce <record id>`; each entry's record ids are in `entries/<entry id>.json`.",
     "Robust accuracy is the per-example worst case over every attack run on the entry, never the best attack; "
     "brackets are 95% Wilson intervals. A flag is a warning from the sanity checks (e.g. gradient masking).",
