@@ -1,0 +1,73 @@
+"""The store: atomic files, append-only records, ids that hash the whole configuration."""
+
+import multiprocessing
+
+import pytest
+import torch
+
+from robustbench_karp.store import (
+    CheckpointError,
+    ResultsStore,
+    config_hash,
+    load_checkpoint,
+    portable_path,
+    resolve_path,
+    save_checkpoint,
+)
+
+
+def test_an_interrupted_checkpoint_write_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, {"state_dict": {"w": torch.ones(3)}})
+    real_save = torch.save
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"state_dict": {"w": torch.zeros(3)}})
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.equal(load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_checkpoints_never_run_code_and_errors_name_the_file(tmp_path):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(CheckpointError, match=str(missing)):
+        load_checkpoint(missing)
+    not_a_dict = tmp_path / "list.pt"
+    torch.save([torch.ones(1)], not_a_dict)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_checkpoint(not_a_dict)
+
+
+def _append(path, i):
+    ResultsStore(path).append({"id": f"r{i}", "created_utc": "now", "value": i})
+
+
+def test_concurrent_appends_all_land(tmp_path):
+    path = tmp_path / "results.sqlite"
+    ResultsStore(path)
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.starmap(_append, [(path, i) for i in range(16)])
+    assert sorted(r["value"] for r in ResultsStore(path).records()) == list(range(16))
+
+
+def test_records_are_append_only_and_latest_wins(tmp_path):
+    store = ResultsStore(tmp_path / "r.sqlite")
+    store.append({"id": "a", "created_utc": "1", "v": 1})
+    store.append({"id": "a", "created_utc": "2", "v": 2})
+    assert [r["v"] for r in store.records()] == [1, 2] and store.get("a")["v"] == 2 and store.get("b") is None
+
+
+def test_config_hash_is_stable_and_order_free():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2}) and len(config_hash({})) == 16
+
+
+def test_store_paths_are_portable(karp_home):
+    inside = karp_home / "checkpoints" / "x.pt"
+    assert portable_path(inside) == "checkpoints/x.pt" and resolve_path("checkpoints/x.pt") == karp_home / "checkpoints/x.pt"
+    assert portable_path("/elsewhere/y.pt") == "/elsewhere/y.pt" and resolve_path("/elsewhere/y.pt").is_absolute()
