@@ -183,9 +183,9 @@ def cmd_train(args) -> int:
         if payload["stopped_early"]:
             print(f"catastrophic overfitting: stopped after epoch {payload['epochs_completed']}, kept the weights of "
                   f"epoch {payload['selected_epoch']}")
-        last = payload["history"][-1] if payload["history"] else {}
-        print(f"checkpoint {out}  (val clean {last.get('val_clean_accuracy', float('nan')):.4f}, "
-              f"val PGD-10 {last.get('val_pgd_accuracy', float('nan')):.4f})")
+        kept = payload["history"][payload["selected_epoch"] - 1] if payload["history"] else {}
+        print(f"checkpoint {out}  (epoch {payload['selected_epoch']}: val clean "
+              f"{kept.get('val_clean_accuracy', float('nan')):.4f}, val PGD-10 {kept.get('val_pgd_accuracy', float('nan')):.4f})")
         _copy(out, args.out)
     return 0
 
