@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.harness import EvalRequest, obtain_checkpoint, run_evaluation
-from robustbench_karp.store import load_checkpoint
+from robustbench_karp.harness import EvalRequest, obtain_checkpoint, plan_evaluation, prepare, run_evaluation
+from robustbench_karp.store import ResultsStore, load_checkpoint
 from robustbench_karp.train import make_train_config
 
 PGD_50_10 = ("pgd", {"steps": "50", "restarts": "10", "step_size": "0.01"})
@@ -37,10 +37,13 @@ def train(defense: str, seed: int, data_dir: Path) -> tuple[Path, float]:
 
 
 def evaluate(defense: str, seed: int, path: Path, attack, args) -> dict:
+    """The record of this evaluation: reused from the store when it already holds it (same id), else run."""
     req = EvalRequest(model="smallcnn", dataset="mnist", defense=defense, attacks=[build_attack(*attack)],
                       eps=0.3, n_examples=args.n_examples, seed=seed, device="cpu", checkpoint=str(path),
                       data_dir=args.data_dir, download=False)
-    return run_evaluation(req)
+    prepared = prepare(req)
+    plan = plan_evaluation(req, prepared)
+    return ResultsStore().get(plan.id) or run_evaluation(req, prepared=prepared, plan=plan)
 
 
 def main() -> None:
