@@ -175,9 +175,9 @@ def test_short_mnist_fgsm_at_beats_standard_under_pgd(mnist_dir, mnist_test, tmp
     x, y = mnist_test.batch(torch.arange(500))
     results = {}
     for defense in ("standard", "fgsm-at"):
-        config = make_train_config("smallcnn", "mnist", defense, eps=0.2, seed=0, train_size=200 * 128,
+        config = make_train_config("smallcnn", "mnist", defense, eps=0.2, seed=0, train_size=200 * 64,
                                    recipe_overrides={"epochs": 1, "eps_ramp_epochs": 0, "schedule": "onecycle",
-                                                     "lr": 2e-3, "batch_size": 128})
+                                                     "lr": 2e-3, "batch_size": 64})
         payload = fit(config, tmp_path / f"{defense}.pt", data_dir=mnist_dir, download=False)
         model = new_model("smallcnn", "mnist")
         model.load_state_dict(payload["state_dict"])
