@@ -42,11 +42,10 @@ def train_check(data_dir: Path, home: Path) -> dict:
     """bf16 autocast + channels-last training of smallcnn on MNIST (2 epochs) and fgsm-at (3 epochs)."""
     out = {}
     for defense, epochs in (("standard", 2), ("fgsm-at", 3)):
-        config = make_train_config("smallcnn", "mnist", defense, recipe_overrides={"epochs": epochs}, seed=0,
-                                   train_size=TRAIN_SIZE)
+        config = make_train_config("smallcnn", "mnist", defense, seed=0, train_size=TRAIN_SIZE,
+                                   recipe_overrides={"epochs": epochs, "amp": "bf16", "channels_last": True})
         start = time.perf_counter()
-        payload = fit(config, home / f"{defense}.pt", data_dir=data_dir, device=DEVICE, download=False, amp="bf16",
-                      channels_last=True)
+        payload = fit(config, home / f"{defense}.pt", data_dir=data_dir, device=DEVICE, download=False)
         last = payload["history"][-1]
         out[defense] = {"seconds": time.perf_counter() - start, "val_clean": last["val_clean_accuracy"],
                         "val_pgd10": last["val_pgd_accuracy"], "finite": all(torch.isfinite(v).all().item()

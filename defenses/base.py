@@ -29,6 +29,10 @@ from robustbench_karp.threat import ThreatModel
 DEFENSES: Registry[type] = Registry("defense")
 SCHEDULES = ("constant", "piecewise", "onecycle", "cosine")
 OPTIMIZERS = ("sgd", "adam")
+AMP_MODES = ("none", "bf16")
+# Recipe fields added after the first checkpoints: they enter a configuration's hash only when set, so the
+# checkpoints and records made before them keep their names.
+HASH_OPTIONAL = {"amp": "none", "channels_last": False}
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class Recipe:
     eps_ramp_epochs: float = 0.0  # eps rises linearly from 0 over this many epochs (0: off)
     ema_decay: float = 0.0  # evaluate and keep an exponential moving average of the weights (0: off)
     select: str = "last"  # final weights: "last" epoch, or "best" validation PGD accuracy (early stopping)
+    amp: str = "none"  # "bf16": autocast the training step to bfloat16 (CUDA, and CPUs with bf16 units)
+    channels_last: bool = False  # channels-last memory format for the model and batches
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -63,6 +69,8 @@ class Recipe:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.select not in ("last", "best"):
             raise ValueError(f"select must be 'last' or 'best', got {self.select!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"unknown amp {self.amp!r}; valid: {', '.join(AMP_MODES)}")
         object.__setattr__(self, "milestones", tuple(self.milestones))
 
 

@@ -138,8 +138,9 @@ def add_train(sub) -> None:
     tr.add_argument("--ema-decay", type=number, help="keep an exponential moving average of the weights")
     tr.add_argument("--select", choices=["last", "best"], help="keep the last epoch or the best validation PGD one")
     tr.add_argument("--train-size", type=positive_int, default=None, help="train on the first N training points only")
-    tr.add_argument("--amp", choices=["bf16"], default=None, help="bf16 mixed precision for the training step")
-    tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+    tr.add_argument("--amp", choices=["none", "bf16"], default=None, help="bf16 mixed precision for the training step")
+    tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="channels-last memory format")
     tr.add_argument("--resume", action="store_true", help="continue an interrupted run of this configuration")
     tr.add_argument("--force", action="store_true", help="retrain even if the checkpoint exists")
     tr.add_argument("--out", type=Path, default=None, help="also write a copy of the checkpoint here")

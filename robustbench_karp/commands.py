@@ -156,7 +156,8 @@ def cmd_train(args) -> int:
 
     DATASETS.get(args.dataset), MODELS.get(args.model)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "momentum",
-                                               "weight_decay", "eps_ramp_epochs", "ema_decay", "select")
+                                               "weight_decay", "eps_ramp_epochs", "ema_decay", "select", "amp",
+                                               "channels_last")
                  if getattr(args, k) is not None}
     if args.eps is not None and len(args.eps) != 1:
         raise ValueError("train takes a single --eps")
@@ -178,7 +179,7 @@ def cmd_train(args) -> int:
     if main_rank:
         print(f"training {config.stem()}: {json.dumps(asdict(config)['recipe'])}", file=sys.stderr)
     payload = fit(config, out, data_dir=args.data_dir, device=resolve_device(args.device), download=args.download,
-                  resume=args.resume, amp=args.amp, channels_last=args.channels_last, callbacks=callbacks)
+                  resume=args.resume, callbacks=callbacks)
     if main_rank:
         if payload["stopped_early"]:
             print(f"catastrophic overfitting: stopped after epoch {payload['epochs_completed']}, kept the weights of "

@@ -28,7 +28,7 @@ from torch import nn
 
 from robustbench_karp.attacks.pgd import PGD
 from robustbench_karp.data import DATASETS, ImageSet, load_split
-from robustbench_karp.defenses.base import Defense, Recipe, build_defense
+from robustbench_karp.defenses.base import HASH_OPTIONAL, Defense, Recipe, build_defense
 from robustbench_karp.distributed import Distributed, setup_distributed
 from robustbench_karp.engine import run_attacks
 from robustbench_karp.models import create_model
@@ -66,7 +66,9 @@ class TrainConfig:
     train_size: int | None = None  # train on the first N points only (None: the whole training split)
 
     def hash(self) -> str:
-        return config_hash(asdict(self))
+        config = asdict(self)
+        config["recipe"] = {k: v for k, v in config["recipe"].items() if HASH_OPTIONAL.get(k, object()) != v}
+        return config_hash(config)
 
     def stem(self) -> str:
         return f"{self.model}-{self.dataset}-{self.defense['name']}-s{self.seed}-{self.hash()}"
@@ -124,8 +126,8 @@ def _epoch_seed(config: TrainConfig, epoch: int, rank: int) -> int:
 
 
 def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor, config: TrainConfig, epoch: int,
-                optimizer, scheduler, env: Distributed, amp: str | None, channels_last: bool,
-                callbacks: list[Callback], after_step: Callable[[], None] | None = None) -> dict[str, float]:
+                optimizer, scheduler, env: Distributed, callbacks: list[Callback],
+                after_step: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over the training indices; raises TrainingDiverged on a non-finite loss."""
     recipe = Recipe(**config.recipe)
     sampler = torch.utils.data.DistributedSampler(range(len(train_idx)), num_replicas=env.world, rank=env.rank,
@@ -135,13 +137,14 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
     per_rank = max(1, recipe.batch_size // env.world)
     steps = math.ceil(len(order) / per_rank)
     gen = torch.Generator(device=env.device).manual_seed(_epoch_seed(config, epoch, env.rank))
-    autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16) if amp == "bf16" else contextlib.nullcontext())
+    autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16) if recipe.amp == "bf16"
+                else contextlib.nullcontext())
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     for step, idx in enumerate(order.split(per_rank)):
         x, y = data.batch(idx)
         x, y = x.to(env.device), y.to(env.device)
-        if channels_last:
+        if recipe.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         ramp = recipe.eps_ramp_epochs
         scale = min(1.0, (epoch + step / steps) / ramp) if ramp > 0 else 1.0
@@ -233,8 +236,7 @@ def _measure(model: nn.Module, data: ImageSet, val_idx: torch.Tensor, guard_idx:
 
 
 def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device: torch.device | None = None,
-        download: bool = True, resume: bool = False, amp: str | None = None, channels_last: bool = False,
-        callbacks: list[Callback] | None = None) -> dict[str, Any]:
+        download: bool = True, resume: bool = False, callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Train config's model with config's defense; write the final checkpoint atomically to `out`.
 
     Returns the final checkpoint payload. `out.with_suffix('.last.pt')` holds the resumable state,
@@ -246,7 +248,8 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     recipe = Recipe(**config.recipe)
     data = load_split(DATASETS.get(config.dataset), train=True, data_dir=data_dir, download=download)
     train_idx, val_idx, guard_idx = split_train(data, config)
-    model = build_model(config).to(env.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    layout = torch.channels_last if recipe.channels_last else torch.preserve_format
+    model = build_model(config).to(env.device, memory_format=layout)
     optimizer, scheduler = _optimization(model, recipe, len(train_idx), env)
     last = out.with_suffix(".last.pt")
     average = WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
@@ -256,7 +259,7 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     for epoch in range(state.epoch, 0 if state.stopped_early else recipe.epochs):
         started = time.perf_counter()
         metrics = {"epoch": epoch + 1, **train_epoch(wrapped, defense, data, train_idx, config, epoch, optimizer,
-                                                      scheduler, env, amp, channels_last, callbacks,
+                                                      scheduler, env, callbacks,
                                                       after_step=average and (lambda: average.update(model))),
                    "lr": optimizer.param_groups[0]["lr"]}
         metrics |= _measure(evaluated, data, val_idx, guard_idx, config, env, defense.adversarial)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from robustbench_karp.cli import main
 from robustbench_karp.defenses.standard import Standard
 from robustbench_karp.engine import evaluate
 from robustbench_karp.harness import checkpoint_dir, new_model
-from robustbench_karp.store import ResultsStore, file_sha256, load_checkpoint
+from robustbench_karp.store import ResultsStore, config_hash, file_sha256, load_checkpoint
 from robustbench_karp.train import ResumeError, TrainingDiverged, fit, make_train_config
 
 QUICK = {"epochs": 2, "schedule": "constant", "batch_size": 64}
@@ -146,6 +147,17 @@ def test_impossible_training_configurations_exit_2(karp_home, capsys, args, mess
     assert code == 2 and len(err) == 1 and message in err[0]
 
 
+def test_recipe_fields_added_later_keep_earlier_checkpoint_names():
+    """amp and channels_last enter the configuration hash only when set: old checkpoints stay findable."""
+    config = make_train_config("smallcnn", "digits", "fgsm-at", seed=0)
+    legacy = {**asdict(config), "recipe": {k: v for k, v in config.recipe.items() if k not in ("amp", "channels_last")}}
+    assert config.hash() == config_hash(legacy)
+    fast = make_train_config("smallcnn", "digits", "fgsm-at", seed=0, recipe_overrides={"amp": "bf16"})
+    assert fast.hash() != config.hash() and fast.recipe["amp"] == "bf16"
+    with pytest.raises(ValueError, match="unknown amp"):
+        make_train_config("smallcnn", "digits", "fgsm-at", recipe_overrides={"amp": "fp8"})
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu_with_gloo(tmp_path):
     env = {**os.environ, "KARP_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
@@ -163,8 +175,9 @@ def test_ddp_two_processes_on_cpu_with_gloo(tmp_path):
 
 def test_bf16_autocast_and_channels_last_train_a_working_model(tmp_path):
     """The GPU options run on CPU too (autocast bf16 is supported there): finite loss, a usable checkpoint."""
-    config = make_train_config("smallcnn", "digits", "pgd-at", recipe_overrides={"epochs": 3}, seed=0)
-    payload = fit(config, tmp_path / "amp.pt", amp="bf16", channels_last=True)
+    config = make_train_config("smallcnn", "digits", "pgd-at", recipe_overrides={"epochs": 3, "amp": "bf16",
+                                                                                   "channels_last": True}, seed=0)
+    payload = fit(config, tmp_path / "amp.pt")
     assert all(torch.isfinite(v).all() for v in payload["state_dict"].values())
     assert payload["history"][-1]["val_clean_accuracy"] > 0.7
 
