@@ -22,16 +22,18 @@ from pathlib import Path
 import torch
 
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.harness import EvalRequest, obtain_checkpoint, plan_evaluation, prepare, run_evaluation
+from robustbench_karp.harness import EvalRequest, checkpoint_dir, plan_evaluation, prepare, run_evaluation
 from robustbench_karp.store import ResultsStore, load_checkpoint
-from robustbench_karp.train import make_train_config
+from robustbench_karp.train import fit, make_train_config
 
 PGD_50_10 = ("pgd", {"steps": "50", "restarts": "10", "step_size": "0.01"})
 
 
 def train(defense: str, seed: int, data_dir: Path) -> tuple[Path, float]:
     config = make_train_config("smallcnn", "mnist", defense, seed=seed)
-    path = obtain_checkpoint(config, data_dir=data_dir, device=torch.device("cpu"), download=False)
+    path = checkpoint_dir() / f"{config.stem()}.pt"  # exactly the registered recipe, never another run's checkpoint
+    if not path.is_file():
+        fit(config, path, data_dir=data_dir, device=torch.device("cpu"), download=False)
     payload = load_checkpoint(path)
     return path, float(payload.get("train_seconds", float("nan")))
 

@@ -21,10 +21,17 @@ What makes MNIST at eps 0.3 work (smallcnn; test PGD-50 x 3 restarts on 1000 poi
   5e-3). An exponential moving average of the weights (decay 0.999, the averaged weights validated
   and kept) then made step 1.25 eps stable: val PGD-10 0.90, test PGD-50 x 10 restarts 0.834 with
   clean 0.990 (step 1.0 eps: 0.828). N-FGSM (noise 2 eps, no projection) collapsed by epoch 4.
-So the registered MNIST recipe is: step 1.25 eps from an unclipped start, Adam with one-cycle to
-3e-3, eps ramped over 3 epochs, 12 epochs of batch 128, weight EMA 0.999, best validation epoch kept.
-It stays below the 88.8% PGD-50-10 of the reference's smaller stride-2 network: smallcnn keeps a
-gap of about 7 points between validation PGD-10 and test PGD-50-10 (some gradient masking remains).
+- The registered MNIST recipe: step 1.25 eps from an unclipped start, Adam with one-cycle to 3e-3,
+  eps ramped over 3 epochs, batch 128, weight EMA 0.999, best validation epoch kept; 20 epochs with
+  the training step in bf16 autocast and channels-last (14 min on two Zen 4 cores; 70 -> 36 s per
+  epoch, float32 on devices without bf16 units). Test PGD-50-10 on 1000 points, clean >= 99.0%:
+  seed 1 83.1%, seed 2 83.5% (validation PGD-10 0.907, 0.908). The earlier 12-epoch float32 schedule
+  gave 85.3% (seed 0) and 83.0% (seed 1) in 15 min: the longer schedule raised validation PGD-10
+  but not test PGD-50-10. An EMA decay of 0.9995 with a 5-epoch ramp was worse (val 0.86, falling).
+Open problem: this stays near 84%, below the 88.8% PGD-50-10 of the reference's smaller stride-2
+network. smallcnn keeps a gap of 6-8 points between validation PGD-10 and test PGD-50-10 (some
+gradient masking remains), and in the last, low-learning-rate epochs the FGSM training accuracy
+climbs to 99.6% while validation PGD accuracy falls: a slow form of catastrophic overfitting.
 
 Arguments:
     step_scale (float): step = step_scale * eps. Default 1.25 (the paper's alpha).
@@ -42,8 +49,8 @@ from robustbench_karp.defenses.base import Defense, Recipe, inner_attack_mode, r
 from robustbench_karp.threat import ThreatModel, ascend
 
 _CIFAR = Recipe(epochs=15, optimizer="sgd", lr=0.2, weight_decay=5e-4, schedule="onecycle")
-_MNIST = Recipe(epochs=12, batch_size=128, optimizer="adam", lr=3e-3, schedule="onecycle", eps_ramp_epochs=3,
-                ema_decay=0.999, select="best")
+_MNIST = Recipe(epochs=20, batch_size=128, optimizer="adam", lr=3e-3, schedule="onecycle", eps_ramp_epochs=3,
+                ema_decay=0.999, select="best", amp="bf16", channels_last=True)
 
 
 @register("fgsm-at")

@@ -9,7 +9,8 @@ Arguments:
     attack_eval_mode (bool): run the inner attack with the model in eval mode. Default False.
 
 Recipe (MNIST, sized for two CPU cores): 5 inner steps (step 2.5 eps / 5), Adam with one-cycle to
-3e-3, eps ramped from 0 over the first 2 epochs, 6 epochs, the best validation epoch kept.
+3e-3, eps ramped from 0 over the first 2 epochs, 6 epochs, the best validation epoch kept, the training step in bf16 autocast with
+channels-last (about 2x faster on CPUs with bf16 units; float32 elsewhere).
 Madry et al. used 40 steps of 0.01 and about 83 epochs (100k iterations of batch 50).
 """
 
@@ -34,7 +35,8 @@ class PGDAT(Defense):
     dataset_options = {"mnist": {"steps": 5}}
     recipes = {
         "default": Recipe(epochs=10, optimizer="adam", lr=1e-3, schedule="onecycle", eps_ramp_epochs=2),
-        "mnist": Recipe(epochs=6, optimizer="adam", lr=3e-3, schedule="onecycle", eps_ramp_epochs=2, select="best"),
+        "mnist": Recipe(epochs=6, optimizer="adam", lr=3e-3, schedule="onecycle", eps_ramp_epochs=2, select="best",
+                        amp="bf16", channels_last=True),
         "cifar10": _CIFAR, "cifar100": _CIFAR, "svhn": Recipe(epochs=40, optimizer="sgd", lr=0.01, weight_decay=5e-4,
                                                               schedule="piecewise", eps_ramp_epochs=5),
     }

@@ -11,7 +11,8 @@ Arguments:
     attack_eval_mode (bool): inner maximization in eval mode. Default True (reference).
 
 Recipe (MNIST, sized for two CPU cores): 5 inner steps, Adam with one-cycle to 3e-3, eps ramped over
-2 epochs, 6 epochs, the best validation epoch kept. The reference trains SmallCNN for 100 epochs
+2 epochs, 6 epochs, the best validation epoch kept, the training step in bf16 autocast with
+channels-last (about 2x faster on CPUs with bf16 units; float32 elsewhere). The reference trains SmallCNN for 100 epochs
 (SGD 0.01, 40 steps of 0.01).
 """
 
@@ -47,7 +48,8 @@ class TRADES(Defense):
     dataset_options = {"mnist": {"steps": 5}}
     recipes = {
         "default": Recipe(epochs=10, optimizer="adam", lr=1e-3, schedule="onecycle", eps_ramp_epochs=2),
-        "mnist": Recipe(epochs=6, optimizer="adam", lr=3e-3, schedule="onecycle", eps_ramp_epochs=2, select="best"),
+        "mnist": Recipe(epochs=6, optimizer="adam", lr=3e-3, schedule="onecycle", eps_ramp_epochs=2, select="best",
+                        amp="bf16", channels_last=True),
         "cifar10": _CIFAR, "cifar100": _CIFAR, "svhn": _CIFAR,
     }
 

@@ -125,6 +125,19 @@ def _epoch_seed(config: TrainConfig, epoch: int, rank: int) -> int:
     return (config.seed * 1_000_003 + epoch * 7919 + rank * 104_729) % (2**63 - 1)
 
 
+def bf16_supported(device: torch.device) -> bool:
+    """Whether the device computes in bfloat16 natively (elsewhere autocast emulates it, slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    cpu = torch.cpu
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def effective_amp(recipe: Recipe, device: torch.device) -> str:
+    """The recipe's precision, or "none" where the device has no bf16 units (the checkpoint records which)."""
+    return recipe.amp if recipe.amp == "none" or bf16_supported(device) else "none"
+
+
 def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor, config: TrainConfig, epoch: int,
                 optimizer, scheduler, env: Distributed, callbacks: list[Callback],
                 after_step: Callable[[], None] | None = None) -> dict[str, float]:
@@ -137,7 +150,7 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
     per_rank = max(1, recipe.batch_size // env.world)
     steps = math.ceil(len(order) / per_rank)
     gen = torch.Generator(device=env.device).manual_seed(_epoch_seed(config, epoch, env.rank))
-    autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16) if recipe.amp == "bf16"
+    autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16) if effective_amp(recipe, env.device) == "bf16"
                 else contextlib.nullcontext())
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
@@ -246,6 +259,9 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     callbacks = list(callbacks or []) if env.main else []
     defense = build_defense(config.defense["name"], {k: v for k, v in config.defense.items() if k != "name"})
     recipe = Recipe(**config.recipe)
+    if effective_amp(recipe, env.device) != recipe.amp:
+        log.warning("the recipe asks for %s autocast, but %s has no bf16 units: training in float32", recipe.amp,
+                    env.device)
     data = load_split(DATASETS.get(config.dataset), train=True, data_dir=data_dir, download=download)
     train_idx, val_idx, guard_idx = split_train(data, config)
     layout = torch.channels_last if recipe.channels_last else torch.preserve_format
@@ -280,7 +296,7 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
                         state.best_epoch, state.best_val)
             break
     use_best = state.stopped_early or recipe.select == "best"
-    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config),
+    payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "amp": effective_amp(recipe, env.device),
                "state_dict": state.best_state if use_best else evaluated.state_dict(),
                "epochs_completed": state.epoch, "selected_epoch": state.best_epoch if use_best else state.epoch,
                "stopped_early": state.stopped_early, "train_seconds": state.train_seconds, "history": state.history}

@@ -158,6 +158,16 @@ def test_recipe_fields_added_later_keep_earlier_checkpoint_names():
         make_train_config("smallcnn", "digits", "fgsm-at", recipe_overrides={"amp": "fp8"})
 
 
+def test_bf16_recipe_on_a_device_without_bf16_units_trains_in_float32(tmp_path, monkeypatch, caplog):
+    """Emulated bf16 would be slower than fp32: such devices train in fp32, with a warning and the checkpoint saying so."""
+    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
+    fallback = fit(digits_config(epochs=1, amp="bf16"), tmp_path / "fallback.pt")
+    plain = fit(digits_config(epochs=1), tmp_path / "plain.pt")
+    assert fallback["amp"] == "none" and "no bf16 units: training in float32" in caplog.text
+    for key, value in plain["state_dict"].items():
+        assert torch.equal(value, fallback["state_dict"][key]), key
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu_with_gloo(tmp_path):
     env = {**os.environ, "KARP_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
@@ -178,6 +188,7 @@ def test_bf16_autocast_and_channels_last_train_a_working_model(tmp_path):
     config = make_train_config("smallcnn", "digits", "pgd-at", recipe_overrides={"epochs": 3, "amp": "bf16",
                                                                                    "channels_last": True}, seed=0)
     payload = fit(config, tmp_path / "amp.pt")
+    assert payload["amp"] == ("bf16" if train_module.bf16_supported(torch.device("cpu")) else "none")
     assert all(torch.isfinite(v).all() for v in payload["state_dict"].values())
     assert payload["history"][-1]["val_clean_accuracy"] > 0.7
 
