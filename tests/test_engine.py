@@ -1,11 +1,13 @@
 """The engine's worst-case aggregation, pinned down with fake attacks."""
 
+import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
 
+from robustbench_karp import engine
 from robustbench_karp.attacks.base import Attack
 from robustbench_karp.engine import evaluate, run_attacks
 from robustbench_karp.threat import BudgetViolation, ThreatModel
@@ -71,6 +73,18 @@ def test_batches_give_the_same_result_as_one_batch():
     split = run_attacks(PixelClassifier(), zip(x.split(3), y.split(3)), [FlipSet(ids=(2, 5), seen=[])],
                         ThreatModel("linf", 0.1), torch.Generator(), torch.device("cpu"))
     assert one.robust == split.robust and one.per_attack == split.per_attack
+
+
+def test_freed_heap_pages_go_back_to_the_os_after_every_batch(monkeypatch):
+    """Peak RSS stays bounded by the batch size (benchmarks/pgd_vs_torchattacks.py --memory measures it)."""
+    if sys.platform.startswith("linux"):
+        assert engine._malloc_trim() is not None  # glibc: the trim is really there
+    calls = []
+    monkeypatch.setattr(engine, "release_memory", lambda: calls.append(1))
+    x, y = data(8)
+    run_attacks(PixelClassifier(), zip(x.split(3), y.split(3)), [FlipSet(ids=(2, 5), seen=[])],
+                ThreatModel("linf", 0.1), torch.Generator(), torch.device("cpu"))
+    assert len(calls) == 3
 
 
 @dataclass(frozen=True)
