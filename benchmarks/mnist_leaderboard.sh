@@ -7,7 +7,7 @@
 #    evaluates each on the first 1000 MNIST test points: clean and PGD-50 x 10 restarts;
 # 2. PGD-40 against torchattacks.PGD (speed and accuracy) and peak memory at 1,000 vs 10,000 points;
 # 3. robustness curves: PGD-20 at eps 0, 0.1, 0.2, 0.3, 0.4 for each defense;
-# 4. AdvGAN and Defense-GAN (adaptive evaluation) at CPU scale (Defense-GAN L=50, R=4 on 200 points);
+# 4. AdvGAN and Defense-GAN (adaptive evaluation) at CPU scale (Defense-GAN L=50, R=4 on 100 points);
 # 5. renders leaderboard/ from the store (this is the committed leaderboard);
 # 6. with AUTOATTACK=1 (about 30 min per robust model on two cores): AutoAttack on every defense, and
 #    renders leaderboard/ again. Every number is a store record: `karp-robust reproduce <id>`.
@@ -30,8 +30,8 @@ for defense in standard fgsm-at pgd-at trades; do
   python -m robustbench_karp evaluate --model smallcnn --dataset mnist --defense "$defense" --data-dir "$DATA" \
       --no-download --eps 0,0.1,0.2,0.3,0.4 --attack pgd --attack-arg steps=20 --n-examples 1000 | tee -a "$OUT/sweeps.md"
 done
-python benchmarks/gan_mnist.py --data-dir "$DATA" --n-examples 1000 --advgan-epochs 3 --advgan-train-size 30000 \
-    --dg-steps 50 --dg-restarts 4 --dg-gan-epochs 5 --dg-n-examples 200 --dg-attack-steps 20 \
+python benchmarks/gan_mnist.py --data-dir "$DATA" --n-examples 1000 --advgan-epochs 2 --advgan-train-size 20000 \
+    --dg-steps 50 --dg-restarts 4 --dg-gan-epochs 3 --dg-n-examples 100 --dg-attack-steps 20 \
     --out "$OUT/gan.json" | tee "$OUT/gan.md"
 python -m robustbench_karp leaderboard build --dataset mnist
 if [ "${AUTOATTACK:-0}" = 1 ]; then
