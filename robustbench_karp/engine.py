@@ -126,7 +126,7 @@ def run_attacks(
             clean.append(still.clone())
             for name, attack in named:
                 idx = still.nonzero().squeeze(1)
-                if len(idx):
+                if len(idx) and threat.eps > 0:  # eps 0 allows no perturbation: robust == clean
                     x_adv = attack(model, x[idx], y[idx], threat, gen)
                     check_budget(x_adv, x[idx], threat)
                     still[idx] &= predict(model, x_adv) == y[idx]

@@ -75,6 +75,14 @@ def test_batches_give_the_same_result_as_one_batch():
     assert one.robust == split.robust and one.per_attack == split.per_attack
 
 
+def test_eps_zero_runs_no_attack_and_robust_equals_clean():
+    x, y = data(8)
+    flip = FlipSet(ids=(2, 5), seen=[])
+    result = run_attacks(PixelClassifier(), [(x, y)], [flip], ThreatModel("linf", 0.0), torch.Generator(),
+                         torch.device("cpu"))
+    assert flip.seen == [] and result.robust == result.clean and result.robust_accuracy == result.clean_accuracy
+
+
 def test_freed_heap_pages_go_back_to_the_os_after_every_batch(monkeypatch):
     """Peak RSS stays bounded by the batch size (benchmarks/pgd_vs_torchattacks.py --memory measures it)."""
     if sys.platform.startswith("linux"):
