@@ -12,6 +12,8 @@ Recipe (MNIST, sized for two CPU cores): 5 inner steps (step 2.5 eps / 5), Adam 
 3e-3, eps ramped from 0 over the first 2 epochs, 6 epochs, the best validation epoch kept, the training step in bf16 autocast with
 channels-last (about 2x faster on CPUs with bf16 units; float32 elsewhere).
 Madry et al. used 40 steps of 0.01 and about 83 epochs (100k iterations of batch 50).
+Measured (seed 0, two CPU cores, benchmarks/train_mnist_defenses.py): 9.8 min of training, clean
+99.00%, PGD-50 x 10 restarts 91.90% on the first 1000 test points (Madry: 98.53% / AA 88.43%).
 """
 
 from dataclasses import dataclass
