@@ -13,7 +13,9 @@ Arguments:
 Recipe (MNIST, sized for two CPU cores): 5 inner steps, Adam with one-cycle to 3e-3, eps ramped over
 2 epochs, 6 epochs, the best validation epoch kept, the training step in bf16 autocast with
 channels-last (about 2x faster on CPUs with bf16 units; float32 elsewhere). The reference trains SmallCNN for 100 epochs
-(SGD 0.01, 40 steps of 0.01).
+(SGD 0.01, 40 steps of 0.01). Measured (seed 0, benchmarks/train_mnist_defenses.py): clean 98.30%,
+PGD-50 x 10 restarts 92.10% on the first 1000 test points (reference: 99.48% / AA 92.76%); about 2
+min per epoch on two cores (the measured run took 41 min beside other jobs).
 """
 
 from dataclasses import dataclass
