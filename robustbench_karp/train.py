@@ -128,7 +128,10 @@ def _epoch_seed(config: TrainConfig, epoch: int, rank: int) -> int:
 def bf16_supported(device: torch.device) -> bool:
     """Whether the device computes in bfloat16 natively (elsewhere autocast emulates it, slower than fp32)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.4 has no including_emulation (and counts no emulation)
+            return torch.cuda.is_bf16_supported()
     cpu = torch.cpu
     return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
