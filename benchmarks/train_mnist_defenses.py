@@ -38,10 +38,10 @@ def train(defense: str, seed: int, data_dir: Path) -> tuple[Path, float]:
     return path, float(payload.get("train_seconds", float("nan")))
 
 
-def evaluate(defense: str, seed: int, path: Path, attack, args) -> dict:
+def evaluate(defense: str, seed: int, path: Path, attack, args, n_examples: int) -> dict:
     """The record of this evaluation: reused from the store when it already holds it (same id), else run."""
     req = EvalRequest(model="smallcnn", dataset="mnist", defense=defense, attacks=[build_attack(*attack)],
-                      eps=0.3, n_examples=args.n_examples, seed=seed, device="cpu", checkpoint=str(path),
+                      eps=0.3, n_examples=n_examples, seed=seed, device="cpu", checkpoint=str(path),
                       data_dir=args.data_dir, download=False)
     prepared = prepare(req)
     plan = plan_evaluation(req, prepared)
@@ -55,6 +55,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--n-examples", type=int, default=1000)
     parser.add_argument("--autoattack", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--autoattack-n-examples", type=int, default=None,
+                        help="AutoAttack on the first N of the test points only (default: all of --n-examples)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="append one JSON line per result here")
     args = parser.parse_args()
@@ -65,14 +67,16 @@ def main() -> None:
         for seed in [int(s) for s in args.seeds.split(",")]:
             path, train_seconds = train(defense, seed, args.data_dir)
             started = time.perf_counter()
-            pgd = evaluate(defense, seed, path, PGD_50_10, args)
-            aa = evaluate(defense, seed, path, ("autoattack", {}), args) if args.autoattack else None
+            pgd = evaluate(defense, seed, path, PGD_50_10, args, args.n_examples)
+            aa_n = args.autoattack_n_examples or args.n_examples
+            aa = evaluate(defense, seed, path, ("autoattack", {}), args, aa_n) if args.autoattack else None
             stopped = load_checkpoint(path).get("stopped_early")
             row = {"defense": defense, "seed": seed, "train_minutes": train_seconds / 60, "stopped_early": stopped,
                    "clean": pgd["clean_accuracy"], "pgd_50_10": pgd["robust_accuracy"], "pgd_record": pgd["id"],
                    "autoattack": aa["robust_accuracy"] if aa else None, "autoattack_record": aa["id"] if aa else None,
+                   "autoattack_n_examples": aa_n if aa else None,
                    "eval_minutes": (time.perf_counter() - started) / 60, "checkpoint": str(path)}
-            aa_text = f"{100 * row['autoattack']:.2f}" if aa else "-"
+            aa_text = f"{100 * row['autoattack']:.2f}" + (f" (first {aa_n})" if aa_n != args.n_examples else "") if aa else "-"
             print(f"| {defense} | {seed} | {row['train_minutes']:.1f} | {stopped} | {100 * row['clean']:.2f} | "
                   f"{100 * row['pgd_50_10']:.2f} | {aa_text} | {row['eval_minutes']:.1f} |", flush=True)
             if args.out:

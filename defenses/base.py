@@ -4,6 +4,9 @@ A defense is a frozen dataclass that only says how a batch's training loss is fo
 
     loss, logits = defense.loss(model, x, y, threat, gen)   # scalar loss, (B, classes) for progress
 
+A defense whose `uses_memory()` is true also gets `memory=` (a robustbench_karp.memory.BatchMemory):
+the rows of a per-example tensor that the loop keeps across epochs, checkpoints and syncs over DDP.
+
 The one training loop (robustbench_karp.train) owns everything else: device, autocast, optimizer,
 schedule, epochs, checkpoints, logging and the catastrophic-overfitting guard. `recipes` holds the
 defense's registered default training recipe per dataset ("default" for the rest): the one that
@@ -86,6 +89,10 @@ class Defense:
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def uses_memory(self) -> bool:
+        """True when loss() takes `memory=`: the batch's rows of the loop's per-example memory."""
+        return False
 
     @classmethod
     def recipe_for(cls, dataset: str) -> Recipe:

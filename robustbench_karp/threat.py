@@ -56,14 +56,15 @@ class ThreatModel:
         d = (x_adv.detach().double() - x.detach().double()).flatten(1)
         return d.abs().amax(dim=1) if self.norm is Norm.LINF else d.norm(dim=1)
 
+    def project_delta(self, delta: torch.Tensor) -> torch.Tensor:
+        """Nearest point of the eps-ball around 0 (no [0, 1] clipping)."""
+        if self.norm is Norm.LINF:
+            return delta.clamp(-self.eps, self.eps)
+        return delta * (self.eps / _flat_norm(delta)).clamp(max=1.0)
+
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Nearest point of the eps-ball around x, then clipped to [0, 1] (clipping only shrinks delta)."""
-        delta = x_adv - x
-        if self.norm is Norm.LINF:
-            delta = delta.clamp(-self.eps, self.eps)
-        else:
-            delta = delta * (self.eps / _flat_norm(delta)).clamp(max=1.0)
-        return (x + delta).clamp(0.0, 1.0)
+        return (x + self.project_delta(x_adv - x)).clamp(0.0, 1.0)
 
     def ascent_direction(self, g: torch.Tensor) -> torch.Tensor:
         """Steepest-ascent direction of unit norm: sign(g) for Linf, g/||g|| for L2."""

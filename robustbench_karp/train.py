@@ -31,6 +31,7 @@ from robustbench_karp.data import DATASETS, ImageSet, load_split
 from robustbench_karp.defenses.base import HASH_OPTIONAL, Defense, Recipe, build_defense
 from robustbench_karp.distributed import Distributed, setup_distributed
 from robustbench_karp.engine import run_attacks
+from robustbench_karp.memory import ExampleMemory
 from robustbench_karp.models import create_model
 from robustbench_karp.optim import WeightAverage, lr_factor, make_optimizer
 from robustbench_karp.store import config_hash, load_checkpoint, save_checkpoint
@@ -143,7 +144,7 @@ def effective_amp(recipe: Recipe, device: torch.device) -> str:
 
 def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor, config: TrainConfig, epoch: int,
                 optimizer, scheduler, env: Distributed, callbacks: list[Callback],
-                after_step: Callable[[], None] | None = None) -> dict[str, float]:
+                after_step: Callable[[], None] | None = None, memory: ExampleMemory | None = None) -> dict[str, float]:
     """One pass over the training indices; raises TrainingDiverged on a non-finite loss."""
     recipe = Recipe(**config.recipe)
     sampler = torch.utils.data.DistributedSampler(range(len(train_idx)), num_replicas=env.world, rank=env.rank,
@@ -165,9 +166,12 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
         ramp = recipe.eps_ramp_epochs
         scale = min(1.0, (epoch + step / steps) / ramp) if ramp > 0 else 1.0
         threat = ThreatModel(config.norm, config.eps * scale)
+        rows = memory.rows(idx) if memory is not None else None
         with autocast:
-            loss, logits = defense.loss(model, x, y, threat, gen)
+            loss, logits = defense.loss(model, x, y, threat, gen, **({"memory": rows} if rows is not None else {}))
         _check_finite(loss, epoch, step, env)
+        if rows is not None:
+            memory.update(idx, rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -205,7 +209,7 @@ def split_train(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, torc
 
 
 def _load_resume(last: Path, config: TrainConfig, model: nn.Module, optimizer, scheduler,
-                 average: WeightAverage | None) -> TrainState:
+                 average: WeightAverage | None, memory: ExampleMemory | None) -> TrainState:
     if not last.is_file():
         raise ResumeError(f"--resume: no interrupted run to resume ({last} does not exist)")
     payload = load_checkpoint(last)
@@ -216,6 +220,8 @@ def _load_resume(last: Path, config: TrainConfig, model: nn.Module, optimizer, s
     scheduler.load_state_dict(payload["scheduler"])
     if average is not None:
         average.load_state_dict(payload["average"])
+    if memory is not None:
+        memory.load_state_dict(payload["memory"])
     return TrainState(**payload["state"])
 
 
@@ -272,14 +278,16 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     optimizer, scheduler = _optimization(model, recipe, len(train_idx), env)
     last = out.with_suffix(".last.pt")
     average = WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
-    state = _load_resume(last, config, model, optimizer, scheduler, average) if resume else TrainState()
+    memory = ExampleMemory(len(data), tuple(data.images.shape[1:]), env.device) if defense.uses_memory() else None
+    state = _load_resume(last, config, model, optimizer, scheduler, average, memory) if resume else TrainState()
     wrapped = nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
     evaluated = average.model if average else model  # the weights that are validated and kept
     for epoch in range(state.epoch, 0 if state.stopped_early else recipe.epochs):
         started = time.perf_counter()
         metrics = {"epoch": epoch + 1, **train_epoch(wrapped, defense, data, train_idx, config, epoch, optimizer,
                                                       scheduler, env, callbacks,
-                                                      after_step=average and (lambda: average.update(model))),
+                                                      after_step=average and (lambda: average.update(model)),
+                                                      memory=memory),
                    "lr": optimizer.param_groups[0]["lr"]}
         metrics |= _measure(evaluated, data, val_idx, guard_idx, config, env, defense.adversarial)
         state.stopped_early = _track(state, metrics, evaluated, config, defense.adversarial or recipe.select == "best")
@@ -288,7 +296,8 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
         if env.main:
             save_checkpoint(last, {"config": asdict(config), "state_dict": model.state_dict(),
                                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                   "average": average.state_dict() if average else None, "state": asdict(state)})
+                                   "average": average.state_dict() if average else None,
+                                   "memory": memory.state_dict() if memory else None, "state": asdict(state)})
             write_logs(out.with_suffix(""), state.history)
         for cb in callbacks:
             cb.on_epoch(state.history[-1])

@@ -9,6 +9,7 @@ from robustbench_karp.defenses import DEFENSES, build_defense
 from robustbench_karp.defenses.base import inner_attack_mode
 from robustbench_karp.defenses.trades import kl_objective
 from robustbench_karp.harness import new_model
+from robustbench_karp.memory import BatchMemory
 from robustbench_karp.threat import ThreatModel
 
 
@@ -66,6 +67,37 @@ def test_fgsm_at_perturbation_never_leaves_the_ball(batch, digits_model, norm, e
     assert x_adv.min() >= 0 and x_adv.max() <= 1
 
 
+def test_fgsm_at_prior_init_steps_from_the_remembered_perturbation(batch, digits_model):
+    """init=prior (prior_noise 0): one FGSM step from x + the remembered delta, checked by hand; the new delta is stored."""
+    x, y = batch
+    eps = 0.3
+    previous = 0.5 * eps * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(2)))
+    rows, spy = BatchMemory(previous.clone()), Spy(digits_model)
+    build_defense("fgsm-at", {"init": "prior", "prior_noise": "0"}).loss(
+        spy, x, y, ThreatModel("linf", eps), torch.Generator().manual_seed(0), memory=rows)
+    start = (x + previous).requires_grad_(True)
+    (g,) = torch.autograd.grad(F.cross_entropy(digits_model(start), y, reduction="sum"), start)
+    expected = (x + (previous + 1.25 * eps * g.sign()).clamp(-eps, eps)).clamp(0, 1)
+    assert torch.allclose(spy.inputs[-1], expected, atol=1e-6)
+    assert torch.allclose(rows.stored, expected - x, atol=1e-6)
+    with pytest.raises(ValueError, match="per-example memory"):
+        build_defense("fgsm-at", {"init": "prior"}).loss(digits_model, x, y, ThreatModel("linf", eps),
+                                                         torch.Generator())
+
+
+def test_fgsm_at_prior_init_noise_stays_in_the_ball(batch, digits_model):
+    x, y = batch
+    threat, rows = ThreatModel("linf", 0.3), BatchMemory(torch.full(batch[0].shape, 0.3))  # on the ball's face
+    build_defense("fgsm-at", {"init": "prior"}).loss(Spy(digits_model), x, y, threat, torch.Generator(), memory=rows)
+    assert (threat.distance(x + rows.stored, x) <= 0.3 + 1e-6).all() and (x + rows.stored).min() >= 0
+
+
+def test_fgsm_at_uses_prior_init_on_mnist_only_by_default():
+    assert build_defense("fgsm-at", dataset="mnist").init == "prior"
+    assert build_defense("fgsm-at", {"init": "uniform"}, dataset="mnist").init == "uniform"  # explicit wins
+    assert build_defense("fgsm-at", dataset="cifar10").init == "uniform" and not build_defense("fgsm-at").uses_memory()
+
+
 def test_attack_eval_mode_is_applied_and_recorded(batch, digits_model):
     x, y = batch
     for flag in (True, False):
@@ -93,7 +125,8 @@ def test_trades_inner_maximization_increases_kl(batch, digits_model):
 
 
 @pytest.mark.parametrize("name,options", [("trades", {"beta": "-1"}), ("pgd-at", {"steps": "0"}),
-                                          ("fgsm-at", {"step_scale": "0"}), ("mart", {"nope": "1"})])
+                                          ("fgsm-at", {"step_scale": "0"}), ("fgsm-at", {"init": "zero"}),
+                                          ("fgsm-at", {"prior_noise": "2"}), ("mart", {"nope": "1"})])
 def test_impossible_defense_options_are_errors(name, options):
     with pytest.raises(ValueError):
         build_defense(name, options)

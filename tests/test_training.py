@@ -52,6 +52,22 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert (tmp_path / "b.log.csv").read_text().startswith("epoch,")
 
 
+def test_per_example_memory_is_checkpointed_and_resumed(tmp_path):
+    """fgsm-at init=prior: every training example's last perturbation is remembered, and --resume restores it."""
+    config = make_train_config("smallcnn", "digits", "fgsm-at", defense_options={"init": "prior"}, seed=3,
+                               recipe_overrides={**QUICK, "eps_ramp_epochs": 0}, train_size=400)
+    straight = fit(config, tmp_path / "a.pt")
+    with pytest.raises(KeyboardInterrupt):
+        fit(config, tmp_path / "b.pt", callbacks=[StopAfter(1)])
+    memory = load_checkpoint(tmp_path / "b.last.pt")["memory"]["values"]  # (N, 1, 8, 8) float16
+    remembered = memory.flatten(1).abs().amax(1) > 0
+    assert remembered[:400].all() and not remembered[400:].any()  # exactly the training slice
+    assert memory.abs().max() <= config.eps * 1.001
+    resumed = fit(config, tmp_path / "b.pt", resume=True)
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+
 def test_resume_errors(tmp_path):
     config = digits_config()
     with pytest.raises(ResumeError, match="no interrupted run"):
@@ -173,13 +189,17 @@ def test_ddp_two_processes_on_cpu_with_gloo(tmp_path):
     env = {**os.environ, "KARP_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "robustbench_karp", "train", "--model", "smallcnn", "--dataset", "digits", "--defense", "fgsm-at",
-           "--epochs", "3", "--device", "cpu"]
+           "--defense-arg", "init=prior", "--epochs", "3", "--device", "cpu"]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     finals = [p for p in (tmp_path / "checkpoints").glob("*.pt") if ".last" not in p.name]
     assert len(finals) == 1 and not list((tmp_path / "checkpoints").glob(".*.tmp"))
     payload = load_checkpoint(finals[0])
     assert payload["history"][-1]["val_clean_accuracy"] > 0.6  # far above chance (0.1): trained on both shards
+    memory = load_checkpoint(finals[0].with_suffix(".last.pt"))["memory"]["values"]
+    n_train = len(memory) - payload["config"]["val_size"]
+    # rank 0 holds both ranks' perturbations (all-gathered): every training example is remembered
+    assert (memory[:n_train].flatten(1).abs().amax(1) > 0).all()
     assert result.stdout.count("checkpoint ") == 1  # only rank 0 reports and writes
 
 
