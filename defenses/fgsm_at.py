@@ -36,7 +36,11 @@ What makes MNIST at eps 0.3 work (smallcnn; test PGD-50 with restarts, step 0.01
 - The registered MNIST recipe: prior init with noise 0.5 eps, step 1.25 eps from an unclipped
   start, Adam one-cycle to 3e-3, eps ramped over 3 epochs, batch 128, weight EMA 0.999, best
   validation epoch kept, 10 epochs with the training step in bf16 autocast and channels-last (float32
-  on devices without bf16 units). Test PGD-50-10 on the first 1000 points: RESULTS.
+  on devices without bf16 units). Test PGD-50-10 (step 0.01) on the first 1000 points, clean in
+  brackets: seed 0 90.5% (99.1%), seed 1 90.1% (98.9%), seed 2 90.6% (99.0%); validation PGD-10
+  0.956 / 0.948 / 0.945, all at epoch 8; 7.0 and 7.2 min of training on two Zen 4 cores (seed 1:
+  16.1 min, sharing the cores with a test run). The uniform start's 84% became 90%; the reference
+  published 88.8% PGD-50-10 for its own smaller network on the full test set.
 
 Arguments:
     step_scale (float): step = step_scale * eps. Default 1.25 (the paper's alpha).
