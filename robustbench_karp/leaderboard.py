@@ -11,6 +11,7 @@ Same entries in, byte-identical files out: no clock, no randomness, no environme
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from robustbench_karp.defenses import DEFENSES
 from robustbench_karp.leaderboard_html import COLUMNS, boards, curve_png, eps_label, render_html, slug
 from robustbench_karp.leaderboard_import import import_robustbench
 from robustbench_karp.store import atomic_write_bytes, config_hash
@@ -30,7 +32,7 @@ GROUP_FIELDS = ("model", "dataset", "defense", "checkpoint_sha256", "norm", "eps
 REQUIRED_FIELDS = ("id", "model", "dataset", "defense", "norm", "eps", "clean_accuracy", "robust_accuracy")
 BULKY_FIELDS = ("clean_mask", "robust_mask", "indices")  # kept out of the published provenance
 Z95 = 1.959964
-CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "model", "defense", "checkpoint_sha256",
+CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "model", "defense", "training", "checkpoint_sha256",
                "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low", "robust_ci_high",
                "n", "attacks", "seeds", "flags", "reproducible", "external", "record_ids"]
 
@@ -141,6 +143,24 @@ def _attack_names(records: list[dict[str, Any]]) -> list[str]:
     return list(names)
 
 
+def training_label(record: dict[str, Any]) -> str:
+    """How the entry's checkpoint was trained, in short: defense options off their defaults, and epochs.
+
+    'init=prior, 10 ep' tells two fgsm-at checkpoints apart; "" for a record without a training config.
+    """
+    train = record.get("train_config") or {}
+    defense = train.get("defense")
+    options = dict(defense) if isinstance(defense, dict) else {"name": defense}  # some configs name it only
+    name = options.pop("name", None)
+    parts = []
+    if name in DEFENSES.names():
+        defaults = {f.name: f.default for f in dataclasses.fields(DEFENSES.get(name))
+                    if f.default is not dataclasses.MISSING}
+        parts = [f"{k}={v}" for k, v in sorted(options.items()) if k in defaults and defaults[k] != v]
+    epochs = (train.get("recipe") or {}).get("epochs")
+    return ", ".join(parts + ([f"{epochs} ep"] if epochs else []))
+
+
 def _reproducibility(chosen: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> str:
     if any(r.get("source") == "external" for r in chosen):
         return "external"
@@ -159,7 +179,7 @@ def _entry(key: tuple, records: list[dict[str, Any]], checkpoint_exists: Callabl
     reproducibility = _reproducibility(chosen, checkpoint_exists)
     fields = dict(zip(GROUP_FIELDS, key))
     return {
-        "entry_id": config_hash(fields), **fields, "eps_label": eps_label(key[5]),
+        "entry_id": config_hash(fields), **fields, "eps_label": eps_label(key[5]), "training": training_label(chosen[0]),
         "clean_accuracy": k_clean / n if masked and n else float(chosen[0]["clean_accuracy"]),
         "robust_accuracy": k_robust / n if masked and n else float(chosen[0]["robust_accuracy"]),
         "clean_ci": list(wilson_interval(k_clean, n)), "robust_ci": list(wilson_interval(k_robust, n)),
@@ -201,14 +221,28 @@ def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[st
     return sorted(entries, key=_rank_key)
 
 
-def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], list[tuple[float, float]]]:
-    """Robustness curves: (dataset, norm, model, defense) -> [(eps, robust accuracy)] sorted by eps.
+def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
+    """Robustness curves: (dataset, norm, label) -> [(eps, robust accuracy)] sorted by eps; one per checkpoint.
 
-    eps = 0 entries are the clean points. Entries of several checkpoints at one eps all stay.
+    eps = 0 entries are the clean points. A checkpoint evaluated at a single eps is no curve and is
+    left out, unless its (model, defense) has no curve at all. The label is "model / defense", with
+    the training and seed added where two curves would share it.
     """
-    out: dict[tuple[str, str, str, str], list[tuple[float, float]]] = {}
+    series: dict[tuple, list[tuple[float, float]]] = {}
     for e in entries:
-        out.setdefault((e["dataset"], e["norm"], e["model"], e["defense"]), []).append((e["eps"], e["robust_accuracy"]))
+        key = (e["dataset"], e["norm"], e["model"], e["defense"], e.get("training", ""), tuple(e["seeds"]),
+               e["checkpoint_sha256"] or e["entry_id"])
+        series.setdefault(key, []).append((e["eps"], e["robust_accuracy"]))
+    has_curve = {k[:4] for k, points in series.items() if len(points) > 1}
+    kept = {k: sorted(points) for k, points in series.items() if len(points) > 1 or k[:4] not in has_curve}
+    short = {k: f"{k[2]} / {k[3]}" for k in kept}
+    shared = {label for label in short.values() if list(short.values()).count(label) > 1}
+    out: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for k, points in kept.items():
+        seeds = ", ".join(map(str, k[5]))
+        detail = ", ".join(p for p in (k[4], f"seed {seeds}" if seeds else "") if p)
+        label = f"{short[k]} ({detail})" if short[k] in shared and detail else short[k]
+        out.setdefault((k[0], k[1], label), []).extend(points)
     return {key: sorted(points) for key, points in sorted(out.items())}
 
 
@@ -251,8 +285,8 @@ def render_csv(entries: list[dict[str, Any]]) -> str:
 def figures(entries: list[dict[str, Any]]) -> list[tuple[str, str, bytes]]:
     """(relative path, alt text, PNG bytes): one robustness-curve figure per (dataset, norm)."""
     per_figure: dict[tuple[str, str], dict[str, list[tuple[float, float]]]] = {}
-    for (dataset, norm, model, defense), points in curves(entries).items():
-        per_figure.setdefault((dataset, norm), {})[f"{model} / {defense}"] = points
+    for (dataset, norm, label), points in curves(entries).items():
+        per_figure.setdefault((dataset, norm), {})[label] = points
     out = []
     for (dataset, norm), lines in per_figure.items():
         alt = f"Robustness curves on {dataset} ({norm}): robust accuracy against eps, one line per model and defense"

@@ -18,7 +18,7 @@ import matplotlib.style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-COLUMNS = [("rank", "number"), ("model", "text"), ("defense", "text"), ("clean % [95% CI]", "number"),
+COLUMNS = [("rank", "number"), ("model", "text"), ("defense", "text"), ("training", "text"), ("clean % [95% CI]", "number"),
            ("robust % worst case [95% CI]", "number"), ("attacks run", "text"), ("n", "number"), ("seed", "text"),
            ("flags", "text"), ("reproducible", "text"), ("entry id", "text")]
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -53,7 +53,8 @@ def _short(text: str, width: int = 60) -> str:
 def _cells(rank: int, e: dict[str, Any]) -> list[tuple[str, float | int | str]]:
     """(shown text, sort value) per column of COLUMNS."""
     seeds = ", ".join(str(s) for s in e["seeds"]) or "-"
-    return [(str(rank), rank), (e["model"], e["model"]), (e["defense"], e["defense"]),
+    training = e.get("training") or "-"
+    return [(str(rank), rank), (e["model"], e["model"]), (e["defense"], e["defense"]), (training, training),
             (_percent_ci(e["clean_accuracy"], e["clean_ci"]), e["clean_accuracy"]),
             (_percent_ci(e["robust_accuracy"], e["robust_ci"]), e["robust_accuracy"]),
             (", ".join(e["attacks"]), ", ".join(e["attacks"])), (str(e["n"]), e["n"]), (seeds, seeds),

@@ -140,7 +140,28 @@ def test_golden_entries_external_flagged_and_curves():
     assert (standard["k_robust"], standard["per_attack"]) == (1, {"fgsm": 0.55, "fgsm+pgd": 0.35, "square": 0.55})
     assert by_name[("smallcnn", "trades", 0.3)]["flags"] == [
         "gradient masking suspected: black-box square beats white-box pgd on 2 points"]
-    assert curves(entries)[("mnist", "linf", "smallcnn", "trades")] == [(0.0, 0.85), (0.1, 0.75), (0.2, 0.6), (0.3, 0.55)]
+    assert curves(entries)[("mnist", "linf", "smallcnn / trades")] == [(0.0, 0.85), (0.1, 0.75), (0.2, 0.6), (0.3, 0.55)]
+
+
+def fgsm_record(rid: str, sha: str, eps: float, seed: int, defense_options: dict, epochs: int) -> dict:
+    record = make_record(rid, broken={"pgd": {0}}, checkpoint=f"/ckpt/{sha}.pt")
+    record.update(defense="fgsm-at", checkpoint_sha256=sha * 64, eps=eps, seed=seed, train_config={
+        "defense": {"name": "fgsm-at", "step_scale": 1.25, **defense_options}, "recipe": {"epochs": epochs}})
+    return record
+
+
+def test_training_label_and_one_curve_per_checkpoint():
+    """Two fgsm-at checkpoints are told apart by how they were trained; a lone-eps checkpoint draws no curve."""
+    records = [fgsm_record("a" * 16, "a", 0.1, 0, {"init": "prior"}, 10),
+               fgsm_record("b" * 16, "a", 0.3, 0, {"init": "prior"}, 10),
+               fgsm_record("c" * 16, "c", 0.1, 0, {}, 20), fgsm_record("d" * 16, "c", 0.3, 0, {}, 20),
+               fgsm_record("e" * 16, "e", 0.3, 1, {"init": "uniform"}, 12)]
+    entries = build_entries(records, exists)
+    assert sorted({e["training"] for e in entries}) == ["12 ep", "20 ep", "init=prior, 10 ep"]
+    assert set(curves(entries)) == {("mnist", "linf", "smallcnn / fgsm-at (init=prior, 10 ep, seed 0)"),
+                                    ("mnist", "linf", "smallcnn / fgsm-at (20 ep, seed 0)")}
+    assert all(len(points) == 2 for points in curves(entries).values())
+    assert build_entries([make_record("f" * 16, broken={})], exists)[0]["training"] == ""
 
 
 @pytest.fixture(scope="module")
