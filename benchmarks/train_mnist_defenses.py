@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from robustbench_karp.attacks import build_attack
+from robustbench_karp.cli import key_value
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.harness import EvalRequest, checkpoint_dir, plan_evaluation, prepare, run_evaluation
 from robustbench_karp.store import ResultsStore, load_checkpoint
@@ -61,15 +62,13 @@ def main() -> None:
     parser.add_argument("--autoattack", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--autoattack-n-examples", type=int, default=None,
                         help="AutoAttack on the first N of the test points only (default: all of --n-examples)")
-    parser.add_argument("--defense-arg", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--defense-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                         help="a defense option for every defense listed (repeatable)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="append one JSON line per result here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if any("=" not in kv for kv in args.defense_arg):
-        parser.error("--defense-arg takes KEY=VALUE")
-    options = dict(kv.split("=", 1) for kv in args.defense_arg)
+    options = dict(args.defense_arg)
     for defense in args.defenses.split(","):
         try:
             build_defense(defense, options, "mnist")
