@@ -166,6 +166,9 @@ def add_publishing(sub) -> None:
         p.add_argument("--norm", default=None, choices=["linf", "l2"])
         p.add_argument("--eps", type=eps_list, default=None, help="only these eps (comma-separated)")
         p.add_argument("--out", type=Path, required=action == "publish", default=None)
+        p.add_argument("--merge", action="store_true",
+                       help="keep the entries already published there that this store has no records for "
+                            "(a site built from several stores); the store's records replace the rest")
     ext = lb_sub.add_parser("add-external", help="import a RobustBench model_info JSON as an external entry")
     ext.add_argument("file", type=Path)
 

@@ -107,7 +107,7 @@ def _default_leaderboard_dir() -> Path | None:
 
 
 def cmd_leaderboard(args) -> int:
-    from robustbench_karp.leaderboard import import_robustbench, render_site
+    from robustbench_karp.leaderboard import import_robustbench, load_published, merge_entries, render_site
 
     if args.action == "add-external":
         try:
@@ -130,6 +130,11 @@ def cmd_leaderboard(args) -> int:
                if (args.dataset is None or r["dataset"] == args.dataset) and (args.norm is None or r["norm"] == args.norm)
                and (args.eps is None or any(abs(float(r["eps"]) - e) < 1e-9 for e in args.eps))]
     entries = _entries_with_flags(records) if records else []
+    if args.merge:
+        entries, dropped = merge_entries(load_published(Path(out)), entries)
+        for entry_id, record_ids in dropped.items():
+            print(f"warning: entry {entry_id}: published record(s) {', '.join(record_ids)} are not in this store; "
+                  "the rebuilt entry leaves them out", file=sys.stderr)
     written = render_site(entries, Path(out))
     not_reproducible = sum(1 for e in entries if not e["reproducible"] and not e["external"])
     print(f"wrote {len(written)} files for {len(entries)} entries to {out}"

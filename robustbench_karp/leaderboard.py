@@ -26,7 +26,8 @@ from robustbench_karp.leaderboard_html import COLUMNS, boards, curve_png, eps_la
 from robustbench_karp.leaderboard_import import import_robustbench
 from robustbench_karp.store import atomic_write_bytes, config_hash
 
-__all__ = ["wilson_interval", "build_entries", "curves", "render_site", "import_robustbench", "eps_label"]
+__all__ = ["wilson_interval", "build_entries", "curves", "render_site", "load_published", "merge_entries",
+           "import_robustbench", "eps_label"]
 
 GROUP_FIELDS = ("model", "dataset", "defense", "checkpoint_sha256", "norm", "eps")
 REQUIRED_FIELDS = ("id", "model", "dataset", "defense", "norm", "eps", "clean_accuracy", "robust_accuracy")
@@ -294,11 +295,67 @@ def figures(entries: list[dict[str, Any]]) -> list[tuple[str, str, bytes]]:
     return out
 
 
+ENTRY_FIELDS = (*GROUP_FIELDS, "entry_id", "eps_label", "training", "clean_accuracy", "robust_accuracy", "clean_ci",
+                "robust_ci", "n", "k_clean", "k_robust", "attacks", "per_attack", "record_ids", "left_out_record_ids",
+                "seeds", "versions", "flags", "external", "tool", "reproducible", "reproducibility", "notes", "records")
+
+
+def load_published(out_dir: Path) -> list[dict[str, Any]]:
+    """The entries of a site render_site wrote into out_dir (entries/*.json); [] when there is none.
+
+    Each file is checked: a JSON object with every entry field, named by its entry id, and that id
+    the hash of its (model, dataset, defense, checkpoint, norm, eps). Any other file is an error.
+    """
+    entries = []
+    for path in sorted((Path(out_dir) / "entries").glob("*.json")):
+        try:
+            entry = json.loads(path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"published entry {path} is not valid JSON ({e})") from None
+        if not isinstance(entry, dict):
+            raise ValueError(f"published entry {path} is not a JSON object")
+        missing = [f for f in ENTRY_FIELDS if f not in entry]
+        if missing:
+            raise ValueError(f"published entry {path} lacks {', '.join(missing)}")
+        if not isinstance(entry["records"], list) or not all(isinstance(r, dict) and "id" in r for r in entry["records"]):
+            raise ValueError(f"published entry {path}: 'records' is not a list of records with ids")
+        expected = config_hash({f: entry[f] for f in GROUP_FIELDS})
+        if entry["entry_id"] != path.stem or entry["entry_id"] != expected:
+            raise ValueError(f"published entry {path}: its id does not match its file name and "
+                             f"(model, dataset, defense, checkpoint, norm, eps) (expected {expected})")
+        entries.append(entry)
+    return entries
+
+
+def merge_entries(published: list[dict[str, Any]], fresh: list[dict[str, Any]]
+                  ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """Published entries updated by fresh ones (build_entries' output), ranked; and what the update drops.
+
+    A fresh entry replaces the published entry of its (model, dataset, defense, checkpoint, norm,
+    eps); a published entry with no fresh counterpart stays as published, reproducibility included
+    (it was decided on the machine that published it). Returns (entries, dropped): dropped maps an
+    entry id to the published record ids its fresh entry no longer holds (their results leave the site).
+    """
+    by_id = {e["entry_id"]: e for e in published}
+    dropped = {}
+    for entry in fresh:
+        old = by_id.get(entry["entry_id"])
+        if old is not None:
+            kept = {r["id"] for r in entry["records"]}
+            lost = sorted({r["id"] for r in old["records"]} - kept)
+            if lost:
+                dropped[entry["entry_id"]] = lost
+        by_id[entry["entry_id"]] = entry
+    return sorted(by_id.values(), key=_rank_key), dropped
+
+
 def render_site(entries: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """Write the leaderboard site into out_dir and return the paths written.
 
     entries/<entry_id>.json, README.md (tabulate), results.csv (pandas), index.html (self-contained)
     and curves/<dataset>-<norm>.png. Output is a pure function of entries (byte-identical on re-run).
+    Files of an earlier build that this one does not write (entries/*.json, curves/*.png) are
+    removed after the new files are in place, so entries/ is exactly the published set.
     """
     if not entries:
         raise ValueError("no entries to publish: run `karp-robust evaluate` or `karp-robust compare` first")
@@ -316,4 +373,7 @@ def render_site(entries: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     for rel, content in files.items():
         atomic_write_bytes(Path(out_dir) / rel, lambda f, c=content: f.write(c))
         written.append(Path(out_dir) / rel)
+    for pattern in ("entries/*.json", "curves/*.png"):
+        for stale in set(Path(out_dir).glob(pattern)) - set(written):
+            stale.unlink()
     return written

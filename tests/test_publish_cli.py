@@ -105,6 +105,59 @@ def test_leaderboard_with_no_entries_is_a_clear_error(tmp_path, monkeypatch, cap
     assert not (tmp_path / "site").exists()
 
 
+def _store_with(home, tmp_path, name, keep):
+    """A second store holding only the records of `home` that keep(record) selects (checkpoints copied)."""
+    other = tmp_path / name
+    shutil.copytree(home / "checkpoints", other / "checkpoints")
+    store = ResultsStore(other / "results.sqlite")
+    for record in ResultsStore(home / "results.sqlite").records():
+        if keep(record):
+            store.append(record)
+    return other
+
+
+def test_leaderboard_merge_keeps_entries_of_other_stores(home, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "site"
+    assert main(["leaderboard", "publish", "--out", str(out)]) == 0  # standard and fgsm-at
+    before = {p.name: p.read_bytes() for p in (out / "entries").glob("*.json")}
+    fgsm_at = next(n for n, b in before.items() if json.loads(b)["defense"] == "fgsm-at")
+    assert len(before) == 2
+    # A store with the standard model's records only: a merge keeps fgsm-at's published entry as it was.
+    monkeypatch.setenv("KARP_HOME", str(_store_with(home, tmp_path, "b", lambda r: r["defense"] == "standard")))
+    assert main(["leaderboard", "publish", "--out", str(out), "--merge"]) == 0
+    assert {p.name: p.read_bytes() for p in (out / "entries").glob("*.json")} == before
+    assert "fgsm-at" in (out / "README.md").read_text() and "warning" not in capsys.readouterr().err
+    # Without --merge the site is this store's alone, and the other entry's file does not linger.
+    assert main(["leaderboard", "publish", "--out", str(out)]) == 0
+    assert [p.name for p in (out / "entries").glob("*.json")] == [n for n in before if n != fgsm_at]
+    assert "fgsm-at" not in (out / "README.md").read_text() and "fgsm-at" not in (out / "results.csv").read_text()
+    # A store that lacks one of an entry's published records says which it leaves out.
+    dropped = next(r["id"] for r in ResultsStore().records() if r["attack_order"] == ["fgsm"])
+    monkeypatch.setenv("KARP_HOME", str(_store_with(home, tmp_path, "c", lambda r: r["id"] != dropped
+                                                    and r["defense"] == "standard")))
+    assert main(["leaderboard", "publish", "--out", str(out), "--merge"]) == 0
+    err = capsys.readouterr().err
+    assert dropped in err and "leaves them out" in err
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda e: "{not json", "not valid JSON"),
+    (lambda e: json.dumps([e]), "not a JSON object"),
+    (lambda e: json.dumps({k: v for k, v in e.items() if k != "robust_ci"}), "lacks robust_ci"),
+    (lambda e: json.dumps({**e, "eps": 0.5}), "does not match"),
+    (lambda e: json.dumps({**e, "records": [1]}), "not a list of records"),
+])
+def test_leaderboard_merge_refuses_a_damaged_published_entry(home, tmp_path, capsys, damage, message):
+    out = tmp_path / "site"
+    assert main(["leaderboard", "publish", "--out", str(out)]) == 0
+    path = next((out / "entries").glob("*.json"))
+    path.write_text(damage(json.loads(path.read_text())))
+    capsys.readouterr()
+    assert main(["leaderboard", "publish", "--out", str(out), "--merge"]) == 2
+    assert message in error_line(capsys)
+    assert path.is_file()  # a refused merge writes nothing
+
+
 def test_add_external_and_its_bad_input(home, tmp_path, capsys):
     good = tmp_path / "Carmon2019Unlabeled.json"
     good.write_text(json.dumps(MODEL_INFO))
