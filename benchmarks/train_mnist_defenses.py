@@ -37,8 +37,9 @@ PGD_50_10 = ("pgd", {"steps": "50", "restarts": "10", "step_size": "0.01"})
 def train(defense: str, seed: int, data_dir: Path, options: dict) -> tuple[Path, float]:
     config = make_train_config("smallcnn", "mnist", defense, seed=seed, defense_options=options)
     path = checkpoint_dir() / f"{config.stem()}.pt"  # exactly the registered recipe, never another run's checkpoint
-    if not path.is_file():
-        fit(config, path, data_dir=data_dir, device=torch.device("cpu"), download=False)
+    if not path.is_file():  # an interrupted run of this benchmark resumes (identical weights on CPU)
+        fit(config, path, data_dir=data_dir, device=torch.device("cpu"), download=False,
+            resume=path.with_suffix(".last.pt").is_file())
     payload = load_checkpoint(path)
     return path, float(payload.get("train_seconds", float("nan")))
 

@@ -178,7 +178,8 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
     trained_by = stored["defense"] if stored and defense.classifier_defense() is defense else None
     provenance = {"model": req.model, "dataset": spec.name, "defense": req.defense,
                   "defense_config": trained_by or defense.config(),
-                  "checkpoint": portable_path(path), "checkpoint_sha256": sha, "train_config": stored}
+                  "checkpoint": portable_path(path), "checkpoint_sha256": sha, "train_config": stored,
+                  "train_amp": payload.get("amp")}  # the precision it really trained in (bf16 needs bf16 units)
     return model.to(device).eval(), provenance, device
 
 

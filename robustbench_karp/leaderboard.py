@@ -145,9 +145,11 @@ def _attack_names(records: list[dict[str, Any]]) -> list[str]:
 
 
 def training_label(record: dict[str, Any]) -> str:
-    """How the entry's checkpoint was trained, in short: defense options off their defaults, and epochs.
+    """How the entry's checkpoint was trained, in short: defense options off their defaults, precision, epochs.
 
     'init=prior, 10 ep' tells two fgsm-at checkpoints apart; "" for a record without a training config.
+    The precision shows only where the checkpoint was trained in another than its recipe asked for
+    ('fp32 (no bf16)': a bf16 recipe on a device without bf16 units).
     """
     train = record.get("train_config") or {}
     defense = train.get("defense")
@@ -158,7 +160,11 @@ def training_label(record: dict[str, Any]) -> str:
         defaults = {f.name: f.default for f in dataclasses.fields(DEFENSES.get(name))
                     if f.default is not dataclasses.MISSING}
         parts = [f"{k}={v}" for k, v in sorted(options.items()) if k in defaults and defaults[k] != v]
-    epochs = (train.get("recipe") or {}).get("epochs")
+    recipe = train.get("recipe") or {}
+    amp, asked = record.get("train_amp"), recipe.get("amp")
+    if amp and asked and amp != asked:
+        parts.append("fp32 (no bf16)" if amp == "none" else amp)
+    epochs = recipe.get("epochs")
     return ", ".join(parts + ([f"{epochs} ep"] if epochs else []))
 
 

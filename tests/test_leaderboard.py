@@ -162,6 +162,11 @@ def test_training_label_and_one_curve_per_checkpoint():
                                     ("mnist", "linf", "smallcnn / fgsm-at (20 ep, seed 0)")}
     assert all(len(points) == 2 for points in curves(entries).values())
     assert build_entries([make_record("f" * 16, broken={})], exists)[0]["training"] == ""
+    bf16 = fgsm_record("g" * 16, "g", 0.3, 0, {}, 10)
+    bf16["train_config"]["recipe"]["amp"] = "bf16"
+    fp32 = {**bf16, "id": "h" * 16, "checkpoint_sha256": "h" * 64, "train_amp": "none"}
+    labels = {e["checkpoint_sha256"][0]: e["training"] for e in build_entries([{**bf16, "train_amp": "bf16"}, fp32], exists)}
+    assert labels == {"g": "10 ep", "h": "fp32 (no bf16), 10 ep"}  # the same recipe, trained without bf16 units
 
 
 @pytest.fixture(scope="module")
