@@ -73,6 +73,7 @@ from robustbench_karp.context import RunContext
 from robustbench_karp.data import DATASETS, ImageSet, load_split
 from robustbench_karp.gan_cache import gradient_step, seeded, training_batches
 from robustbench_karp.models import MODELS, create_model
+from robustbench_karp.store import portable_path
 from robustbench_karp.threat import Norm, ThreatModel
 
 MODES = ("semi-white-box", "distilled")
@@ -202,11 +203,11 @@ class AdvGAN(Attack):
             return {}
         threat = self.context.threat
         path, _, run = self._generator_key(model, threat)
-        facts = {"generator_sha256": gan_cache.recorded_sha256(path), "generator_path": str(path), "mode": self.mode,
+        facts = {"generator_sha256": gan_cache.recorded_sha256(path), "generator_path": portable_path(path), "mode": self.mode,
                  "norm": threat.norm.value, "eps": threat.eps}
         if self.mode == "distilled":
             surrogate = self._surrogate_path(run)[0]
-            facts |= {"surrogate_path": str(surrogate), "surrogate_sha256": gan_cache.recorded_sha256(surrogate)}
+            facts |= {"surrogate_path": portable_path(surrogate), "surrogate_sha256": gan_cache.recorded_sha256(surrogate)}
         return facts
 
     def _training_data(self) -> tuple[ImageSet, int]:

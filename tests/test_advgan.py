@@ -13,7 +13,7 @@ from robustbench_karp.attacks.advgan import AdvGAN
 from robustbench_karp.context import RunContext
 from robustbench_karp.engine import predict
 from robustbench_karp.harness import EvalRequest, run_evaluation
-from robustbench_karp.store import file_sha256, save_checkpoint
+from robustbench_karp.store import file_sha256, resolve_path, save_checkpoint
 from robustbench_karp.threat import ThreatModel, check_budget
 
 DIGITS = RunContext(dataset="digits", model="smallcnn", seed=0)
@@ -72,7 +72,8 @@ def test_second_use_reuses_the_cached_generator(digits_model, batch, karp_home, 
     first = build_attack("advgan", TINY).bind(dataclasses.replace(DIGITS, threat=threat))
     out = first(digits_model, x, y, threat, torch.Generator())
     record = first.provenance(digits_model)
-    path = record["generator_path"]
+    assert record["generator_path"].startswith("generators/")  # store-relative: records move with the store
+    path = resolve_path(record["generator_path"])
     assert trainings(caplog) == 1 and record["generator_sha256"] == file_sha256(path) and record["mode"] == "semi-white-box"
     mtime = Path(path).stat().st_mtime_ns
     gan_cache.clear_memo()  # as in a new process: the file itself is read and verified
@@ -109,7 +110,7 @@ def test_a_corrupted_generator_is_detected_and_retrained(damage, digits_model, b
     caplog.set_level(logging.INFO, logger="robustbench_karp.gan_cache")
     attack = build_attack("advgan", TINY).bind(dataclasses.replace(DIGITS, threat=threat))
     out = attack(digits_model, x, y, threat, torch.Generator())
-    path = Path(attack.provenance(digits_model)["generator_path"])
+    path = resolve_path(attack.provenance(digits_model)["generator_path"])
     data = bytearray(path.read_bytes())
     if damage == "truncate":
         path.write_bytes(bytes(data[: len(data) // 2]))
@@ -134,7 +135,7 @@ def test_distilled_mode_trains_a_surrogate_and_attacks(digits_model, batch, karp
     surrogates = list((karp_home / "generators").glob("surrogate-digits-smallcnn-*.pt"))
     made = attack.provenance(digits_model)
     assert len(surrogates) == 1 and made["mode"] == "distilled"
-    assert made["surrogate_path"] == str(surrogates[0]) and made["surrogate_sha256"] == file_sha256(surrogates[0])
+    assert resolve_path(made["surrogate_path"]) == surrogates[0] and made["surrogate_sha256"] == file_sha256(surrogates[0])
     assert accuracy(digits_model, x_adv, y) < accuracy(digits_model, x, y) - 0.3
 
 
@@ -158,7 +159,7 @@ def test_harness_records_the_generator(digits_model, karp_home, tmp_path):
                       checkpoint=str(checkpoint), device="cpu")
     record = run_evaluation(req)
     made = record["attack_provenance"]["advgan"]
-    assert made["generator_sha256"] == file_sha256(made["generator_path"])
+    assert made["generator_sha256"] == file_sha256(resolve_path(made["generator_path"]))
     assert record["robust_accuracy"] <= record["clean_accuracy"]
     gan_cache.clear_memo()
     again = run_evaluation(req)  # the second evaluation reuses the same generator

@@ -40,16 +40,24 @@ def test_fgm_l2_equals_hand_computed_step(digits_model, digits):
 
 @pytest.mark.slow
 def test_pgd_never_weaker_than_torchattacks(mnist_model, mnist_test):
-    """Same eps, steps and step size: our robust accuracy is at most 0.3 points above torchattacks'."""
+    """Same eps, steps and step size: our robust accuracy is at most 0.3 points above torchattacks'.
+
+    Both are averaged over three random starts: one start each differs by up to +-0.4 points from
+    the random start alone (and with the thread count), which would make a 0.3-point margin a coin toss.
+    """
     x, y = mnist_test.batch(torch.arange(500))
     eps, steps, step_size = 0.1, 20, 0.01  # an eps where the standard model keeps some accuracy
-    ours = evaluate(mnist_model, x, y, attacks=[("pgd", {"steps": steps, "step_size": step_size})],
-                    norm="linf", eps=eps, seed=0, device="cpu")
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        ref_attack = torchattacks.PGD(mnist_model, eps=eps, alpha=step_size, steps=steps, random_start=True)
-        x_ref = ref_attack(x, y)
-    ref_acc = (predict(mnist_model, x_ref) == y).float().mean().item()
-    assert ours.clean_accuracy > 0.9
-    assert ours.robust_accuracy <= ref_acc + 0.003, (ours.robust_accuracy, ref_acc)
-    assert 0.02 < ref_acc < 0.8 * ours.clean_accuracy  # a regime where the comparison means something
+    seeds = (0, 1, 2)
+    runs = [evaluate(mnist_model, x, y, attacks=[("pgd", {"steps": steps, "step_size": step_size})],
+                     norm="linf", eps=eps, seed=seed, device="cpu") for seed in seeds]
+    ref = []
+    for seed in seeds:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            ref_attack = torchattacks.PGD(mnist_model, eps=eps, alpha=step_size, steps=steps, random_start=True)
+            ref.append((predict(mnist_model, ref_attack(x, y)) == y).float().mean().item())
+    ours = sum(r.robust_accuracy for r in runs) / len(runs)
+    ref_acc = sum(ref) / len(ref)
+    assert runs[0].clean_accuracy > 0.9
+    assert ours <= ref_acc + 0.003, (ours, ref_acc, [r.robust_accuracy for r in runs], ref)
+    assert 0.02 < ref_acc < 0.8 * runs[0].clean_accuracy  # a regime where the comparison means something
