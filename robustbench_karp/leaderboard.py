@@ -148,8 +148,8 @@ def training_label(record: dict[str, Any]) -> str:
     """How the entry's checkpoint was trained, in short: defense options off their defaults, precision, epochs.
 
     'init=prior, 10 ep' tells two fgsm-at checkpoints apart; "" for a record without a training config.
-    The precision shows only where the checkpoint was trained in another than its recipe asked for
-    ('fp32 (no bf16)': a bf16 recipe on a device without bf16 units).
+    The precision shows only where the checkpoint was trained in another precision than its recipe asked
+    for ('fp32 (no bf16)': a bf16 recipe on a device without bf16 units).
     """
     train = record.get("train_config") or {}
     defense = train.get("defense")
