@@ -14,6 +14,8 @@ channels-last (about 2x faster on CPUs with bf16 units; float32 elsewhere).
 Madry et al. used 40 steps of 0.01 and about 83 epochs (100k iterations of batch 50).
 Measured (seed 0, two CPU cores, benchmarks/train_mnist_defenses.py): 9.8 min of training, clean
 99.00%, PGD-50 x 10 restarts 91.90% on the first 1000 test points (Madry: 98.53% / AA 88.43%).
+Retrained in float32 on a CPU without bf16 units (about 35 min alone): clean 99.0%, PGD-50 x 10
+91.9%, AutoAttack 90.2% (APGD-CE 90.6, +APGD-T 90.4, +FAB-T 90.4, +Square 90.2).
 """
 
 from dataclasses import dataclass
