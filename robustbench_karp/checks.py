@@ -78,7 +78,8 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Se
         first, second = model(x), model(x)
     if not torch.allclose(first, second, rtol=1e-4, atol=1e-5) and not any(_flag(p, "eot") for _, p in expand(attacks)):
         out.append("the model's outputs differ on the same input (randomized) and no EOT attack was run")
-    if first.min() >= 0 and first.max() <= 1 and torch.allclose(first.sum(1), torch.ones(len(first)), atol=1e-3):
+    ones = torch.ones(len(first), device=first.device)  # on the outputs' device: a CPU tensor fails against CUDA outputs
+    if first.min() >= 0 and first.max() <= 1 and torch.allclose(first.sum(1), ones, atol=1e-3):
         out.append("the model returns probabilities instead of logits: losses on them saturate (use logits)")
     x = x.clone().requires_grad_(True)
     with torch.enable_grad():

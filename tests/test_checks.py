@@ -111,3 +111,54 @@ def test_run_checks_collects_every_check_that_applies(digits_model, sample):
 def test_entry_flags_compare_attacks_across_records():
     flags = checks.entry_flags({"pgd": 0.6, "fgsm": 0.5, "autoattack": 0.4}, {"fgsm"}, {"pgd", "autoattack"})
     assert len(flags) == 1 and flags[0].startswith("pgd accuracy 0.6000 is above fgsm")
+
+
+class OtherDevice(torch.Tensor):
+    """CPU data that reports the meta device and, like a CUDA tensor, refuses to meet a CPU tensor in one op.
+
+    Factory calls asked for the meta device (`torch.ones(n, device=x.device)`) are served by OnOtherDevice.
+    """
+
+    @staticmethod
+    def __new__(cls, elem):
+        return torch.Tensor._make_wrapper_subclass(cls, elem.shape, dtype=elem.dtype, device="meta")
+
+    def __init__(self, elem):
+        self.elem = elem
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
+        leaves = torch.utils._pytree.tree_leaves((args, kwargs))
+        if any(type(t) is torch.Tensor and t.dim() > 0 for t in leaves):  # 0-dim CPU tensors mix, as with CUDA
+            raise RuntimeError(f"{func}: expected all tensors to be on the same device, found a CPU tensor")
+        unwrap = lambda t: t.elem if isinstance(t, OtherDevice) else t
+        out = func(*torch.utils._pytree.tree_map(unwrap, args), **torch.utils._pytree.tree_map(unwrap, kwargs or {}))
+        return torch.utils._pytree.tree_map(lambda t: OtherDevice(t) if type(t) is torch.Tensor else t, out)
+
+
+class OnOtherDevice(torch.overrides.TorchFunctionMode):
+    """Tensors created with device=meta get CPU data wrapped in OtherDevice."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if torch.device(kwargs.get("device") or "cpu").type == "meta":
+            return OtherDevice(func(*args, **{**kwargs, "device": "cpu"}))
+        return func(*args, **kwargs)
+
+
+def _probabilities_on(device):
+    x, y = torch.rand(8, 1, 4, 4), torch.arange(8) % 4
+    model = Softmaxed(nn.Flatten()).eval()  # (B, 16) probabilities, no parameters to move
+    if device == "other":
+        with OnOtherDevice():
+            return checks.model_checks(model, OtherDevice(x), OtherDevice(y), [])
+    return checks.model_checks(model, x.to(device), y.to(device), [])
+
+
+@pytest.mark.parametrize("device", ["other", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_model_checks_build_their_tensors_on_the_outputs_device(device):
+    assert OtherDevice(torch.ones(2)).device.type == "meta"
+    with pytest.raises(RuntimeError, match="same device"):  # the simulated device catches a stray CPU tensor
+        OtherDevice(torch.ones(2)) + torch.ones(2)
+    assert any("probabilities instead of logits" in w for w in _probabilities_on(device))
