@@ -27,7 +27,7 @@ import torch
 from robustbench_karp.attacks import build_attack
 from robustbench_karp.cli import key_value
 from robustbench_karp.defenses import build_defense
-from robustbench_karp.harness import EvalRequest, checkpoint_dir, plan_evaluation, prepare, run_evaluation
+from robustbench_karp.harness import EvalRequest, checkpoint_path, plan_evaluation, prepare, run_evaluation
 from robustbench_karp.store import ResultsStore, load_checkpoint
 from robustbench_karp.train import fit, make_train_config
 
@@ -36,7 +36,7 @@ PGD_50_10 = ("pgd", {"steps": "50", "restarts": "10", "step_size": "0.01"})
 
 def train(defense: str, seed: int, data_dir: Path, options: dict) -> tuple[Path, float]:
     config = make_train_config("smallcnn", "mnist", defense, seed=seed, defense_options=options)
-    path = checkpoint_dir() / f"{config.stem()}.pt"  # exactly the registered recipe, never another run's checkpoint
+    path = checkpoint_path(config, torch.device("cpu"))  # exactly the registered recipe, never another run's checkpoint
     if not path.is_file():  # an interrupted run of this benchmark resumes (identical weights on CPU)
         fit(config, path, data_dir=data_dir, device=torch.device("cpu"), download=False,
             resume=path.with_suffix(".last.pt").is_file())

@@ -119,6 +119,9 @@ def add_evaluate(sub) -> None:
     ev.add_argument("--n-examples", type=positive_int, default=None,
                     help="evaluate the first N test points (default: 1000, or the whole test split if smaller)")
     ev.add_argument("--batch-size", type=positive_int, default=500)
+    ev.add_argument("--protocol", default=None, metavar="NAME",
+                    help="a named, versioned attack set (standard: AutoAttack plus the defense's adaptive attacks); "
+                         "--attack adds to it")
     ev.add_argument("--json", action="store_true", help="print the record as one JSON object")
 
 
@@ -151,11 +154,12 @@ def add_publishing(sub) -> None:
     cmp = sub.add_parser("compare", help="fill the defenses x attacks matrix (trains and evaluates what is missing)")
     add_common(cmp)
     cmp.add_argument("--defenses", required=True, help="comma-separated defenses, e.g. standard,fgsm-at,pgd-at,trades")
-    cmp.add_argument("--attacks", default="fgsm,pgd", help="comma-separated attacks, one column each")
+    cmp.add_argument("--attacks", default="fgsm,pgd", help="comma-separated attacks, one column each ('' for none)")
     cmp.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE", help="e.g. pgd.steps=50")
     cmp.add_argument("--eps", type=single_eps, default=None)
     cmp.add_argument("--n-examples", type=positive_int, default=None)
     cmp.add_argument("--batch-size", type=positive_int, default=500)
+    cmp.add_argument("--protocol", default=None, metavar="NAME", help="also run this protocol (e.g. standard) per defense")
 
     lb = sub.add_parser("leaderboard", help="render or publish the leaderboard, or import an external result")
     lb_sub = lb.add_subparsers(dest="action", required=True)
@@ -173,7 +177,12 @@ def add_publishing(sub) -> None:
     ext.add_argument("file", type=Path)
 
     rep = sub.add_parser("reproduce", help="re-run a record from its configuration and compare every number")
-    rep.add_argument("id", help="record id (see leaderboard/entries/*.json)")
+    rep.add_argument("id", help="record id or entry id (from the store, or from leaderboard/entries/*.json)")
+    rep.add_argument("--site", type=Path, default=None, help="published leaderboard directory to look in "
+                                                              "(default: the repository's leaderboard/)")
+    rep.add_argument("--append", action="store_true", help="append the re-run to the store when it matched")
+    rep.add_argument("--train-missing", action="store_true",
+                     help="rebuild a missing checkpoint by the record's recorded recipe")
     rep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rep.add_argument("--data-dir", type=Path, default=None)
     rep.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)

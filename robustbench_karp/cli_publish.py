@@ -13,12 +13,9 @@ from pathlib import Path
 from tabulate import tabulate
 
 from robustbench_karp.attacks import ATTACKS, build_attack
-from robustbench_karp.attacks.base import attack_from_config
 from robustbench_karp.checks import entry_flags
 from robustbench_karp.defenses import DEFENSES
-from robustbench_karp.store import CheckpointError, ResultsStore, file_sha256, resolve_path
-
-GPU_TOLERANCE = 0.005  # accuracies re-run on a GPU may differ by this much (nondeterministic kernels)
+from robustbench_karp.store import ResultsStore, resolve_path
 
 
 def _exists(path: str) -> bool:
@@ -57,43 +54,49 @@ def cmd_compare(args) -> int:
     attack_names = [a.strip() for a in args.attacks.split(",") if a.strip()]
     if not defenses:
         raise ValueError("--defenses is empty: name at least one defense, e.g. --defenses standard,fgsm-at")
-    if not attack_names:
-        raise ValueError("--attacks is empty: name at least one attack, e.g. --attacks fgsm,pgd")
+    if not attack_names and not args.protocol:
+        raise ValueError("--attacks is empty: name at least one attack, e.g. --attacks fgsm,pgd (or give --protocol)")
     for d in defenses:
         DEFENSES.get(d)
     options = parse_compare_options(args.attack_arg)
     attacks = [build_attack(name, options.get(name, {})) for name in attack_names]
-    store, rows, total, k = ResultsStore(), [], len(defenses) * len(attacks), 0
+    if args.protocol:
+        from robustbench_karp.protocols import get_protocol
+
+        get_protocol(args.protocol)
+    cells = [[a] for a in attacks] + ([[]] if args.protocol else [])  # the protocol gets a column of its own
+    store, rows, total, k = ResultsStore(), [], len(defenses) * len(cells), 0
     for defense in defenses:
         base = dict(model=args.model, dataset=args.dataset, defense=defense, norm=args.norm, eps=args.eps,
                     n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
                     data_dir=args.data_dir, download=args.download)
-        prepared = prepare(EvalRequest(**base), train_callbacks=[TqdmTraining()])
         records = []
-        for attack in attacks:
+        for cell in cells:
             k += 1
-            req = EvalRequest(**base, attacks=[attack])
+            req = EvalRequest(**base, attacks=cell, protocol=None if cell else args.protocol)
+            prepared = prepare(req, train_callbacks=[TqdmTraining()])  # a fresh model per cell: nothing carries over
             plan = plan_evaluation(req, prepared)
             record = store.get(plan.id)
-            print(f"[{k}/{total}] {defense} x {attack.name}: {'stored, reused' if record else 'running'}", file=sys.stderr)
+            label = cell[0].name if cell else f"protocol {args.protocol}"
+            print(f"[{k}/{total}] {defense} x {label}: {'stored, reused' if record else 'running'}", file=sys.stderr)
             if record is None:
                 with EvalProgress() as progress:
                     record = run_evaluation(req, prepared=prepared, plan=plan, on_start=progress.start,
                                             on_batch=progress.update)
             records.append(record)
         rows.append((defense, records))
-    print_matrix(rows, attacks)
+    print_matrix(rows, [c[0].name if c else f"protocol {args.protocol}" for c in cells])
     return 0
 
 
-def print_matrix(rows: list[tuple[str, list[dict]]], attacks: list) -> None:
+def print_matrix(rows: list[tuple[str, list[dict]]], columns: list[str]) -> None:
     table = []
     for defense, records in rows:
         entry = _entries_with_flags(records)[0]
         cells = [f"{r['robust_accuracy']:.4f}" for r in records]
         worst = f"{entry['robust_accuracy']:.4f} [{entry['robust_ci'][0]:.3f}, {entry['robust_ci'][1]:.3f}]"
         table.append([defense, f"{entry['clean_accuracy']:.4f}", *cells, worst, len(entry["flags"])])
-    print(tabulate(table, headers=["defense", "clean", *[a.name for a in attacks], "worst case [95% CI]", "flags"],
+    print(tabulate(table, headers=["defense", "clean", *columns, "worst case [95% CI]", "flags"],
                    tablefmt="github"))
     for defense, records in rows:
         for flag in _entries_with_flags(records)[0]["flags"]:
@@ -126,12 +129,17 @@ def cmd_leaderboard(args) -> int:
     out = args.out or _default_leaderboard_dir()
     if out is None:
         raise ValueError("not in a source checkout: pass --out DIR")
-    records = [r for r in ResultsStore().records()
-               if (args.dataset is None or r["dataset"] == args.dataset) and (args.norm is None or r["norm"] == args.norm)
-               and (args.eps is None or any(abs(float(r["eps"]) - e) < 1e-9 for e in args.eps))]
+    def asked(r: dict) -> bool:
+        return ((args.dataset is None or r["dataset"] == args.dataset) and (args.norm is None or r["norm"] == args.norm)
+                and (args.eps is None or any(abs(float(r["eps"]) - e) < 1e-9 for e in args.eps)))
+
+    records = [r for r in ResultsStore().records() if asked(r)]
     entries = _entries_with_flags(records) if records else []
+    published = load_published(Path(out))
+    # A build limited to some boards never deletes the others: published entries outside them stay.
+    entries += [] if args.merge else [e for e in published if not asked(e)]
     if args.merge:
-        entries, dropped = merge_entries(load_published(Path(out)), entries)
+        entries, dropped = merge_entries(published, entries)
         for entry_id, record_ids in dropped.items():
             print(f"warning: entry {entry_id}: published record(s) {', '.join(record_ids)} are not in this store; "
                   "the rebuilt entry leaves them out", file=sys.stderr)
@@ -148,45 +156,44 @@ def _closest(record_id: str, ids: list[str]) -> str:
 
 
 def cmd_reproduce(args) -> int:
-    from robustbench_karp.harness import EvalRequest, run_evaluation
+    from robustbench_karp.reproduce import find_records, rerun
 
-    store = ResultsStore()
-    record = store.get(args.id)
-    if record is None:
-        ids = sorted({r["id"] for r in store.records()})
-        raise ValueError(f"unknown record id {args.id!r}; closest: {_closest(args.id, ids)}")
-    if record.get("source") == "external":
-        raise ValueError(f"record {args.id} was imported from {record.get('tool', 'another tool')}: nothing to re-run")
-    path = resolve_path(record["checkpoint"])
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is missing: record {args.id} is not reproducible")
-    if file_sha256(path) != record["checkpoint_sha256"]:
-        raise CheckpointError(f"checkpoint {path} changed since record {args.id} (sha256 differs): not reproducible")
-    req = EvalRequest(model=record["model"], dataset=record["dataset"], defense=record["defense"],
-                      attacks=[attack_from_config(c) for c in record["attacks"]], norm=record["norm"], eps=record["eps"],
-                      n_examples=record["n_examples"], seed=record["seed"], batch_size=record["batch_size"],
-                      device=args.device, checkpoint=str(path), data_dir=args.data_dir, download=args.download)
-    new = run_evaluation(req)
-    return report_reproduction(record, new)
-
-
-def report_reproduction(old: dict, new: dict) -> int:
-    exact = old["device"] == "cpu" and new["device"] == "cpu"
-    tolerance = 0.0 if exact else GPU_TOLERANCE
-    pairs = [("clean_accuracy", old["clean_accuracy"], new["clean_accuracy"]),
-             ("robust_accuracy", old["robust_accuracy"], new["robust_accuracy"])]
-    pairs += [(f"after {k}", v, new["per_attack"].get(k, float("nan"))) for k, v in old["per_attack"].items()]
-    rows, ok = [], new["id"] == old["id"]
-    for name, before, now in pairs:
-        diff = now - before
-        good = abs(diff) <= tolerance
-        ok &= good
-        rows.append([name, f"{before:.4f}", f"{now:.4f}", "exact match" if diff == 0 else f"{diff:+.4f}",
-                     "ok" if good else "MISMATCH"])
-    print(f"reproducing {old['id']} on {new['device']} (recorded on {old['device']}; "
-          f"{'exact match required' if exact else f'tolerance {tolerance}'})")
-    print(tabulate(rows, headers=["quantity", "recorded", "now", "difference", ""], tablefmt="github"))
-    if new["id"] != old["id"]:
-        print(f"configuration id changed: {old['id']} -> {new['id']}")
-    print("reproduced" if ok else "NOT reproduced")
+    site = args.site or _default_leaderboard_dir()
+    records = find_records(args.id, site)
+    if not records:
+        ids = sorted({r["id"] for r in ResultsStore().records()})
+        raise ValueError(f"unknown record or entry id {args.id!r} (looked in the store and in {site or 'no site'}); "
+                         f"closest in the store: {_closest(args.id, ids)}")
+    ok = True
+    for record in records:
+        new, notes = rerun(record, device=args.device, data_dir=args.data_dir, download=args.download,
+                           train_missing=args.train_missing)
+        matched = report_reproduction(record, new, notes)
+        ok &= matched
+        if matched and args.append:
+            ResultsStore().append(new)
+            print(f"appended the re-run as a new record of {new['id']}")
     return 0 if ok else 1
+
+
+def report_reproduction(old: dict, new: dict, notes: list[str] = ()) -> bool:
+    from robustbench_karp.reproduce import GPU_TOLERANCE, differences
+
+    rows = differences(old, new)
+    exact = old.get("device") == "cpu" and new.get("device") == "cpu"
+    print(f"reproducing {old['id']} on {new['device']} (recorded on {old.get('device')}; "
+          f"{'exact match required' if exact else f'tolerance {GPU_TOLERANCE}'})")
+    for note in notes:
+        print(f"note: {note}")
+    table = []
+    for name, before, now, good in rows:
+        if isinstance(before, float):
+            diff = now - before
+            shown = [f"{before:.4f}", f"{now:.4f}", "exact match" if diff == 0 else f"{diff:+.4f}"]
+        else:
+            shown = [before, now, "exact match" if good else "differs"]
+        table.append([name, *shown, "ok" if good else "MISMATCH"])
+    print(tabulate(table, headers=["quantity", "recorded", "now", "difference", ""], tablefmt="github"))
+    ok = all(good for *_, good in rows)
+    print("reproduced" if ok else "NOT reproduced (nothing was written to the store)")
+    return ok

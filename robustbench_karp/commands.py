@@ -82,6 +82,8 @@ class EvalProgress:
 
 
 def parse_attacks(args) -> list:
+    from robustbench_karp.attacks.torchattacks_adapter import TorchAttack, option_name
+
     specs = [list(a) for a in (args.attacks or [])]
     if len(specs) > 1 and specs[0][0] is None:
         raise ValueError("--attack-arg must follow the --attack it belongs to")
@@ -95,32 +97,43 @@ def parse_attacks(args) -> list:
         takers = [s for s in specs if _has_option(s[0], key)]
         if not takers:
             raise ValueError(f"--{key.replace('_', '-')}: none of the attacks {', '.join(s[0] for s in specs)} has it")
-        for spec in takers:
-            spec[1].setdefault(key, str(value))
-    return [build_attack(name, options) for name, options in specs]
+        for spec in takers:  # a torchattacks class takes it under its own name (alpha, n_restarts)
+            own = option_name(spec[0].split(":", 1)[1], key) if spec[0].startswith("torchattacks:") else key
+            spec[1].setdefault(own, str(value))
+    attacks = [build_attack(name, options) for name, options in specs]
+    for attack in attacks:  # a torchattacks class of another norm fails now, not after a checkpoint is trained
+        if isinstance(attack, TorchAttack):
+            attack.check_norm(args.norm)
+    return attacks
 
 
 def _has_option(name: str, key: str) -> bool:
     import dataclasses
 
+    from robustbench_karp.attacks.torchattacks_adapter import option_name
+
     if name.startswith("torchattacks:"):
-        return False
+        return option_name(name.split(":", 1)[1], key) is not None
     return key in {f.name for f in dataclasses.fields(ATTACKS.get(name))}
 
 
 def cmd_evaluate(args) -> int:
     from robustbench_karp.harness import EvalRequest, prepare, run_evaluation
+    from robustbench_karp.protocols import get_protocol
 
     DATASETS.get(args.dataset), MODELS.get(args.model), DEFENSES.get(args.defense)  # fail fast on names
-    attacks = parse_attacks(args)
+    if args.protocol:
+        get_protocol(args.protocol)
+    attacks = [] if args.protocol and not args.attacks else parse_attacks(args)
     base = EvalRequest(model=args.model, dataset=args.dataset, defense=args.defense,
                        defense_options=dict(args.defense_arg), attacks=attacks, norm=args.norm,
                        n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                       checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download)
-    prepared = prepare(base, train_callbacks=[TqdmTraining()])
+                       checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download,
+                       protocol=args.protocol)
     records = []
     for eps in args.eps or [None]:
         req = EvalRequest(**{**base.__dict__, "eps": eps})
+        prepared = prepare(req, train_callbacks=[TqdmTraining()])  # a fresh model per config: no state carries over
         with EvalProgress() as progress:
             record = run_evaluation(req, prepared=prepared, on_start=progress.start, on_batch=progress.update,
                                     sweep=records)
@@ -138,7 +151,8 @@ def print_record(record: dict) -> None:
     rows += [[f"after {name}", f"{acc:.4f}"] for name, acc in record["per_attack"].items()]
     rows.append(["robust (worst case)", f"{record['robust_accuracy']:.4f}"])
     title = (f"{record['model']} / {record['dataset']} / {record['defense']}   {record['norm']} eps={record['eps']:.6g}"
-             f"   n={record['n_examples']}   seed={record['seed']}")
+             f"   n={record['n_examples']}   seed={record['seed']}"
+             + (f"   protocol {', '.join(record['protocols'])}" if record.get("protocols") else ""))
     print(title)
     print(tabulate(rows, headers=["", "accuracy"], tablefmt="github"))
     for warning in record.get("warnings", []):
@@ -150,7 +164,7 @@ def cmd_train(args) -> int:
     import os
 
     from robustbench_karp.engine import resolve_device
-    from robustbench_karp.harness import checkpoint_dir
+    from robustbench_karp.harness import checkpoint_path
     from robustbench_karp.train import ResumeError, fit, make_train_config
     from robustbench_karp.train_logs import TensorBoardCallback
 
@@ -164,7 +178,8 @@ def cmd_train(args) -> int:
     config = make_train_config(args.model, args.dataset, args.defense, defense_options=dict(args.defense_arg),
                                recipe_overrides=overrides, norm=args.norm, eps=args.eps[0] if args.eps else None,
                                seed=args.seed, train_size=args.train_size)
-    out = checkpoint_dir() / f"{config.stem()}.pt"
+    device = resolve_device(args.device)
+    out = checkpoint_path(config, device)
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if out.is_file() and not (args.force or args.resume):
         if main_rank:
@@ -177,8 +192,8 @@ def cmd_train(args) -> int:
     if args.tensorboard and main_rank:
         callbacks.append(TensorBoardCallback(args.tensorboard))
     if main_rank:
-        print(f"training {config.stem()}: {json.dumps(asdict(config)['recipe'])}", file=sys.stderr)
-    payload = fit(config, out, data_dir=args.data_dir, device=resolve_device(args.device), download=args.download,
+        print(f"training {out.stem}: {json.dumps(asdict(config)['recipe'])}", file=sys.stderr)
+    payload = fit(config, out, data_dir=args.data_dir, device=device, download=args.download,
                   resume=args.resume, callbacks=callbacks)
     if main_rank:
         if payload["stopped_early"]:

@@ -23,5 +23,5 @@ class RunContext:
     download: bool = True
     device: torch.device = torch.device("cpu")
     seed: int = 0
-    checkpoint_sha256: str | None = None  # of the classifier's checkpoint, when it came from a file
+    checkpoint_sha256: str | None = None  # the classifier's weights identity (identity.weights_sha256)
     threat: ThreatModel | None = None  # the evaluation's threat model (None while only building the model)

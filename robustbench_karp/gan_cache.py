@@ -8,6 +8,8 @@ The hash is `config_hash` of everything that determines the weights (the target'
 sha256, the dataset, the options, the seed), so a different target or option is a different file.
 Before a cached file is used its sha256 must match the one recorded when it was written: a
 truncated or modified file is reported with a logging warning and trained again.
+Training happens under a file lock on the path (`locks.file_lock`): of concurrent processes that
+need the same network one trains it, the others wait and then load its file.
 
 Within a process, networks are memoized by (path, recorded sha256, device), so an attack called
 batch after batch reads the file once.
@@ -27,6 +29,7 @@ import torch
 from torch import nn
 
 from robustbench_karp.data import ImageSet
+from robustbench_karp.locks import file_lock
 from robustbench_karp.progress import progress
 from robustbench_karp.store import (
     CheckpointError,
@@ -70,13 +73,15 @@ def clear_memo() -> None:
     _MEMO.clear()
 
 
-def _load_verified(path: Path, build: Callable[[], nn.Module]) -> tuple[nn.Module, str] | None:
-    """The cached network if its file matches the recorded sha256; None (with a warning) otherwise."""
+def _load_verified(path: Path, build: Callable[[], nn.Module], warn: bool = True) -> tuple[nn.Module, str] | None:
+    """The cached network if its file matches the recorded sha256; None (with a warning if warn) otherwise."""
     if not path.is_file():
         return None
     recorded = recorded_sha256(path)
     actual = file_sha256(path)
     if recorded is None or actual != recorded:
+        if not warn:  # outside the lock a writer may sit between the .pt and its .json: look again under it
+            return None
         log.warning("cached network %s is corrupted or unverifiable (sha256 %s, recorded %s); training it again",
                     path, actual[:16], (recorded or "none")[:16])
         return None
@@ -85,6 +90,8 @@ def _load_verified(path: Path, build: Callable[[], nn.Module]) -> tuple[nn.Modul
         net = build()
         net.load_state_dict(payload["state_dict"], strict=True)
     except (CheckpointError, KeyError, RuntimeError) as e:
+        if not warn:
+            return None
         log.warning("cached network %s cannot be loaded (%s); training it again", path, str(e).splitlines()[0][:200])
         return None
     return net, actual
@@ -102,19 +109,27 @@ def obtain(path: Path, config: dict[str, Any], build: Callable[[], nn.Module], t
     key = (str(path), recorded or "", str(device))
     if recorded is not None and key in _MEMO:
         return _MEMO[key], recorded
-    found = _load_verified(path, build)
+    found = _load_verified(path, build, warn=False)
     if found is None:
-        log.info("training %s", path.name)
-        net = build().to(device)
-        train(net)
-        save_checkpoint(path, {"config": config, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}})
-        sha = file_sha256(path)
-        atomic_write_text(path.with_suffix(".json"), json.dumps({"sha256": sha, "config": config}, sort_keys=True,
-                                                                default=str, indent=1))
-    else:
-        net, sha = found
+        with file_lock(path):  # one process trains; the others wait here, then load its file
+            found = _load_verified(path, build)
+            if found is None:
+                found = _train_and_store(path, config, build, train, device)
+    net, sha = found
     net = net.to(device).requires_grad_(False).eval()  # our own network: no BN/dropout surprises at use
     _MEMO[(str(path), sha, str(device))] = net
+    return net, sha
+
+
+def _train_and_store(path: Path, config: dict[str, Any], build: Callable[[], nn.Module],
+                     train: Callable[[nn.Module], None], device: torch.device) -> tuple[nn.Module, str]:
+    log.info("training %s", path.name)
+    net = build().to(device)
+    train(net)
+    save_checkpoint(path, {"config": config, "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}})
+    sha = file_sha256(path)
+    atomic_write_text(path.with_suffix(".json"), json.dumps({"sha256": sha, "config": config}, sort_keys=True,
+                                                            default=str, indent=1))
     return net, sha
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import logging
 import platform
 import subprocess
@@ -19,17 +20,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_karp import checks
+from robustbench_karp import checks, protocols
 from robustbench_karp.attacks import Attack
 from robustbench_karp.context import RunContext
 from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.engine import expand, resolve_device, run_attacks
+from robustbench_karp.evalconfig import EvalConfig
+from robustbench_karp.identity import cpu_conditions, weights_sha256
 from robustbench_karp.models import Classifier, create_model
+from robustbench_karp.protocols import get_protocol
 from robustbench_karp.store import (
     CheckpointError,
     ResultsStore,
-    config_hash,
     file_sha256,
     karp_home,
     load_checkpoint,
@@ -45,18 +48,26 @@ def checkpoint_dir() -> Path:
     return karp_home() / "checkpoints"
 
 
-def find_checkpoint(config: TrainConfig) -> Path | None:
-    """The checkpoint of exactly this configuration, else the newest one trained for the same
-    (model, dataset, defense, seed) with other options (e.g. `karp-robust train --epochs 20`)."""
-    exact = checkpoint_dir() / f"{config.stem()}.pt"
+def checkpoint_path(config: TrainConfig, device: torch.device) -> Path:
+    """Where the checkpoint of config lives once trained on device: its name says the precision it trains in."""
+    return checkpoint_dir() / f"{config.stem(config.precision(device))}.pt"
+
+
+def find_checkpoint(config: TrainConfig, device: torch.device) -> Path | None:
+    """The checkpoint of exactly this configuration (recipe, options, seed and precision on device), or None.
+
+    Never another recipe's checkpoint: a different one is used only when named with --checkpoint.
+    A checkpoint named before names carried the precision (same config hash) counts when its
+    recorded precision is the one this device trains in.
+    """
+    exact = checkpoint_path(config, device)
     if exact.is_file():
         return exact
-    prefix = f"{config.model}-{config.dataset}-{config.defense['name']}-s{config.seed}-"
-    others = [p for p in checkpoint_dir().glob(f"{prefix}*.pt") if not p.name.endswith(".last.pt")]
-    if others:
-        newest = max(others, key=lambda p: p.stat().st_mtime)
-        log.info("no checkpoint with the default recipe; using %s", newest)
-        return newest
+    legacy = checkpoint_dir() / f"{config.stem()}.pt"
+    if legacy.is_file():
+        amp = load_checkpoint(legacy).get("amp", "none")
+        if ("bf16" if amp == "bf16" else "fp32") == config.precision(device):
+            return legacy
     return None
 
 
@@ -85,12 +96,19 @@ def new_model(name: str, dataset: str) -> Classifier:
 def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, device: torch.device | None = None,
                       download: bool = True, callbacks: list | None = None) -> Path:
     """The stored checkpoint for config, training it with the loop when none exists."""
-    found = find_checkpoint(config)
+    device = device or torch.device("cpu")
+    found = find_checkpoint(config, device)
     if found is not None:
         return found
-    out = checkpoint_dir() / f"{config.stem()}.pt"
-    log.info("no checkpoint for %s; training one (%d epochs)", config.stem(), config.recipe["epochs"])
-    fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks)
+    out = checkpoint_path(config, device)
+    from robustbench_karp.locks import file_lock
+
+    with file_lock(out):  # concurrent runs train it once: the others wait here, then find it
+        found = find_checkpoint(config, device)
+        if found is not None:
+            return found
+        log.info("no checkpoint for %s; training one (%d epochs)", config.stem(), config.recipe["epochs"])
+        fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks)
     return out
 
 
@@ -135,7 +153,7 @@ def git_commit() -> str | None:
 
 @dataclass
 class EvalRequest:
-    """One evaluation as the CLI or a script describes it."""
+    """One evaluation as the CLI or a script describes it; resolved into an EvalConfig by plan_evaluation."""
 
     model: str = "resnet18"
     dataset: str = "digits"
@@ -151,13 +169,16 @@ class EvalRequest:
     checkpoint: str | None = None
     data_dir: Path | None = None
     download: bool = True
+    protocol: str | None = None  # a named attack set ("standard"); `attacks` then adds to it
 
 
 def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.Module, dict[str, Any], torch.device]:
     """Resolve the request: (model to attack, in eval mode on device; provenance; device).
 
-    The classifier comes from --checkpoint or the store (trained with the defense's classifier
-    recipe when missing); the defense then wraps it (a purifier defense puts its purifier in front).
+    The classifier comes from --checkpoint or the store (exactly the defense's classifier recipe,
+    trained when missing); the defense then wraps it (a purifier defense puts its purifier in front).
+    Every call builds a fresh model, with fresh random state for a randomized defense: call it once
+    per evaluation, so no cell of a sweep or a compare depends on what ran before it.
     """
     spec = DATASETS.get(req.dataset)
     device = resolve_device(req.device)
@@ -171,28 +192,50 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
     classifier = new_model(req.model, req.dataset)
     payload = load_weights(classifier, path)
     stored = payload.get("config") if isinstance(payload.get("config"), dict) else None
-    sha = file_sha256(path)
+    weights = weights_sha256(classifier)
     context = RunContext(dataset=spec.name, model=req.model, data_dir=req.data_dir, download=req.download,
-                         device=device, seed=req.seed, checkpoint_sha256=sha)
+                         device=device, seed=req.seed, checkpoint_sha256=weights)
     model = defense.wrap(classifier.to(device).eval(), context)
     trained_by = stored["defense"] if stored and defense.classifier_defense() is defense else None
     provenance = {"model": req.model, "dataset": spec.name, "defense": req.defense,
                   "defense_config": trained_by or defense.config(),
-                  "checkpoint": portable_path(path), "checkpoint_sha256": sha, "train_config": stored,
+                  "checkpoint": portable_path(path), "checkpoint_sha256": file_sha256(path),
+                  "weights_sha256": weights,
+                  "defense_weights_sha256": None if model is classifier else weights_sha256(model),
+                  "train_config": stored, "train_conditions": payload.get("conditions"),
                   "train_amp": payload.get("amp")}  # the precision it really trained in (bf16 needs bf16 units)
     return model.to(device).eval(), provenance, device
 
 
 @dataclass
 class Plan:
-    """A resolved evaluation: everything the record id depends on, before any attack runs."""
+    """A resolved evaluation: its EvalConfig (the identity), and what running it needs."""
 
-    config: dict[str, Any]
-    id: str
+    config: EvalConfig
     attacks: list[Attack]  # bound to the run; the defense's adaptive attacks appended
     threat: ThreatModel
     indices: torch.Tensor
     test: Any  # ImageSet of the test split
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+
+def requested_attacks(req: EvalRequest) -> tuple[list[Attack], str | None]:
+    """The protocol's attacks (if any) followed by the explicitly requested ones, without repeats; the protocol label."""
+    attacks, label = list(req.attacks), None
+    if req.protocol:
+        protocol = get_protocol(req.protocol)
+        label = protocol.label
+        attacks = protocol.build_attacks() + attacks
+    out, seen = [], set()
+    for attack in attacks:
+        key = json.dumps(attack.config(), sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            out.append(attack)
+    return out, label
 
 
 def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
@@ -203,15 +246,16 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     n = req.n_examples if req.n_examples is not None else min(1000, len(test))
     indices = subset_indices(len(test), n)
     context = RunContext(dataset=spec.name, model=req.model, data_dir=req.data_dir, download=req.download,
-                         device=device, seed=req.seed, checkpoint_sha256=provenance["checkpoint_sha256"], threat=threat)
-    requested = list(req.attacks)
+                         device=device, seed=req.seed, checkpoint_sha256=provenance["weights_sha256"], threat=threat)
+    requested, protocol = requested_attacks(req)
     names = {a.name for a in requested}
     requested += [a for a in build_defense(req.defense, req.defense_options).adaptive_attacks() if a.name not in names]
     bound = [a.bind(context) for a in requested]
-    config = {**{k: provenance[k] for k in ("model", "dataset", "defense_config", "checkpoint_sha256")},
-              "attacks": [a.config() for a in bound], "norm": threat.norm.value, "eps": threat.eps,
-              "n_examples": n, "seed": req.seed, "batch_size": req.batch_size}
-    return Plan(config, config_hash(config), bound, threat, indices, test)
+    config = EvalConfig(model=provenance["model"], dataset=provenance["dataset"], defense=provenance["defense_config"],
+                        weights=provenance["weights_sha256"], defense_weights=provenance["defense_weights_sha256"],
+                        norm=threat.norm.value, eps=threat.eps, n_examples=n, seed=req.seed, batch_size=req.batch_size,
+                        attacks=tuple(a.config() for a in bound), protocol=protocol)
+    return Plan(config, bound, threat, indices, test)
 
 
 def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train_callbacks: list | None = None,
@@ -220,6 +264,7 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
                    sweep: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Evaluate, run the sanity checks, build the record, append it to the store once complete, return it.
 
+    prepared: a model from prepare() that nothing else has used yet (None: prepare one now).
     sweep: the records of smaller eps of the same sweep, for the monotonicity check.
     """
     prepared = prepared or prepare(req, train_callbacks)
@@ -234,8 +279,11 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
     x, y = plan.test.batch(plan.indices[: min(len(plan.indices), 200)])
     warnings = result.warnings + checks.run_checks(model, x.to(device), y.to(device), result, plan.attacks, order,
                                                     plan.threat, device, sweep or [])
+    config = plan.config.to_dict()
     record = {
-        "id": plan.id, **plan.config, **provenance,
+        "id": plan.id, **{k: config[k] for k in ("norm", "eps", "n_examples", "seed", "batch_size", "attacks")},
+        **provenance, "protocol": plan.config.protocol,
+        "protocols": protocols.satisfied(config["attacks"], provenance["defense_config"]),
         "attack_order": order, "attack_provenance": {name: facts for name, facts in
                                                      ((a.name, a.provenance(model)) for a in plan.attacks) if facts},
         "non_adaptive_accuracy": checks.non_adaptive_accuracy(result, plan.attacks, order),
@@ -244,9 +292,9 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
         "per_attack": result.per_attack,
         "clean_mask": "".join("1" if c else "0" for c in result.clean),
         "robust_mask": "".join("1" if r else "0" for r in result.robust),
-        "elapsed_seconds": result.elapsed_seconds, "device": str(device),
+        "elapsed_seconds": result.elapsed_seconds, "device": str(device), "conditions": cpu_conditions(),
         "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "warnings": warnings, "config": plan.config,
+        "warnings": warnings, "config": config,
     }
     (store or ResultsStore()).append(record)
     return record

@@ -24,17 +24,21 @@ from tabulate import tabulate
 from robustbench_karp.defenses import DEFENSES
 from robustbench_karp.leaderboard_html import COLUMNS, boards, curve_png, eps_label, render_html, slug
 from robustbench_karp.leaderboard_import import import_robustbench
+from robustbench_karp.protocols import satisfied
 from robustbench_karp.store import atomic_write_bytes, config_hash
 
 __all__ = ["wilson_interval", "build_entries", "curves", "render_site", "load_published", "merge_entries",
            "import_robustbench", "eps_label"]
 
-GROUP_FIELDS = ("model", "dataset", "defense", "checkpoint_sha256", "norm", "eps")
+# An entry is one (model, dataset, defense with every option, weights, norm, eps). "weights" is the
+# canonical state_dict hash (identity.weights_sha256); records from before it carry "file:<checkpoint sha256>".
+GROUP_FIELDS = ("model", "dataset", "defense", "defense_config", "weights", "norm", "eps")
+ENTRY_SCHEMA = 2
 REQUIRED_FIELDS = ("id", "model", "dataset", "defense", "norm", "eps", "clean_accuracy", "robust_accuracy")
-BULKY_FIELDS = ("clean_mask", "robust_mask", "indices")  # kept out of the published provenance
+BULKY_FIELDS = ("indices",)  # kept out of the published provenance (the first n test points; masks stay, for reproduce)
 Z95 = 1.959964
-CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "model", "defense", "training", "checkpoint_sha256",
-               "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low", "robust_ci_high",
+CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "status", "protocols", "model", "defense", "training",
+               "weights", "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low", "robust_ci_high",
                "n", "attacks", "seeds", "flags", "reproducible", "external", "record_ids"]
 
 
@@ -67,8 +71,22 @@ def _check_record(record: dict[str, Any]) -> None:
         raise ValueError(f"record {record.get('id', '?')}: missing field(s) {', '.join(missing)}")
 
 
-def _group_key(record: dict[str, Any]) -> tuple:
-    return tuple(float(record[f]) if f == "eps" else record.get(f) for f in GROUP_FIELDS)
+def record_weights(record: dict[str, Any]) -> str | None:
+    """The weights identity of a record's model: the canonical state_dict hash, else (older records) the file's."""
+    if record.get("weights_sha256"):
+        return record["weights_sha256"]
+    return f"file:{record['checkpoint_sha256']}" if record.get("checkpoint_sha256") else None
+
+
+def _group_fields(record: dict[str, Any]) -> dict[str, Any]:
+    defense = record.get("defense_config")
+    return {"model": record.get("model"), "dataset": record.get("dataset"), "defense": record.get("defense"),
+            "defense_config": defense if isinstance(defense, dict) else None, "weights": record_weights(record),
+            "norm": record.get("norm"), "eps": float(record["eps"])}
+
+
+def _group_key(record: dict[str, Any]) -> str:
+    return config_hash(_group_fields(record))
 
 
 def _combinable_sets(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -88,13 +106,33 @@ def _set_size(records: list[dict[str, Any]]) -> int:
     return len(first["indices"]) if first.get("robust_mask") else int(first.get("n_examples") or 0)
 
 
-def _choose_set(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(records the entry is computed from, records left out): most points, then most records,
-    then the lowest robust accuracy (a tie never goes to the favourable side), then record ids."""
+def _choose_set(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records the entry is computed from, records on a subset of its points, records left out).
+
+    The chosen set has the most points, then the most records, then the lowest robust accuracy
+    (a tie never goes to the favourable side). A record on a subset of those points still counts:
+    a point it broke is not robust (per-example worst case). Only records on other points are left out.
+    """
     sets = _combinable_sets(records)
     chosen = max(sets, key=lambda s: (_set_size(s), len(s), -min(r["robust_accuracy"] for r in s),
                                       [r["id"] for r in s]))
-    return chosen, [r for s in sets if s is not chosen for r in s]
+    points = set(chosen[0].get("indices") or []) if chosen[0].get("robust_mask") else set()
+    subset, left_out = [], []
+    for s_ in sets:
+        if s_ is chosen:
+            continue
+        inside = s_[0].get("robust_mask") and points and set(s_[0]["indices"]) <= points
+        (subset if inside else left_out).extend(s_)
+    return chosen, subset, left_out
+
+
+def _subset_mask(record: dict[str, Any], field: str, positions: dict[int, int], n: int) -> int:
+    """A subset record's mask on the chosen points: its own bits where it ran, 1 (no evidence) elsewhere."""
+    mask = (1 << n) - 1
+    for index, bit in zip(record["indices"], record[field]):
+        if bit == "0":
+            mask &= ~(1 << (n - 1 - positions[index]))
+    return mask
 
 
 def _and_masks(records: list[dict[str, Any]], field: str, n: int) -> int:
@@ -108,8 +146,8 @@ def _and_masks(records: list[dict[str, Any]], field: str, n: int) -> int:
     return combined
 
 
-def _counts(chosen: list[dict[str, Any]]) -> tuple[int, int, int, list[str]]:
-    """(correct clean, robust in the worst case, n, notes) of the chosen records."""
+def _counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]] = ()) -> tuple[int, int, int, list[str]]:
+    """(correct clean, robust in the worst case, n, notes) of the chosen records and those on a subset of their points."""
     first = chosen[0]
     n = _set_size(chosen)
     if not first.get("robust_mask"):  # an external or mask-less record: only its reported fractions
@@ -118,9 +156,15 @@ def _counts(chosen: list[dict[str, Any]]) -> tuple[int, int, int, list[str]]:
         return 0, 0, 0, []
     clean = _and_masks(chosen, "clean_mask", n)
     robust = _and_masks(chosen, "robust_mask", n) & clean
+    positions = {index: i for i, index in enumerate(first["indices"])}
+    for r in subset:
+        robust &= _subset_mask(r, "robust_mask", positions, n)
     notes = []
     if len({r["clean_mask"] for r in chosen}) > 1:
         notes.append("clean predictions differ between records (a randomized model?): clean accuracy is their AND")
+    if subset:
+        notes.append(f"record(s) {', '.join(r['id'] for r in subset)} ran on a subset of the {n} test points; "
+                     "the points they broke count as broken")
     return clean.bit_count(), robust.bit_count(), n, notes
 
 
@@ -175,24 +219,27 @@ def _reproducibility(chosen: list[dict[str, Any]], checkpoint_exists: Callable[[
         "no: checkpoint missing"
 
 
-def _entry(key: tuple, records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> dict[str, Any]:
+def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]
+           ) -> dict[str, Any]:
     records = sorted(records, key=lambda r: (_age(r), r["id"]))
-    chosen, left_out = _choose_set(records)
-    k_clean, k_robust, n, notes = _counts(chosen)
+    chosen, subset, left_out = _choose_set(records)
+    k_clean, k_robust, n, notes = _counts(chosen, subset)
     if left_out:
         notes.append(f"worst case over the {len(chosen)} record(s) on the largest common set of {n} test points; "
                      f"left out (other test points): {', '.join(r['id'] for r in left_out)}")
     masked = bool(chosen[0].get("robust_mask"))
     reproducibility = _reproducibility(chosen, checkpoint_exists)
-    fields = dict(zip(GROUP_FIELDS, key))
+    protocols = entry_protocols(chosen, fields["defense_config"])
     return {
-        "entry_id": config_hash(fields), **fields, "eps_label": eps_label(key[5]), "training": training_label(chosen[0]),
+        "schema": ENTRY_SCHEMA, "entry_id": config_hash(fields), **fields, "eps_label": eps_label(fields["eps"]),
+        "training": training_label(chosen[0]), "protocols": protocols,
+        "status": "external" if reproducibility == "external" else ("ranked" if protocols else "partial"),
         "clean_accuracy": k_clean / n if masked and n else float(chosen[0]["clean_accuracy"]),
         "robust_accuracy": k_robust / n if masked and n else float(chosen[0]["robust_accuracy"]),
         "clean_ci": list(wilson_interval(k_clean, n)), "robust_ci": list(wilson_interval(k_robust, n)),
         "n": n, "k_clean": k_clean, "k_robust": k_robust,
-        "attacks": _attack_names(chosen), "per_attack": _per_attack(chosen),
-        "record_ids": [r["id"] for r in chosen], "left_out_record_ids": [r["id"] for r in left_out],
+        "attacks": _attack_names(chosen + subset), "per_attack": _per_attack(chosen),
+        "record_ids": [r["id"] for r in chosen + subset], "left_out_record_ids": [r["id"] for r in left_out],
         "seeds": sorted({r["seed"] for r in chosen if r.get("seed") is not None}),
         "versions": {r["id"]: r.get("versions") or {} for r in chosen},
         "flags": sorted({str(w) for r in records for w in r.get("warnings") or []}),
@@ -202,29 +249,43 @@ def _entry(key: tuple, records: list[dict[str, Any]], checkpoint_exists: Callabl
     }
 
 
+def entry_protocols(chosen: list[dict[str, Any]], defense: dict[str, Any] | None) -> list[str]:
+    """The protocols the union of the records' attacks covers, on the entry's own test points."""
+    return satisfied([c for r in chosen for c in r.get("attacks") or [] if isinstance(c, dict)], defense)
+
+
+TIERS = {"ranked": 0, "external": 1, "partial": 2}
+
+
 def _rank_key(entry: dict[str, Any]) -> tuple:
-    return (entry["dataset"], entry["norm"], entry["eps"], -entry["robust_accuracy"], -entry["clean_accuracy"],
-            entry["model"], entry["defense"], entry["entry_id"])
+    """Within a board (dataset, norm, eps): protocol entries first, by the worst case; partial ones never above them."""
+    return (entry["dataset"], entry["norm"], entry["eps"], TIERS.get(entry.get("status", "partial"), 2),
+            -entry["robust_accuracy"], -entry["clean_accuracy"], entry["model"], entry["defense"], entry["entry_id"])
 
 
 def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> list[dict[str, Any]]:
-    """Leaderboard entries, one per (model, dataset, defense, checkpoint_sha256, norm, eps), ranked.
+    """Leaderboard entries, one per (model, dataset, defense and its options, weights, norm, eps), ranked.
 
     Within a group the newest record of each id counts (records are immutable; a re-run is newer).
-    A missing checkpoint makes an entry not reproducible; it is never dropped.
+    A missing checkpoint makes an entry not reproducible; it is never dropped. An entry whose
+    records cover an evaluation protocol (protocols.py) is ranked; the others are partial
+    evaluations, whose robust accuracy is an upper bound, listed below the ranked ones.
 
     Args:
         records: evaluation records (harness.run_evaluation) and imported external ones.
         checkpoint_exists: whether a record's checkpoint path still exists (injected: this stays pure).
     """
-    groups: dict[tuple, dict[str, dict[str, Any]]] = {}
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    fields: dict[str, dict[str, Any]] = {}
     for record in records:
         _check_record(record)
-        newest = groups.setdefault(_group_key(record), {})
+        key = _group_key(record)
+        fields[key] = _group_fields(record)
+        newest = groups.setdefault(key, {})
         old = newest.get(record["id"])
         if old is None or _age(record) >= _age(old):
             newest[record["id"]] = record
-    entries = [_entry(key, list(by_id.values()), checkpoint_exists) for key, by_id in groups.items()]
+    entries = [_entry(fields[key], list(by_id.values()), checkpoint_exists) for key, by_id in groups.items()]
     return sorted(entries, key=_rank_key)
 
 
@@ -238,7 +299,7 @@ def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tup
     series: dict[tuple, list[tuple[float, float]]] = {}
     for e in entries:
         key = (e["dataset"], e["norm"], e["model"], e["defense"], e.get("training", ""), tuple(e["seeds"]),
-               e["checkpoint_sha256"] or e["entry_id"])
+               e.get("weights") or e["entry_id"])
         series.setdefault(key, []).append((e["eps"], e["robust_accuracy"]))
     has_curve = {k[:4] for k, points in series.items() if len(points) > 1}
     kept = {k: sorted(points) for k, points in series.items() if len(points) > 1 or k[:4] not in has_curve}
@@ -255,12 +316,17 @@ def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tup
 
 INTRO = [
     "Generated from evaluation records by a pure function (`robustbench_karp.leaderboard.render_site`); do not edit by hand.",
-    "Regenerate a table with the command shown under its title, e.g. "
-    "`karp-robust leaderboard build --dataset mnist --norm linf --eps 0.3`; "
-    "`benchmarks/mnist_leaderboard.sh` retrains and re-evaluates every published MNIST entry from scratch.",
-    "Re-run a row with `karp-robust reproduce <record id>`; each entry's record ids are in `entries/<entry id>.json`.",
+    "Regenerate a board with the command shown under its title, e.g. "
+    "`karp-robust leaderboard build --dataset mnist --norm linf --eps 0.3` (a build limited to some boards keeps "
+    "every other published board); `benchmarks/mnist_leaderboard.sh` retrains and re-evaluates every published "
+    "MNIST entry from scratch.",
+    "Re-run a row with `karp-robust reproduce <record or entry id>`, from a clone of this repository: it re-runs the "
+    "stored evaluation config and compares every number and mask; each entry's record ids are in `entries/<entry id>.json`.",
     "Robust accuracy is the per-example worst case over every attack run on the entry, never the best attack; "
     "brackets are 95% Wilson intervals. A flag is a warning from the sanity checks (e.g. gradient masking).",
+    "Only entries whose records cover an evaluation protocol (`standard/1`: AutoAttack standard, plus the defense's "
+    "adaptive attacks) on the same test points are ranked; partial evaluations sit in their own table, unranked: "
+    "their robust accuracy is an upper bound.",
 ]
 
 
@@ -281,7 +347,8 @@ def render_markdown(tables: list[dict[str, Any]], figures: list[tuple[str, str, 
 
 
 def render_csv(entries: list[dict[str, Any]]) -> str:
-    rows = [{**{c: e.get(c) for c in CSV_COLUMNS}, "clean_ci_low": e["clean_ci"][0], "clean_ci_high": e["clean_ci"][1],
+    rows = [{**{c: e.get(c) for c in CSV_COLUMNS}, "protocols": "; ".join(e.get("protocols") or []),
+             "clean_ci_low": e["clean_ci"][0], "clean_ci_high": e["clean_ci"][1],
              "robust_ci_low": e["robust_ci"][0], "robust_ci_high": e["robust_ci"][1],
              "attacks": "; ".join(e["attacks"]), "seeds": "; ".join(map(str, e["seeds"])), "flags": "; ".join(e["flags"]),
              "reproducible": e["reproducibility"], "record_ids": "; ".join(e["record_ids"])}
@@ -301,16 +368,35 @@ def figures(entries: list[dict[str, Any]]) -> list[tuple[str, str, bytes]]:
     return out
 
 
-ENTRY_FIELDS = (*GROUP_FIELDS, "entry_id", "eps_label", "training", "clean_accuracy", "robust_accuracy", "clean_ci",
-                "robust_ci", "n", "k_clean", "k_robust", "attacks", "per_attack", "record_ids", "left_out_record_ids",
-                "seeds", "versions", "flags", "external", "tool", "reproducible", "reproducibility", "notes", "records")
+ENTRY_FIELDS = (*GROUP_FIELDS, "schema", "entry_id", "eps_label", "training", "protocols", "status", "clean_accuracy",
+                "robust_accuracy", "clean_ci", "robust_ci", "n", "k_clean", "k_robust", "attacks", "per_attack",
+                "record_ids", "left_out_record_ids", "seeds", "versions", "flags", "external", "tool", "reproducible",
+                "reproducibility", "notes", "records")
+LEGACY_GROUP_FIELDS = ("model", "dataset", "defense", "checkpoint_sha256", "norm", "eps")  # entry schema 1
+
+
+def migrate_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A schema-1 entry (grouped by checkpoint file sha256, no protocols) in today's schema.
+
+    Its numbers stay as published (its records' masks were not published then); the group gains
+    the defense's options and the weights identity ("file:<sha256>" for these records), and its
+    protocols are read off its records' attack configs. The entry id changes with the group.
+    """
+    chosen = [r for r in entry["records"] if r["id"] in set(entry["record_ids"])] or entry["records"]
+    fields = _group_fields({**chosen[0], "eps": entry["eps"]}) if chosen else {}
+    protocols = entry_protocols(chosen, fields.get("defense_config"))
+    status = "external" if entry.get("external") else ("ranked" if protocols else "partial")
+    out = {k: v for k, v in entry.items() if k != "checkpoint_sha256"}
+    return {**out, **fields, "schema": ENTRY_SCHEMA, "entry_id": config_hash(fields), "protocols": protocols,
+            "status": status}
 
 
 def load_published(out_dir: Path) -> list[dict[str, Any]]:
-    """The entries of a site render_site wrote into out_dir (entries/*.json); [] when there is none.
+    """The entries of a site render_site wrote into out_dir (entries/*.json), in today's schema; [] when there is none.
 
     Each file is checked: a JSON object with every entry field, named by its entry id, and that id
-    the hash of its (model, dataset, defense, checkpoint, norm, eps). Any other file is an error.
+    the hash of its group (model, dataset, defense and options, weights, norm, eps). Entries of
+    an older schema are checked against their own rules, then migrated. Any other file is an error.
     """
     entries = []
     for path in sorted((Path(out_dir) / "entries").glob("*.json")):
@@ -320,16 +406,20 @@ def load_published(out_dir: Path) -> list[dict[str, Any]]:
             raise ValueError(f"published entry {path} is not valid JSON ({e})") from None
         if not isinstance(entry, dict):
             raise ValueError(f"published entry {path} is not a JSON object")
-        missing = [f for f in ENTRY_FIELDS if f not in entry]
+        legacy = entry.get("schema") is None
+        group, required = (LEGACY_GROUP_FIELDS, [f for f in ENTRY_FIELDS if f not in ("schema", "protocols", "status",
+                                                                                       "defense_config", "weights")]
+                           ) if legacy else (GROUP_FIELDS, ENTRY_FIELDS)
+        missing = [f for f in (*group, *required) if f not in entry]
         if missing:
-            raise ValueError(f"published entry {path} lacks {', '.join(missing)}")
+            raise ValueError(f"published entry {path} lacks {', '.join(dict.fromkeys(missing))}")
         if not isinstance(entry["records"], list) or not all(isinstance(r, dict) and "id" in r for r in entry["records"]):
             raise ValueError(f"published entry {path}: 'records' is not a list of records with ids")
-        expected = config_hash({f: entry[f] for f in GROUP_FIELDS})
+        expected = config_hash({f: entry[f] for f in group})
         if entry["entry_id"] != path.stem or entry["entry_id"] != expected:
-            raise ValueError(f"published entry {path}: its id does not match its file name and "
-                             f"(model, dataset, defense, checkpoint, norm, eps) (expected {expected})")
-        entries.append(entry)
+            raise ValueError(f"published entry {path}: its id does not match its file name and its group "
+                             f"({', '.join(group)}) (expected {expected})")
+        entries.append(migrate_entry(entry) if legacy else entry)
     return entries
 
 
@@ -337,13 +427,13 @@ def merge_entries(published: list[dict[str, Any]], fresh: list[dict[str, Any]]
                   ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
     """Published entries updated by fresh ones (build_entries' output), ranked; and what the update drops.
 
-    A fresh entry replaces the published entry of its (model, dataset, defense, checkpoint, norm,
-    eps); a published entry with no fresh counterpart stays as published, reproducibility included
+    A fresh entry replaces the published entry of its group (model, dataset, defense and options,
+    weights, norm, eps); a published entry with no fresh counterpart stays as published, reproducibility included
     (it was decided on the machine that published it). Returns (entries, dropped): dropped maps an
     entry id to the published record ids its fresh entry no longer holds (their results leave the site).
     """
     by_id = {e["entry_id"]: e for e in published}
-    dropped = {}
+    dropped: dict[str, list[str]] = {}
     for entry in fresh:
         old = by_id.get(entry["entry_id"])
         if old is not None:

@@ -19,8 +19,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 COLUMNS = [("rank", "number"), ("model", "text"), ("defense", "text"), ("training", "text"), ("clean % [95% CI]", "number"),
-           ("robust % worst case [95% CI]", "number"), ("attacks run", "text"), ("n", "number"), ("seed", "text"),
-           ("flags", "text"), ("reproducible", "text"), ("entry id", "text")]
+           ("robust % worst case [95% CI]", "number"), ("protocol", "text"), ("attacks run", "text"), ("n", "number"),
+           ("seed", "text"), ("flags", "text"), ("reproducible", "text"), ("entry id", "text")]
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 MARKERS = "osD^v<>ph*"
 FIGSIZE, DPI = (6.4, 4.0), 100  # 640 x 400 pixels
@@ -50,13 +50,15 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def _cells(rank: int, e: dict[str, Any]) -> list[tuple[str, float | int | str]]:
-    """(shown text, sort value) per column of COLUMNS."""
+def _cells(rank: int, e: dict[str, Any], ranked: bool = True) -> list[tuple[str, float | int | str]]:
+    """(shown text, sort value) per column of COLUMNS; an unranked (partial) row shows '–' as its rank."""
     seeds = ", ".join(str(s) for s in e["seeds"]) or "-"
     training = e.get("training") or "-"
-    return [(str(rank), rank), (e["model"], e["model"]), (e["defense"], e["defense"]), (training, training),
+    rank_cell = (str(rank), rank) if ranked else ("–", rank)
+    protocols = ", ".join(e.get("protocols") or []) or "-"
+    return [rank_cell, (e["model"], e["model"]), (e["defense"], e["defense"]), (training, training),
             (_percent_ci(e["clean_accuracy"], e["clean_ci"]), e["clean_accuracy"]),
-            (_percent_ci(e["robust_accuracy"], e["robust_ci"]), e["robust_accuracy"]),
+            (_percent_ci(e["robust_accuracy"], e["robust_ci"]), e["robust_accuracy"]), (protocols, protocols),
             (", ".join(e["attacks"]), ", ".join(e["attacks"])), (str(e["n"]), e["n"]), (seeds, seeds),
             ("; ".join(_short(f) for f in e["flags"]), "; ".join(e["flags"])),
             (e["reproducibility"], e["reproducibility"]), (e["entry_id"], e["entry_id"])]
@@ -73,22 +75,35 @@ def _separation(ranked: list[dict[str, Any]]) -> str:
     return f"Not statistically separated (95% CIs of robust accuracy overlap): {'; '.join(pairs)}."
 
 
+def _tier(e: dict[str, Any]) -> str:
+    if e["eps"] == 0:
+        return "clean"
+    return "partial" if e.get("status", "partial") == "partial" else "ranked"
+
+
 def boards(ranked_entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The tables of the site: entries, given in rank order (build_entries' order), grouped by (dataset, norm, eps)."""
-    grouped: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
+    """The tables of the site: entries, given in rank order (build_entries' order), grouped by (dataset, norm, eps).
+
+    A board at eps > 0 has two tables: the entries whose records cover an evaluation protocol,
+    ranked, and the partial evaluations (upper bounds), unranked, below them.
+    """
+    grouped: dict[tuple[str, str, float, str], list[dict[str, Any]]] = {}
     for e in ranked_entries:
-        grouped.setdefault((e["dataset"], e["norm"], e["eps"]), []).append(e)
+        grouped.setdefault((e["dataset"], e["norm"], e["eps"], _tier(e)), []).append(e)
     out = []
-    for (dataset, norm, eps), ranked in grouped.items():
+    for (dataset, norm, eps, tier), ranked in grouped.items():
         label = eps_label(eps)
-        key = f"{slug(dataset)}-{slug(norm)}-{slug(label)}"
+        key = f"{slug(dataset)}-{slug(norm)}-{slug(label)}" + ("-partial" if tier == "partial" else "")
+        title = f"{dataset} · {norm} · ε = {label}" + {
+            "clean": " (clean accuracy only)", "ranked": " · ranked (evaluation protocol run)",
+            "partial": " · partial evaluations (no protocol run: robust accuracy is an upper bound, not ranked)"}[tier]
+        rows = [{"entry_id": e["entry_id"], "flags": e["flags"], "reproducibility": e["reproducibility"],
+                 "cells": _cells(rank, e, ranked=tier != "partial")} for rank, e in enumerate(ranked, start=1)]
         out.append({
-            "id": f"board-{key}", "table_id": f"table-{key}", "dataset": dataset, "norm": norm, "eps": eps,
-            "title": f"{dataset} · {norm} · ε = {label}" + (" (clean accuracy only)" if eps == 0 else ""),
-            "command": f"karp-robust leaderboard build --dataset {dataset} --norm {norm} --eps {label}",
-            "rows": [{"entry_id": e["entry_id"], "flags": e["flags"], "reproducibility": e["reproducibility"],
-                      "cells": _cells(rank, e)} for rank, e in enumerate(ranked, start=1)],
-            "separation": _separation(ranked),
+            "id": f"board-{key}", "table_id": f"table-{key}", "dataset": dataset, "norm": norm, "eps": eps, "tier": tier,
+            "title": title, "command": f"karp-robust leaderboard build --dataset {dataset} --norm {norm} --eps {label}",
+            "rows": rows, "separation": _separation(ranked) if tier != "partial" else
+            "Partial evaluations are not ranked: run `karp-robust evaluate --protocol standard` on them.",
             "notes": [f"{e['entry_id']}: {note}" for e in ranked for note in e["notes"]],
         })
     return out

@@ -31,6 +31,7 @@ from robustbench_karp.data import DATASETS, ImageSet, load_split
 from robustbench_karp.defenses.base import HASH_OPTIONAL, Defense, Recipe, build_defense
 from robustbench_karp.distributed import Distributed, setup_distributed
 from robustbench_karp.engine import run_attacks
+from robustbench_karp.identity import cpu_conditions
 from robustbench_karp.memory import ExampleMemory
 from robustbench_karp.models import create_model
 from robustbench_karp.optim import WeightAverage, lr_factor, make_optimizer
@@ -71,8 +72,14 @@ class TrainConfig:
         config["recipe"] = {k: v for k, v in config["recipe"].items() if HASH_OPTIONAL.get(k, object()) != v}
         return config_hash(config)
 
-    def stem(self) -> str:
-        return f"{self.model}-{self.dataset}-{self.defense['name']}-s{self.seed}-{self.hash()}"
+    def stem(self, precision: str | None = None) -> str:
+        """The checkpoint's file stem; precision ("bf16"/"fp32") is the one it was actually trained in."""
+        tag = f"-{precision}" if precision else ""
+        return f"{self.model}-{self.dataset}-{self.defense['name']}-s{self.seed}{tag}-{self.hash()}"
+
+    def precision(self, device: torch.device) -> str:
+        """The precision a training of this config on `device` runs in (bf16 needs bf16 units)."""
+        return "bf16" if effective_amp(Recipe(**self.recipe), device) == "bf16" else "fp32"
 
 
 def make_train_config(model: str, dataset: str, defense: str = "standard", *, defense_options: dict | None = None,
@@ -309,6 +316,7 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
             break
     use_best = state.stopped_early or recipe.select == "best"
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "amp": effective_amp(recipe, env.device),
+               "conditions": {**cpu_conditions(), "device": str(env.device), "world_size": env.world},
                "state_dict": state.best_state if use_best else evaluated.state_dict(),
                "epochs_completed": state.epoch, "selected_epoch": state.best_epoch if use_best else state.epoch,
                "stopped_early": state.stopped_early, "train_seconds": state.train_seconds, "history": state.history}

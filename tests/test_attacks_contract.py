@@ -22,9 +22,10 @@ FAST_OPTIONS = {
     "transfer-pgd": {"steps": 10},
 }
 PURIFIER_PROTOCOL = {"transfer-pgd"}  # attack the `classifier` of a model with `preprocess` and `classifier`
-EXTRA = ["torchattacks:PGD", "torchattacks:CW"]
-NAMES = ATTACKS.names() + EXTRA
+EXTRA = {"torchattacks:PGD": "linf", "torchattacks:PGDL2": "l2", "torchattacks:CW": "l2"}  # each under its own norm only
 THREATS = [ThreatModel("linf", 0.1), ThreatModel("l2", 1.0)]
+CASES = [(name, threat) for name in ATTACKS.names() for threat in THREATS]
+CASES += [(name, threat) for name, norm in EXTRA.items() for threat in THREATS if threat.norm.value == norm]
 
 
 def make(name):
@@ -57,8 +58,7 @@ def batch(digits):
     return test.batch(torch.arange(48))
 
 
-@pytest.mark.parametrize("threat", THREATS, ids=lambda t: t.norm.value)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,threat", [pytest.param(n, t, id=f"{n}-{t.norm.value}") for n, t in CASES])
 def test_attack_contract(name, threat, digits_model, batch):
     x, y = batch
     x0 = x.clone()

@@ -1,0 +1,80 @@
+"""Evaluation protocols: named, versioned attack sets with fixed options.
+
+    karp-robust evaluate --model smallcnn --dataset mnist --defense pgd-at --protocol standard
+
+A protocol fixes every option of its attacks, so "ran standard/1" means the same thing on every
+record. `standard/1` is AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square; 100
+iterations, 5000 queries) plus, for a defense with preprocessing or randomness, the adaptive
+attacks the defense declares (transfer-PGD, BPDA-PGD with EOT): an honest evaluation of a purifier
+needs them. A leaderboard board ranks only entries whose records cover its protocol on the same
+test points; the others are partial evaluations, upper bounds on robust accuracy.
+Changing a protocol's attacks means a new version (`standard/2`); old records keep their version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from robustbench_karp.attacks import Attack, build_attack
+from robustbench_karp.defenses import build_defense
+from robustbench_karp.registry import Registry
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str  # e.g. "standard"
+    version: int
+    attacks: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # (registered name, fixed options)
+    description: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.version}"
+
+    def build_attacks(self) -> list[Attack]:
+        return [build_attack(name, dict(options)) for name, options in self.attacks]
+
+    def required_configs(self, defense: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Every attack config a record must hold to satisfy this protocol (the defense's adaptive ones included)."""
+        attacks = self.build_attacks()
+        if defense and defense.get("name"):
+            options = {k: v for k, v in defense.items() if k != "name"}
+            attacks += build_defense(defense["name"], options).adaptive_attacks()
+        return [a.config() for a in attacks]
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol")
+PROTOCOLS.register("standard")(Protocol(
+    "standard", 1, (("autoattack", (("square_queries", 5000), ("steps", 100))),),
+    "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), plus the defense's adaptive attacks (BPDA, EOT, transfer)"))
+DEFAULT_PROTOCOL = "standard"
+
+
+def get_protocol(name: str) -> Protocol:
+    """'standard' (the newest version) or 'standard/1' (an exact version)."""
+    base, _, version = name.partition("/")
+    protocol = PROTOCOLS.get(base)
+    if version and version != str(protocol.version):
+        raise ValueError(f"protocol {name!r}: this version of karp-robust knows {protocol.label} only")
+    return protocol
+
+
+def _canonical(config: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
+
+
+def satisfied(attack_configs: Iterable[dict[str, Any]], defense: dict[str, Any] | None) -> list[str]:
+    """Labels of the protocols whose every required attack (with its exact options) is among attack_configs."""
+    have = {_canonical(c) for c in attack_configs}
+    out = []
+    for name in PROTOCOLS.names():
+        protocol = PROTOCOLS.get(name)
+        try:
+            required = protocol.required_configs(defense)
+        except (KeyError, ValueError):  # a defense this version does not know: it cannot be judged
+            continue
+        if all(_canonical(c) in have for c in required):
+            out.append(protocol.label)
+    return out

@@ -1,0 +1,153 @@
+"""Exact re-runs of stored evaluations: find the record, rebuild its EvalConfig, re-run it apart, compare.
+
+    records = find_records("89da5c01404cb287", site=Path("leaderboard"))   # the store, then the published site
+    new = rerun(record, device="cpu")                                       # in a scratch store
+    differences(record, new)                                                # [] when every number and mask matches
+
+A re-run never touches the user's store unless asked (`append=True`), and then only when it
+matched: a mismatch can never replace a published number. It runs with the recorded thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustbench_karp.attacks.base import attack_from_config
+from robustbench_karp.identity import cpu_capability
+from robustbench_karp.store import CheckpointError, ResultsStore, resolve_path
+
+log = logging.getLogger(__name__)
+GPU_TOLERANCE = 0.005  # accuracies re-run on a GPU may differ by this much (nondeterministic kernels)
+NUMBERS = ("clean_accuracy", "robust_accuracy")
+MASKS = ("clean_mask", "robust_mask")
+
+
+def find_records(some_id: str, site: Path | None) -> list[dict[str, Any]]:
+    """The records of a record id (local store first, then the site's entries) or of a published entry id."""
+    record = ResultsStore().get(some_id)
+    if record is not None:
+        return [record]
+    for path in sorted((site / "entries").glob("*.json")) if site and (site / "entries").is_dir() else []:
+        entry = json.loads(path.read_text())
+        records = {r["id"]: r for r in entry.get("records") or []}
+        if entry.get("entry_id") == some_id:
+            return [records[i] for i in entry.get("record_ids") or [] if i in records]
+        if some_id in records:
+            return [records[some_id]]
+    return []
+
+
+def train_command(train_config: dict[str, Any]) -> str:
+    """The `karp-robust train` command that rebuilds a checkpoint by its recorded recipe."""
+    from robustbench_karp.train import make_train_config
+
+    defense = dict(train_config["defense"])
+    name = defense.pop("name")
+    parts = ["karp-robust train", f"--model {train_config['model']}", f"--dataset {train_config['dataset']}",
+             f"--defense {name}", f"--norm {train_config['norm']}", f"--eps {train_config['eps']!r}",
+             f"--seed {train_config['seed']}"]
+    default = make_train_config(train_config["model"], train_config["dataset"], name, norm=train_config["norm"],
+                                eps=train_config["eps"], seed=train_config["seed"])
+    parts += [f"--defense-arg {k}={v}" for k, v in sorted(defense.items()) if default.defense.get(k) != v]
+    flags = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "optimizer": "--optimizer",
+             "schedule": "--schedule", "momentum": "--momentum", "weight_decay": "--weight-decay",
+             "eps_ramp_epochs": "--eps-ramp-epochs", "ema_decay": "--ema-decay", "select": "--select", "amp": "--amp"}
+    for key, value in sorted(train_config["recipe"].items()):
+        if default.recipe.get(key) != value and key in flags:
+            parts.append(f"{flags[key]} {value}")
+        elif key == "channels_last" and default.recipe.get(key) != value:
+            parts.append("--channels-last" if value else "--no-channels-last")
+    if train_config.get("train_size"):
+        parts.append(f"--train-size {train_config['train_size']}")
+    return " ".join(parts)
+
+
+def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch.device) -> Path:
+    """The record's checkpoint in this store; rebuilt by its recorded recipe with train_missing, else an error."""
+    from robustbench_karp.harness import obtain_checkpoint
+    from robustbench_karp.train import TrainConfig
+
+    path = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
+    if path is not None and path.is_file():
+        return path
+    train = record.get("train_config")
+    if not train:
+        raise CheckpointError(f"checkpoint {record.get('checkpoint')} of record {record['id']} is missing and the "
+                              "record holds no training config to rebuild it")
+    if not train_missing:
+        raise CheckpointError(f"checkpoint {record.get('checkpoint')} of record {record['id']} is missing; rebuild "
+                              f"it with `{train_command(train)}` (or pass --train-missing)")
+    return obtain_checkpoint(TrainConfig(**train), device=device)
+
+
+@contextlib.contextmanager
+def recorded_threads(record: dict[str, Any], device: torch.device) -> Iterator[list[str]]:
+    """Run with the record's thread count on CPU; yields notes on what differs from the recorded conditions."""
+    conditions = record.get("conditions") or {}
+    notes, before = [], torch.get_num_threads()
+    threads = conditions.get("threads")
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(int(threads))
+        notes.append(f"running with {threads} thread(s), as recorded")
+    if conditions.get("cpu_capability") and conditions["cpu_capability"] != cpu_capability():
+        notes.append(f"CPU capability differs: recorded {conditions['cpu_capability']}, here {cpu_capability()} "
+                     "(CPU numbers are bit-exact only on the same capability)")
+    try:
+        yield notes
+    finally:
+        torch.set_num_threads(before)
+
+
+def request_of(record: dict[str, Any], checkpoint: Path, device: str, data_dir: Path | None, download: bool):
+    """The EvalRequest that re-runs a record's stored configuration (defense options and protocol included)."""
+    from robustbench_karp.harness import EvalRequest
+
+    config = record.get("config") or {}
+    defense = config.get("defense") if isinstance(config.get("defense"), dict) else record.get("defense_config")
+    options = {k: v for k, v in (defense or {}).items() if k != "name"}
+    return EvalRequest(model=record["model"], dataset=record["dataset"], defense=record["defense"],
+                       defense_options=options, attacks=[attack_from_config(c) for c in record["attacks"]],
+                       norm=record["norm"], eps=record["eps"], n_examples=record["n_examples"], seed=record["seed"],
+                       batch_size=record["batch_size"], device=device, checkpoint=str(checkpoint), data_dir=data_dir,
+                       download=download, protocol=config.get("protocol"))
+
+
+def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None = None, download: bool = True,
+          train_missing: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """(the re-run's record, notes): the stored config run again, into a scratch store that is then discarded."""
+    from robustbench_karp.engine import resolve_device
+    from robustbench_karp.harness import run_evaluation
+
+    if record.get("source") == "external":
+        raise ValueError(f"record {record['id']} was imported from {record.get('tool', 'another tool')}: nothing to re-run")
+    dev = resolve_device(device)
+    checkpoint = locate_checkpoint(record, train_missing, dev)
+    req = request_of(record, checkpoint, device, data_dir, download)
+    with recorded_threads(record, dev) as notes, tempfile.TemporaryDirectory(prefix="karp-reproduce-") as scratch:
+        new = run_evaluation(req, store=ResultsStore(Path(scratch) / "results.sqlite"))
+    if record.get("weights_sha256") and new["weights_sha256"] != record["weights_sha256"]:
+        notes.append("the checkpoint's weights differ from the recorded ones (weights_sha256)")
+    return new, notes
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any, bool]]:
+    """(quantity, recorded, now, ok) for every compared number and mask; exact on CPU, GPU_TOLERANCE elsewhere."""
+    exact = old.get("device") == "cpu" and new.get("device") == "cpu"
+    tolerance = 0.0 if exact else GPU_TOLERANCE
+    rows = [(k, old[k], new[k], abs(new[k] - old[k]) <= tolerance) for k in NUMBERS]
+    rows += [(f"after {k}", v, new["per_attack"].get(k, float("nan")),
+              abs(new["per_attack"].get(k, float("nan")) - v) <= tolerance) for k, v in old["per_attack"].items()]
+    if exact:
+        rows += [(k, f"{old[k].count('1')} of {len(old[k])}", f"{new[k].count('1')} of {len(new[k])}", old[k] == new[k])
+                 for k in MASKS if old.get(k)]
+    if old.get("config", {}).get("schema"):  # ids from before EvalConfig hashed other fields: not comparable
+        rows.append(("record id", old["id"], new["id"], old["id"] == new["id"]))
+    return rows
