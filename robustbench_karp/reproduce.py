@@ -88,6 +88,18 @@ def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch
     return obtain_checkpoint(TrainConfig(**train), device=device)
 
 
+def check_weights(record: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse a checkpoint whose weights are not the recorded ones: its numbers would prove nothing."""
+    from robustbench_karp.harness import load_weights, new_model
+    from robustbench_karp.identity import weights_sha256
+
+    model = new_model(record["model"], record["dataset"])
+    load_weights(model, checkpoint)
+    if weights_sha256(model) != record["weights_sha256"]:
+        raise CheckpointError(f"checkpoint {checkpoint} does not hold the weights of record {record['id']} "
+                              "(weights_sha256 differs): not reproducible")
+
+
 @contextlib.contextmanager
 def recorded_threads(record: dict[str, Any], device: torch.device) -> Iterator[list[str]]:
     """Run with the record's thread count on CPU; yields notes on what differs from the recorded conditions."""
@@ -130,6 +142,8 @@ def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None
         raise ValueError(f"record {record['id']} was imported from {record.get('tool', 'another tool')}: nothing to re-run")
     dev = resolve_device(device)
     checkpoint = locate_checkpoint(record, train_missing, dev)
+    if record.get("weights_sha256"):
+        check_weights(record, checkpoint)
     req = request_of(record, checkpoint, device, data_dir, download)
     with recorded_threads(record, dev) as notes, tempfile.TemporaryDirectory(prefix="karp-reproduce-") as scratch:
         new = run_evaluation(req, store=ResultsStore(Path(scratch) / "results.sqlite"))

@@ -11,6 +11,7 @@ does, its test fails and names it.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -24,24 +25,31 @@ from robustbench_karp.attacks.pgd import PGD
 from robustbench_karp.context import RunContext
 from robustbench_karp.threat import ThreatModel, check_budget
 
-THREAT = ThreatModel("linf", 0.15)  # digits: random noise of this size costs ~3 points, PGD ~90
+EPS = 0.15  # digits, Linf: random noise of this size costs ~3 points of accuracy, PGD ~90
 BOUND = 0.5  # after the attack, accuracy <= BOUND * clean accuracy
 N_TEST = 100
 
-# name -> (options small enough for about a CPU second, the model the attack is built for)
+
+class Case(NamedTuple):
+    options: dict  # small enough for about a CPU second
+    model: str = "plain"  # the model the attack is built for: "plain", "noisy" (randomized) or "quantized" (purifier)
+    eps: float = EPS
+
+
 CASES = {
-    "fgsm": ({}, "plain"),
-    "pgd": ({"steps": 10}, "plain"),
-    "apgd-ce": ({"steps": 10}, "plain"),
-    "apgd-t": ({"steps": 10}, "plain"),
-    "fab-t": ({"steps": 10}, "plain"),
-    "square": ({"queries": 300}, "plain"),
-    "autoattack": ({"steps": 10, "square_queries": 300}, "plain"),
-    "advgan": ({"epochs": 3, "width": 8, "batch_size": 32, "lr": 3e-3}, "plain"),
-    "eot-pgd": ({"steps": 10, "samples": 2}, "noisy"),  # EOT is for randomized models
-    "bpda-pgd": ({"steps": 10}, "quantized"),  # BPDA: a purifier whose gradient is zero
-    "transfer-pgd": ({"steps": 10}, "quantized"),  # PGD on the classifier, judged through the purifier
-    "torchattacks:PGD": ({"steps": 10, "alpha": 0.03}, "plain"),
+    "fgsm": Case({}),
+    "pgd": Case({"steps": 10}),
+    "apgd-ce": Case({"steps": 10}),
+    "apgd-t": Case({"steps": 10}),
+    "fab-t": Case({"steps": 10}),
+    "square": Case({"queries": 300}),
+    "autoattack": Case({"steps": 10, "square_queries": 300}),
+    # one forward pass of a generator trained for half a second: it needs a larger eps than the gradient attacks
+    "advgan": Case({"epochs": 4, "width": 8, "batch_size": 32, "lr": 5e-3, "train_size": 512}, eps=0.2),
+    "eot-pgd": Case({"steps": 10, "samples": 2}, "noisy"),  # EOT is built for randomized models
+    "bpda-pgd": Case({"steps": 10}, "quantized"),  # BPDA: a purifier whose gradient is zero
+    "transfer-pgd": Case({"steps": 10}, "quantized"),  # PGD on the classifier, judged through the purifier
+    "torchattacks:PGD": Case({"steps": 10, "alpha": 0.03}),
 }
 RANDOMIZED = ["pgd", "eot-pgd", "bpda-pgd", "transfer-pgd", "apgd-ce", "apgd-t", "square", "torchattacks:PGD"]
 
@@ -125,18 +133,19 @@ def accuracy(model, x, y) -> float:
 
 
 def make(name: str):
-    return build_attack(name, CASES[name][0]).bind(RunContext(dataset="digits", model="digits-mlp", seed=0, threat=THREAT))
+    threat = ThreatModel("linf", CASES[name].eps)
+    return build_attack(name, CASES[name].options).bind(RunContext(dataset="digits", model="digits-mlp", threat=threat))
 
 
-@pytest.mark.parametrize("kind", ["plain", "noisy", "quantized"])
-def test_the_bound_is_out_of_reach_without_an_attack(kind, models, batch):
+@pytest.mark.parametrize("kind,eps", sorted({(case.model, case.eps) for case in CASES.values()}))
+def test_the_bound_is_out_of_reach_without_an_attack(kind, eps, models, batch):
     """Calibration: the input itself, or a random point of the ball, stays far above the bound."""
     x, y = batch
     model = models[kind]
     clean = accuracy(model, x, y)
-    noise = accuracy(model, THREAT.random_point(x, torch.Generator().manual_seed(0)), y)
+    noise = accuracy(model, ThreatModel("linf", eps).random_point(x, torch.Generator().manual_seed(0)), y)
     assert clean >= 0.9, (kind, clean)
-    assert noise > BOUND * clean + 0.3, (kind, clean, noise)
+    assert noise > BOUND * clean + 0.3, (kind, eps, clean, noise)
 
 
 @pytest.mark.parametrize("name", ATTACKS.names() + ["torchattacks:PGD"])
@@ -144,10 +153,10 @@ def test_attack_breaks_a_standard_model(name, models, batch):
     if name not in CASES:
         pytest.fail(f"attack {name!r} is registered but has no strength case: add it to CASES in {__file__}")
     x, y = batch
-    model = models[CASES[name][1]]
+    model, threat = models[CASES[name].model], ThreatModel("linf", CASES[name].eps)
     clean = accuracy(model, x, y)
-    x_adv = make(name)(model, x, y, THREAT, torch.Generator().manual_seed(0))
-    check_budget(x_adv, x, THREAT)  # an attack may not win by leaving the ball
+    x_adv = make(name)(model, x, y, threat, torch.Generator().manual_seed(0))
+    check_budget(x_adv, x, threat)  # an attack may not win by leaving the ball
     robust = accuracy(model, x_adv, y)
     assert robust <= BOUND * clean, f"{name}: accuracy {clean:.2f} -> {robust:.2f}, expected <= {BOUND * clean:.2f}"
 
@@ -272,11 +281,11 @@ def test_the_generator_decides_the_output(name, models, batch):
     """Same seed, bitwise the same output; another seed, another random start (fails for a fixed or
     zero start, and for draws from the global RNG)."""
     x, y = batch
-    model = models[CASES[name][1]]
+    model, threat = models[CASES[name].model], ThreatModel("linf", CASES[name].eps)
     if name == "eot-pgd":
         model = models["plain"]  # the noisy model's own draws would make two runs differ anyway
     attack = make(name)
-    runs = [attack(model, x, y, THREAT, torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)]
+    runs = [attack(model, x, y, threat, torch.Generator().manual_seed(seed)) for seed in (0, 0, 1)]
     assert torch.equal(runs[0], runs[1]), f"{name}: the same generator seed gave different outputs"
     assert not torch.equal(runs[0], runs[2]), f"{name}: generator seeds 0 and 1 gave the same output"
 

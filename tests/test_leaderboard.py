@@ -121,13 +121,64 @@ def test_warnings_of_every_record_become_flags():
     assert entry["flags"] == ["black-box beats white-box", "zero gradients on 3 points"]
 
 
-def test_only_records_on_identical_test_points_are_combined():
+def test_a_record_on_a_subset_of_the_points_still_breaks_them():
+    # pgd on 10 points breaks point 0; square on the first 5 breaks 1, 2, 3: all four are broken (never 0.9).
     big = make_record("a" * 16, broken={"pgd": {0}}, n=10)
     small = make_record("b" * 16, broken={"square": {1, 2, 3}}, n=5)
     (entry,) = build_entries([big, small], exists)
+    assert (entry["n"], entry["k_robust"], entry["robust_accuracy"]) == (10, 6, 0.6)
+    assert entry["record_ids"] == ["a" * 16, "b" * 16] and entry["left_out_record_ids"] == []
+    assert any("subset" in note for note in entry["notes"])
+
+
+def test_records_on_other_points_are_left_out_with_a_note():
+    big = make_record("a" * 16, broken={"pgd": {0}}, n=10)
+    other = {**make_record("b" * 16, broken={"square": {1, 2, 3}}, n=5), "indices": [20, 21, 22, 23, 24]}
+    (entry,) = build_entries([big, other], exists)
     assert (entry["n"], entry["robust_accuracy"], entry["record_ids"]) == (10, 0.9, ["a" * 16])
     assert entry["left_out_record_ids"] == ["b" * 16]
     assert any("b" * 16 in note and "other test points" in note for note in entry["notes"])
+
+
+AUTOATTACK = {"name": "autoattack", "steps": 100, "square_queries": 5000}
+
+
+def test_only_protocol_entries_are_ranked_and_partial_ones_never_above_them():
+    # "pgd-only" looks stronger (90%) than "protocol" (60%), but only ran PGD: it is an upper bound.
+    pgd_only = make_record("1" * 16, model="pgd-only", broken={"pgd": {0}})
+    protocol = {**make_record("2" * 16, model="protocol", broken={"autoattack": {0, 1, 2, 3}}), "attacks": [AUTOATTACK]}
+    weaker_options = {**make_record("3" * 16, model="aa-10-steps", broken={"autoattack": {0}}),
+                      "attacks": [{**AUTOATTACK, "steps": 10}]}
+    entries = build_entries([pgd_only, protocol, weaker_options], exists)
+    assert [(e["model"], e["status"], e["protocols"]) for e in entries] == [
+        ("protocol", "ranked", ["standard/1"]), ("aa-10-steps", "partial", []), ("pgd-only", "partial", [])]
+    from robustbench_karp.leaderboard_html import boards
+
+    tables = boards(entries)
+    assert [(b["tier"], [r["entry_id"] for r in b["rows"]]) for b in tables] == [
+        ("ranked", [entries[0]["entry_id"]]), ("partial", [entries[1]["entry_id"], entries[2]["entry_id"]])]
+    assert tables[1]["rows"][0]["cells"][0][0] == "–" and "upper bound" in tables[1]["title"]
+
+
+def test_a_purifier_needs_its_adaptive_attacks_for_the_protocol():
+    gan = {"name": "defense-gan", "base": "standard", "steps": 50, "restarts": 4, "lr": 10.0, "epochs": 3,
+           "train_size": None, "latent_dim": 64, "width": 32, "batch_size": 64, "gan_lr": 1e-4}
+    record = {**make_record("4" * 16, broken={"autoattack": {0}}), "defense": "defense-gan", "defense_config": gan,
+              "attacks": [AUTOATTACK]}
+    (entry,) = build_entries([record], exists)
+    assert entry["status"] == "partial"
+    from robustbench_karp.attacks import build_attack
+
+    adaptive = [build_attack("transfer-pgd").config(), build_attack("bpda-pgd", {"samples": 2}).config()]
+    (entry,) = build_entries([{**record, "attacks": [AUTOATTACK, *adaptive]}], exists)
+    assert entry["status"] == "ranked"
+
+
+def test_defense_options_and_weights_separate_entries():
+    base = make_record("5" * 16, broken={"pgd": {0}})
+    variants = [base, {**base, "id": "6" * 16, "defense_config": {"name": "standard", "x": 1}},
+                {**base, "id": "7" * 16, "weights_sha256": "e" * 64}]
+    assert len(build_entries(variants, exists)) == 3
 
 
 def test_golden_entries_external_flagged_and_curves():
@@ -165,7 +216,7 @@ def test_training_label_and_one_curve_per_checkpoint():
     bf16 = fgsm_record("g" * 16, "g", 0.3, 0, {}, 10)
     bf16["train_config"]["recipe"]["amp"] = "bf16"
     fp32 = {**bf16, "id": "h" * 16, "checkpoint_sha256": "h" * 64, "train_amp": "none"}
-    labels = {e["checkpoint_sha256"][0]: e["training"] for e in build_entries([{**bf16, "train_amp": "bf16"}, fp32], exists)}
+    labels = {e["weights"][5]: e["training"] for e in build_entries([{**bf16, "train_amp": "bf16"}, fp32], exists)}
     assert labels == {"g": "10 ep", "h": "fp32 (no bf16), 10 ep"}  # the same recipe, trained without bf16 units
 
 

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from robustbench_karp import harness
 from robustbench_karp.cli import main
@@ -194,11 +195,41 @@ def test_reproduce_reports_a_mismatch_and_exits_1(home, capsys):
 def test_reproduce_bad_input(home, capsys):
     record = ResultsStore().records()[0]
     assert main(["reproduce", record["id"][:10] + "zz"]) == 2
-    assert f"closest: {record['id']}" in error_line(capsys)
+    assert f"closest in the store: {record['id']}" in error_line(capsys)
     checkpoint = home / record["checkpoint"]
-    checkpoint.write_bytes(checkpoint.read_bytes() + b"tampered")
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state["state_dict"].items()}
+    torch.save(state, checkpoint)
     assert main(["reproduce", record["id"]]) == 2
-    assert "sha256 differs" in error_line(capsys)
+    assert "weights_sha256 differs" in error_line(capsys)
     checkpoint.unlink()
     assert main(["reproduce", record["id"]]) == 2
-    assert "not reproducible" in error_line(capsys)
+    line = error_line(capsys)
+    assert "is missing" in line and "karp-robust train --model smallcnn --dataset digits" in line and "--train-missing" in line
+
+
+def test_a_mismatch_never_touches_the_store_and_a_match_appends_only_when_asked(home, capsys):
+    record = ResultsStore().records()[-1]
+    tampered = {**record, "robust_accuracy": record["robust_accuracy"] + 0.01, "created_utc": "9999"}
+    ResultsStore().append(tampered)
+    rows = len(ResultsStore().records())
+    assert main(["reproduce", record["id"]]) == 1
+    assert "nothing was written" in capsys.readouterr().out
+    assert len(ResultsStore().records()) == rows and ResultsStore().get(record["id"]) == tampered
+    other = ResultsStore().records()[0]
+    assert main(["reproduce", other["id"], "--append"]) == 0
+    assert len(ResultsStore().records()) == rows + 1
+
+
+def test_reproduce_from_a_published_site_without_the_records(home, tmp_path, capsys, monkeypatch):
+    site = tmp_path / "site"
+    assert main(["leaderboard", "publish", "--out", str(site)]) == 0
+    entry = json.loads(next((site / "entries").glob("*.json")).read_text())
+    clone = tmp_path / "clone-home"  # a clone of the published site: the checkpoints, but no results store
+    shutil.copytree(home / "checkpoints", clone / "checkpoints")
+    monkeypatch.setenv("KARP_HOME", str(clone))
+    capsys.readouterr()
+    assert main(["reproduce", entry["entry_id"], "--site", str(site)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reproduced") == len(entry["record_ids"]) and "MISMATCH" not in out
+    assert "robust_mask" in out and ResultsStore().records() == []

@@ -1,0 +1,247 @@
+"""Each defense's training loss against an independent computation on a fixed batch.
+
+The contract tests (test_defenses_contract.py) check that a defense's loss is finite and reaches every
+parameter; a defense that trains on clean images passes them. Here every registered defense's
+`loss(model, x, y, threat, gen)` must equal the loss written out below from its paper, on a lightly trained
+MLP, a batch of 16 digits and a fixed generator seed. The expected values use none of the defenses' helpers
+(no `ascend`, no `ThreatModel` method); they only repeat the generator's draws in the same order (a uniform
+start is `(2 * rand - 1) * eps`, TRADES' start `0.001 * randn`). A new defense must add its entry to
+EXPECTED: until it does, its test fails and names it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import quick_train
+from torch import nn
+from torch.nn import functional as F
+
+from robustbench_karp.defenses import DEFENSES, build_defense
+from robustbench_karp.threat import ThreatModel
+
+EPS = 0.2
+SEED = 7
+N = 16
+OPTIONS = {"defense-gan": {"base": "pgd-at"}}  # defense-gan's classifier is trained by its base's loss
+
+
+def seeded_mlp(seed: int, hidden: int = 32) -> nn.Module:
+    """(B, 1, 8, 8) -> (B, 10) logits; weights drawn from a torch.Generator (the global RNG is left as it was)."""
+    with torch.random.fork_rng():  # nn.Linear's own init draws from the global RNG
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (model[1], model[3]):
+            bound = 1 / math.sqrt(layer.in_features)
+            layer.weight.copy_((2 * torch.rand(layer.weight.shape, generator=gen) - 1) * bound)
+            layer.bias.copy_((2 * torch.rand(layer.bias.shape, generator=gen) - 1) * bound)
+    return model
+
+
+class Spy(nn.Module):
+    """Wraps a model and keeps the input of every forward call (the last one is the training point)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x):
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    """Two epochs on 512 digits: about 85% clean, confident enough for PGD to matter, not so sure that
+    MART's (1 - p_y) weight vanishes."""
+    train, _ = digits
+    x, y = train.batch(torch.arange(512))
+    return quick_train(seeded_mlp(0), x, y, epochs=2, lr=5e-3, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def batch(digits):
+    _, test = digits
+    return test.batch(torch.arange(N))
+
+
+# --- the losses, written out ------------------------------------------------------------------------
+
+
+def input_grad(loss_of, x_adv: torch.Tensor) -> torch.Tensor:
+    x_adv = x_adv.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss_of(x_adv), x_adv)
+    return g
+
+
+def linf_pgd_step(x_adv, g, x, eps: float, step_size: float) -> torch.Tensor:
+    """Sign step, projection onto the Linf ball around x, clip to [0, 1]."""
+    return (x + (x_adv.detach() + step_size * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+
+
+def uniform_start(x, eps: float, gen: torch.Generator, clip: bool = True) -> torch.Tensor:
+    start = x + (2 * torch.rand(x.shape, generator=gen) - 1) * eps  # uniform in the Linf ball
+    return start.clamp(0, 1) if clip else start
+
+
+def summed_ce(model, y):
+    return lambda x_adv: F.cross_entropy(model(x_adv), y, reduction="sum")
+
+
+def pgd_point(model, x, y, eps: float, seed: int, steps: int, step_size: float | None) -> torch.Tensor:
+    """Madry's PGD on the cross-entropy: a uniform random start, then `steps` sign steps."""
+    step_size = step_size if step_size is not None else 2.5 * eps / steps
+    x_adv = uniform_start(x, eps, torch.Generator().manual_seed(seed))
+    for _ in range(steps):
+        x_adv = linf_pgd_step(x_adv, input_grad(summed_ce(model, y), x_adv), x, eps, step_size)
+    return x_adv
+
+
+def kl(p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """(B,) KL(p || q) for probabilities p and log-probabilities log_q."""
+    return (torch.xlogy(p, p) - p * log_q).sum(dim=1)
+
+
+def standard_loss(model, x, y, eps, seed, config):
+    return F.cross_entropy(model(x), y), x
+
+
+def pgd_at_loss(model, x, y, eps, seed, config):
+    x_adv = pgd_point(model, x, y, eps, seed, config["steps"], config["step_size"])
+    return F.cross_entropy(model(x_adv), y), x_adv
+
+
+def trades_point(model, x, eps, seed, steps: int, step_size: float | None, objective: str = "kl") -> torch.Tensor:
+    """TRADES' inner maximization: from x + 0.001 N(0, I), sign steps on KL(p(x) || p(x_adv)) ("ce": on the CE
+    of the clean prediction instead, the mistake the loss must not make)."""
+    step_size = step_size if step_size is not None else 2.5 * eps / steps
+    with torch.no_grad():
+        p_clean = F.softmax(model(x), dim=1)  # (B, classes)
+    x_adv = x + 0.001 * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
+    if objective == "kl":
+        loss_of = lambda x_adv: kl(p_clean, F.log_softmax(model(x_adv), dim=1)).sum()
+    else:
+        loss_of = summed_ce(model, p_clean.argmax(1))
+    for _ in range(steps):
+        x_adv = linf_pgd_step(x_adv, input_grad(loss_of, x_adv), x, eps, step_size)
+    return x_adv
+
+
+def trades_loss(model, x, y, eps, seed, config, objective: str = "kl"):
+    """CE(f(x), y) + beta * KL(p(x) || p(x_adv)), batch mean (Zhang et al. 2019, eq. 5)."""
+    x_adv = trades_point(model, x, eps, seed, config["steps"], config["step_size"], objective)
+    logits = model(x)
+    robust = kl(F.softmax(logits, dim=1), F.log_softmax(model(x_adv), dim=1)).mean()
+    return F.cross_entropy(logits, y) + config["beta"] * robust, x_adv
+
+
+def mart_terms(model, x, y, eps, seed, config):
+    """(boosted CE, weighted KL, x_adv) of MART (Wang et al. 2020, eq. 9) at its PGD point, with the
+    reference implementation's guards (1.0001, 1e-12) against log(0)."""
+    x_adv = pgd_point(model, x, y, eps, seed, config["steps"], config["step_size"])
+    logits_adv = model(x_adv)
+    p_adv, p_clean = F.softmax(logits_adv, dim=1), F.softmax(model(x), dim=1)
+    p_wrong = p_adv.masked_fill(F.one_hot(y, p_adv.shape[1]).bool(), -1.0).amax(dim=1)  # strongest wrong class
+    boosted_ce = F.cross_entropy(logits_adv, y) - torch.log(1.0001 - p_wrong + 1e-12).mean()
+    p_true = p_clean.gather(1, y[:, None]).squeeze(1)
+    weighted_kl = (kl(p_clean, torch.log(p_adv + 1e-12)) * (1 - p_true)).mean()
+    return boosted_ce, weighted_kl, x_adv
+
+
+def mart_loss(model, x, y, eps, seed, config):
+    boosted_ce, weighted_kl, x_adv = mart_terms(model, x, y, eps, seed, config)
+    return boosted_ce + config["beta"] * weighted_kl, x_adv
+
+
+def fgsm_at_loss(model, x, y, eps, seed, config):
+    """Fast AT (Wong et al. 2020): one step of step_scale * eps from a uniform start, projected to the ball."""
+    assert config["init"] == "uniform"
+    start = uniform_start(x, eps, torch.Generator().manual_seed(seed), clip=config["clip_start"])
+    x_adv = linf_pgd_step(start, input_grad(summed_ce(model, y), start), x, eps, config["step_scale"] * eps)
+    return F.cross_entropy(model(x_adv), y), x_adv
+
+
+def n_fgsm_loss(model, x, y, eps, seed, config):
+    """N-FGSM (de Jorge et al. 2022): noise U[-2 eps, 2 eps], a step of eps, no projection, clip to [0, 1]."""
+    start = uniform_start(x, config["noise_scale"] * eps, torch.Generator().manual_seed(seed), clip=config["clip_start"])
+    g = input_grad(summed_ce(model, y), start)
+    x_adv = (start + config["step_scale"] * eps * g.sign()).clamp(0, 1)
+    return F.cross_entropy(model(x_adv), y), x_adv
+
+
+EXPECTED = {
+    "standard": standard_loss,
+    "pgd-at": pgd_at_loss,
+    "trades": trades_loss,
+    "mart": mart_loss,
+    "fgsm-at": fgsm_at_loss,
+    "n-fgsm": n_fgsm_loss,
+    "defense-gan": pgd_at_loss,  # with base=pgd-at (OPTIONS)
+}
+
+
+def run_defense(name: str, model, x, y, options: dict | None = None):
+    """(loss, training point, config) of the registered defense: the training point is its model's last input,
+    the config that of the defense whose loss trains the classifier (defense-gan's base)."""
+    defense = build_defense(name, options if options is not None else OPTIONS.get(name, {}))
+    spy = Spy(model)
+    loss, _ = defense.loss(spy, x, y, ThreatModel("linf", EPS), torch.Generator().manual_seed(SEED))
+    return loss, spy.inputs[-1], defense.classifier_defense().config()
+
+
+def clean_ce(model, x, y) -> float:
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y).item()
+
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_defense_loss_matches_an_independent_computation(name, model, batch):
+    if name not in EXPECTED:
+        pytest.fail(f"defense {name!r} is registered but has no independent loss: add it to EXPECTED in {__file__}")
+    x, y = batch
+    loss, point, config = run_defense(name, model, x, y)
+    expected, expected_point = EXPECTED[name](model, x, y, EPS, SEED, config)
+    assert torch.allclose(point, expected_point, atol=1e-5), f"{name}: trains on another point than expected"
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6), f"{name}: loss {loss.item():.6f}, expected {expected.item():.6f}"
+    if name != "standard":  # the batch tells adversarial training from clean training
+        assert abs(expected.item() - clean_ce(model, x, y)) > 0.05
+
+
+def test_pgd_at_parameter_gradient_is_that_of_ce_at_its_point(model, batch):
+    """The inner attack is a constant of the training step: the parameter gradient is the CE's at x_adv."""
+    x, y = batch
+    loss, _, config = run_defense("pgd-at", model, x, y)
+    got = torch.autograd.grad(loss, list(model.parameters()))
+    expected = torch.autograd.grad(pgd_at_loss(model, x, y, EPS, SEED, config)[0], list(model.parameters()))
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(got, expected))
+
+
+def test_trades_maximizes_kl_not_cross_entropy(model, batch):
+    """The KL maximizer and the CE maximizer give losses far apart on this batch, and TRADES is the first."""
+    x, y = batch
+    loss, _, config = run_defense("trades", model, x, y)
+    with_kl = trades_loss(model, x, y, EPS, SEED, config)[0].item()
+    with_ce = trades_loss(model, x, y, EPS, SEED, config, objective="ce")[0].item()
+    assert abs(with_kl - with_ce) > 0.01
+    assert abs(loss.item() - with_kl) < 1e-4 < abs(loss.item() - with_ce)
+
+
+def test_mart_counts_its_weighted_kl_term(model, batch):
+    x, y = batch
+    loss, _, config = run_defense("mart", model, x, y)
+    boosted_ce, weighted_kl, _ = mart_terms(model, x, y, EPS, SEED, config)
+    assert config["beta"] * weighted_kl > 0.05  # large enough that a MART without it is caught
+    assert torch.allclose(loss, boosted_ce + config["beta"] * weighted_kl, rtol=1e-5)
+
+
+def test_n_fgsm_trains_outside_the_eps_ball_but_inside_0_1(model, batch):
+    x, y = batch
+    _, point, config = run_defense("n-fgsm", model, x, y)
+    assert (config["noise_scale"], config["step_scale"]) == (2.0, 1.0)  # the paper's defaults
+    distance = (point - x).flatten(1).abs().amax(dim=1)  # (B,) Linf
+    assert (distance > EPS + 1e-3).any(), "n-fgsm projected its training point onto the eps-ball"
+    assert (distance <= 3 * EPS + 1e-6).all() and point.min() >= 0 and point.max() <= 1
+
