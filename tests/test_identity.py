@@ -1,0 +1,94 @@
+"""Identity: one EvalConfig is the record id; a model is its weights; exact reproduce of sweeps and randomized defenses."""
+
+import shutil
+
+import pytest
+import torch
+
+from robustbench_karp.cli import main
+from robustbench_karp.harness import load_model
+from robustbench_karp.identity import weights_sha256
+from robustbench_karp.store import ResultsStore
+
+EVAL = ["evaluate", "--model", "smallcnn", "--attack", "fgsm", "--attack", "pgd", "--attack-arg", "steps=5",
+        "--n-examples", "60", "--device", "cpu", "--json"]
+GAN = ["--defense", "defense-gan", "--defense-arg", "epochs=1", "--defense-arg", "train_size=256",
+       "--defense-arg", "latent_dim=16", "--defense-arg", "steps=5", "--defense-arg", "restarts=2"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    home = tmp_path_factory.mktemp("identity-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KARP_HOME", str(home))
+        load_model("smallcnn", dataset="digits", defense="standard", device="cpu")
+    return home
+
+
+@pytest.fixture
+def home(trained, tmp_path, monkeypatch):
+    h = tmp_path / "home"
+    shutil.copytree(trained / "checkpoints", h / "checkpoints")
+    monkeypatch.setenv("KARP_HOME", str(h))
+    return h
+
+
+def test_weights_hash_is_canonical():
+    a = {"b": torch.arange(3.0), "a": torch.zeros(2, dtype=torch.int64)}
+    assert weights_sha256(a) == weights_sha256(dict(reversed(list(a.items()))))  # key order does not count
+    for changed in ({**a, "b": torch.tensor([0.0, 1.0, 2.5])}, {**a, "b": torch.arange(3.0).double()},
+                    {**a, "b": torch.arange(3.0).view(3, 1)}, {"c": a["b"], "a": a["a"]}):
+        assert weights_sha256(changed) != weights_sha256(a)  # bytes, dtype, shape and names all count
+
+
+def test_two_fresh_stores_give_the_same_id_and_a_resaved_checkpoint_keeps_it(home, tmp_path, capsys, monkeypatch):
+    assert main(EVAL) == 0
+    first = ResultsStore().records()[-1]
+    assert first["conditions"]["threads"] == torch.get_num_threads() and first["config"]["schema"] == 2
+    # The same weights in a file with other training metadata (wall time, history): same id, same numbers.
+    (ckpt,) = [p for p in (home / "checkpoints").glob("*.pt") if not p.name.endswith(".last.pt")]
+    payload = torch.load(ckpt, weights_only=True)
+    other = tmp_path / "other-home"
+    (other / "checkpoints").mkdir(parents=True)
+    torch.save({**payload, "train_seconds": 1234.5, "history": []}, other / "checkpoints" / ckpt.name)
+    monkeypatch.setenv("KARP_HOME", str(other))
+    assert main(EVAL) == 0
+    second = ResultsStore().records()[-1]
+    assert second["checkpoint_sha256"] != first["checkpoint_sha256"]  # the files differ...
+    assert (second["id"], second["robust_mask"], second["clean_mask"]) == (first["id"], first["robust_mask"],
+                                                                           first["clean_mask"])  # ...the evaluation not
+
+
+def test_a_checkpoint_of_another_recipe_is_never_substituted(home, capsys):
+    (ckpt,) = [p for p in (home / "checkpoints").glob("*.pt") if not p.name.endswith(".last.pt")]
+    ckpt.rename(ckpt.with_name(ckpt.name.replace("-s0-", "-s0-x").replace("fp32", "fp32x")))  # another recipe's file
+    from robustbench_karp.harness import find_checkpoint
+    from robustbench_karp.train import make_train_config
+
+    assert find_checkpoint(make_train_config("smallcnn", "digits", "standard"), torch.device("cpu")) is None
+
+
+def test_second_eps_of_a_sweep_reproduces_exactly(home, capsys):
+    assert main([*EVAL, "--eps", "0.05,0.1"]) == 0
+    second = ResultsStore().records()[-1]
+    assert second["eps"] == 0.1
+    capsys.readouterr()
+    assert main(["reproduce", second["id"]]) == 0
+    out = capsys.readouterr().out
+    assert "MISMATCH" not in out and "robust_mask" in out and out.strip().endswith("reproduced")
+
+
+@pytest.mark.slow
+def test_randomized_defense_with_options_reproduces_exactly_and_each_cell_starts_fresh(home, capsys):
+    # Defense-GAN draws its restarts from a generator inside the model: a sweep must not carry it over.
+    assert main([*EVAL, *GAN, "--n-examples", "20", "--eps", "0.05,0.1"]) == 0
+    swept = ResultsStore().records()[-1]
+    assert swept["config"]["defense"]["steps"] == 5 and swept["config"]["defense_weights"]
+    assert main([*EVAL, *GAN, "--n-examples", "20", "--eps", "0.1"]) == 0
+    alone = ResultsStore().records()[-1]
+    assert (alone["id"], alone["clean_mask"], alone["robust_mask"]) == (swept["id"], swept["clean_mask"],
+                                                                        swept["robust_mask"])
+    capsys.readouterr()
+    assert main(["reproduce", swept["id"]]) == 0
+    out = capsys.readouterr().out
+    assert "MISMATCH" not in out and out.strip().endswith("reproduced")
