@@ -387,6 +387,8 @@ def migrate_entry(entry: dict[str, Any]) -> dict[str, Any]:
     protocols = entry_protocols(chosen, fields.get("defense_config"))
     status = "external" if entry.get("external") else ("ranked" if protocols else "partial")
     out = {k: v for k, v in entry.items() if k != "checkpoint_sha256"}
+    if not entry.get("external"):  # its records predate weight identities: a re-run needs the checkpoint retrained
+        out["reproducible"], out["reproducibility"] = False, "retrain (`reproduce --train-missing`)"
     return {**out, **fields, "schema": ENTRY_SCHEMA, "entry_id": config_hash(fields), "protocols": protocols,
             "status": status}
 
