@@ -160,6 +160,7 @@ class ResultsStore:
         """Add one record; it waits in the pending folder until committed (StoreLocked if the database stays locked)."""
         text = json.dumps(record, sort_keys=True)
         pending = self.pending_dir / _pending_name(record)
+        atomic_write_text(pending, text)
         try:
             self._insert_retrying(record["id"], record["created_utc"], text)
         except sqlite3.OperationalError as e:

@@ -1,6 +1,10 @@
 """The store: atomic files, append-only records, ids that hash the whole configuration."""
 
+import json
 import multiprocessing
+import sqlite3
+import threading
+import time
 
 import pytest
 import torch
@@ -8,6 +12,7 @@ import torch
 from robustbench_karp.store import (
     CheckpointError,
     ResultsStore,
+    StoreLocked,
     config_hash,
     load_checkpoint,
     portable_path,
@@ -71,3 +76,60 @@ def test_store_paths_are_portable(karp_home):
     inside = karp_home / "checkpoints" / "x.pt"
     assert portable_path(inside) == "checkpoints/x.pt" and resolve_path("checkpoints/x.pt") == karp_home / "checkpoints/x.pt"
     assert portable_path("/elsewhere/y.pt") == "/elsewhere/y.pt" and resolve_path("/elsewhere/y.pt").is_absolute()
+
+
+def _hold_write_lock(path):
+    """Another connection inside an exclusive transaction: every writer gets 'database is locked' until COMMIT."""
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    return locker
+
+
+def test_an_append_waits_out_a_locked_database_and_lands(tmp_path, monkeypatch):
+    monkeypatch.setattr(ResultsStore, "BUSY_TIMEOUT_SECONDS", 0.01)  # SQLite gives up at once: the retries must wait
+    path, record = tmp_path / "r.sqlite", {"id": "a", "created_utc": "2025-01-01T10:00:00+00:00", "v": 1}
+    store = ResultsStore(path)
+    attempts, real_insert = [], ResultsStore._insert
+    monkeypatch.setattr(ResultsStore, "_insert", lambda self, *a: attempts.append(1) or real_insert(self, *a))
+    locker = _hold_write_lock(path)
+    thread = threading.Thread(target=store.append, args=(record,))
+    thread.start()
+    deadline = time.monotonic() + 300
+    while len(attempts) < 4 and thread.is_alive() and time.monotonic() < deadline:  # three attempts met the lock
+        time.sleep(0.01)
+    assert thread.is_alive() and list(store.pending_dir.iterdir())  # still waiting; the record is safe on disk
+    locker.execute("COMMIT")
+    thread.join(timeout=300)
+    assert ResultsStore(path).records() == [record] and not list(store.pending_dir.iterdir())
+
+
+def test_a_record_the_store_could_not_take_is_added_by_the_next_store_exactly_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(ResultsStore, "BUSY_TIMEOUT_SECONDS", 0.01)
+    monkeypatch.setattr(ResultsStore, "RETRY_SECONDS", 0.2)
+    path, record = tmp_path / "r.sqlite", {"id": "a", "created_utc": "2025-01-01T10:00:00+00:00", "v": 1}
+    store = ResultsStore(path)
+    locker = _hold_write_lock(path)
+    with pytest.raises(StoreLocked, match="stayed locked.*the record is kept in"):
+        store.append(record)
+    (pending,) = store.pending_dir.iterdir()
+    assert json.loads(pending.read_text()) == record and ":" not in pending.name
+    locker.execute("COMMIT")
+    assert ResultsStore(path).records() == [record] and not pending.exists()
+    # Killed after the commit, before removing its pending file: the file goes, the row is not repeated.
+    pending.write_text(json.dumps(record, sort_keys=True))
+    assert ResultsStore(path).records() == [record] and not pending.exists()
+
+
+def test_an_append_interrupted_before_its_commit_is_added_by_the_next_store(tmp_path, monkeypatch):
+    path, record = tmp_path / "r.sqlite", {"id": "b", "created_utc": "now", "v": 2}
+    store = ResultsStore(path)
+
+    def killed(self, *args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultsStore, "_insert", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.append(record)
+    monkeypatch.undo()
+    assert store.records() == [] and ResultsStore(path).records() == [record]
+    assert store.flush_pending() == 0 and store.records() == [record]
