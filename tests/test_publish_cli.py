@@ -233,3 +233,13 @@ def test_reproduce_from_a_published_site_without_the_records(home, tmp_path, cap
     out = capsys.readouterr().out
     assert out.count("reproduced") == len(entry["record_ids"]) and "MISMATCH" not in out
     assert "robust_mask" in out and ResultsStore().records() == []
+
+
+def test_a_build_limited_to_some_boards_keeps_every_other_board(home, tmp_path, capsys):
+    site = tmp_path / "site"
+    assert main(["leaderboard", "publish", "--out", str(site)]) == 0
+    before = sorted(p.name for p in (site / "entries").glob("*.json"))
+    assert main(["leaderboard", "build", "--out", str(site), "--dataset", "mnist", "--norm", "linf", "--eps", "0.3"]) == 0
+    assert sorted(p.name for p in (site / "entries").glob("*.json")) == before  # the digits boards were not asked
+    assert main(["leaderboard", "build", "--out", str(site), "--dataset", "digits"]) == 0
+    assert sorted(p.name for p in (site / "entries").glob("*.json")) == before
