@@ -23,6 +23,17 @@ class Distributed:
     def main(self) -> bool:
         return self.rank == 0
 
+    def any_rank(self, flag: bool | torch.Tensor) -> bool:
+        """Whether flag holds on any rank, the same answer on every rank (one all_reduce with MAX).
+
+        Every decision to leave the loop goes through this: a rank that stopped alone would leave
+        the others waiting forever in DDP's next gradient all_reduce.
+        """
+        vote = torch.as_tensor(flag, device=self.device).float().reshape(1)
+        if dist.is_initialized():
+            dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+        return bool(vote.item())
+
 
 def setup_distributed(device: torch.device) -> Distributed:
     """Join torchrun's process group when launched by torchrun (NCCL on CUDA, gloo on CPU).

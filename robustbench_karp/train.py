@@ -194,10 +194,8 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, step: int, env: Distributed) -> None:
-    bad = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=env.device)
-    if dist.is_initialized():
-        dist.all_reduce(bad)  # every rank stops together
-    if bad.item():
+    # Before backward: a NaN step is never applied. Its decision point is the step, so one vote per step.
+    if env.any_rank(~torch.isfinite(loss.detach()).all()):
         raise TrainingDiverged(f"training diverged: the loss became NaN/inf at epoch {epoch + 1}, step {step + 1}")
 
 
@@ -297,7 +295,8 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
                                                       memory=memory),
                    "lr": optimizer.param_groups[0]["lr"]}
         metrics |= _measure(evaluated, data, val_idx, guard_idx, config, env, defense.adversarial)
-        state.stopped_early = _track(state, metrics, evaluated, config, defense.adversarial or recipe.select == "best")
+        collapsed = _track(state, metrics, evaluated, config, defense.adversarial or recipe.select == "best")
+        state.stopped_early = env.any_rank(collapsed)  # all ranks leave the loop together, or none does
         state.epoch, state.train_seconds = epoch + 1, state.train_seconds + time.perf_counter() - started
         state.history.append({**metrics, "train_seconds": state.train_seconds})
         if env.main:
@@ -309,10 +308,10 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
         for cb in callbacks:
             cb.on_epoch(state.history[-1])
         if state.stopped_early:
-            log.warning("catastrophic overfitting at epoch %d: guard PGD accuracy %.3f fell more than %.2f below its "
-                        "best %.3f; stopping and keeping the epoch-%d weights (best validation PGD accuracy %.3f)",
-                        epoch + 1, metrics["guard_pgd_accuracy"], config.guard_drop, state.best_guard,
-                        state.best_epoch, state.best_val)
+            seen = (f"guard PGD accuracy {metrics['guard_pgd_accuracy']:.3f} fell more than {config.guard_drop:.2f} "
+                    f"below its best {state.best_guard:.3f}") if collapsed else "another rank's guard collapsed"
+            log.warning("catastrophic overfitting at epoch %d: %s; stopping and keeping the epoch-%d weights (best "
+                        "validation PGD accuracy %.3f)", epoch + 1, seen, state.best_epoch, state.best_val)
             break
     use_best = state.stopped_early or recipe.select == "best"
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "amp": effective_amp(recipe, env.device),

@@ -1,6 +1,7 @@
 """Faults that used to lose work: concurrent runs training the same network twice, a DDP rank stopping alone."""
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -55,6 +56,25 @@ runpy.run_module("robustbench_karp", run_name="__main__", alter_sys=True)
 """
 
 
+def _start(cmd, env):
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _finish(run, timeout=600):
+    """(stdout, stderr) once run exits; past the timeout it is stopped (hung DDP workers too) and the test fails."""
+    try:
+        return run.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(run.pid, signal.SIGTERM)  # torchrun passes it on to its workers (in sessions of their own)
+        try:
+            err = run.communicate(timeout=60)[1][-2000:]
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            err = "(killed)"
+        pytest.fail(f"still running after {timeout} s (hung?): {err}")
+
+
 def test_concurrent_evaluations_train_the_checkpoint_once_and_both_records_land(tmp_path):
     home, journal, driver = tmp_path / "home", tmp_path / "journal", tmp_path / "driver.py"
     driver.write_text(EVALUATE_DRIVER)
@@ -62,8 +82,8 @@ def test_concurrent_evaluations_train_the_checkpoint_once_and_both_records_land(
     env = {**os.environ, "KARP_HOME": str(home), "KARP_TEST_JOURNAL": str(journal), "OMP_NUM_THREADS": "1"}
     args = [sys.executable, str(driver), "evaluate", "--model", "smallcnn", "--dataset", "digits", "--attack", "fgsm",
             "--n-examples", "20", "--device", "cpu"]
-    runs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [run.communicate(timeout=600) for run in runs]
+    runs = [_start(args, env) for _ in range(2)]
+    outputs = [_finish(run) for run in runs]
     for run, (_, err) in zip(runs, outputs):
         assert run.returncode == 0, err[-3000:]
     words = [line.split()[0] for line in journal.read_text().splitlines()]
@@ -134,3 +154,40 @@ def test_file_lock_excludes_a_second_holder_until_released(tmp_path, monkeypatch
     thread.join(timeout=300)
     assert events == ["first releases", "second holds"]
     assert locks.lock_path(target).exists() == flock  # the fallback removes its lock file on release
+
+
+# Under torchrun: rank 1's catastrophic-overfitting guard alone says "collapsed" after epoch 1.
+ONE_RANK_STOPS_DRIVER = """
+import os, runpy
+
+from robustbench_karp import train
+
+real_track = train._track
+
+
+def track(state, metrics, *args, **kwargs):
+    collapsed = real_track(state, metrics, *args, **kwargs)
+    return collapsed or (os.environ["RANK"] == "1" and metrics["epoch"] == 1)
+
+
+train._track = track
+runpy.run_module("robustbench_karp", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_decided_on_one_ddp_rank_stops_every_rank(tmp_path):
+    """Without the all_reduced decision rank 0 would train epoch 2 alone and wait forever for rank 1."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(ONE_RANK_STOPS_DRIVER)
+    env = {**os.environ, "KARP_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver), "train",
+           "--model", "smallcnn", "--dataset", "digits", "--defense", "fgsm-at", "--train-size", "64", "--epochs", "2",
+           "--batch-size", "32", "--device", "cpu"]
+    run = _start(cmd, env)
+    _, err = _finish(run)
+    assert run.returncode == 0, err[-3000:]
+    (final,) = [p for p in (tmp_path / "home" / "checkpoints").glob("*.pt") if ".last" not in p.name]
+    payload = torch.load(final, weights_only=True)
+    assert payload["stopped_early"] and payload["epochs_completed"] == 1
+    assert "another rank's guard collapsed" in err  # rank 0 stopped on rank 1's word
