@@ -81,8 +81,11 @@ def test_page_rows_sorting_and_plots(browser, tmp_path):
     flagged = browser.find_elements(By.CSS_SELECTOR, "tr.flagged")
     assert [r.get_attribute("data-entry-id") for r in flagged] == [e["entry_id"] for e in entries if e["flags"]]
 
-    # mnist linf 0.3, in rank order: pgd_at (n=100), trades (n=20), standard (n=20).
-    table = browser.find_element(By.ID, "table-mnist-linf-0-3")
+    # mnist linf 0.3: no golden record ran the protocol, so the board is one table of partial evaluations,
+    # unranked ('–'), in order of their upper bounds: pgd_at (n=100), trades (n=20), standard (n=20).
+    assert browser.find_elements(By.ID, "table-mnist-linf-0-3") == []
+    table = browser.find_element(By.ID, "table-mnist-linf-0-3-partial")
+    assert {td.text for td in table.find_elements(By.CSS_SELECTOR, "td.rank")} == {"–"}
     ranked = [e["entry_id"] for e in entries if e["dataset"] == "mnist" and e["eps"] == 0.3]
     assert column_order(table, "n") == (ranked, [100, 20, 20])
     header = table.find_element(By.XPATH, ".//th[normalize-space()='n']")

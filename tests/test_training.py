@@ -146,9 +146,16 @@ def test_train_command_then_evaluate_uses_that_checkpoint(karp_home, tmp_path, c
     assert len(stored) == 1 and file_sha256(stored[0]) == file_sha256(copy)
     assert any(tb.rglob("events.out.tfevents*"))
     capsys.readouterr()
-    assert main(["evaluate", "--model", "smallcnn", "--defense", "fgsm-at", "--attack", "fgsm", "--json"]) == 0
+    # A 2-epoch run is another recipe than fgsm-at's registered one: evaluate uses it only when named.
+    from robustbench_karp.harness import find_checkpoint
+    from robustbench_karp.train import make_train_config
+
+    assert find_checkpoint(make_train_config("smallcnn", "digits", "fgsm-at", eps=0.1), torch.device("cpu")) is None
+    assert main(["evaluate", "--model", "smallcnn", "--defense", "fgsm-at", "--checkpoint", str(stored[0]),
+                 "--attack", "fgsm", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["checkpoint_sha256"] == file_sha256(stored[0]) and record["defense"] == "fgsm-at"
+    assert "-fp32-" in stored[0].name  # the name says the precision it trained in
     assert record["train_config"]["recipe"]["epochs"] == 2
     assert main(args) == 0 and "already trained" in capsys.readouterr().out  # no silent retraining
     assert len(ResultsStore().records()) == 1
