@@ -28,6 +28,17 @@ from robustbench_karp.attacks.base import Attack, check_positive, register
 from robustbench_karp.attacks.torchattacks_adapter import run_torchattack
 from robustbench_karp.threat import ThreatModel
 
+TARGETED_DLR_CLASSES = 4  # the targeted DLR loss divides by z_(1) - (z_(3) + z_(4)) / 2: the 4 largest logits
+
+
+def check_classes(model, x: torch.Tensor, name: str) -> None:
+    """A one-line error, instead of an IndexError deep in the loss, for a model with too few classes."""
+    with torch.no_grad():
+        classes = model(x[:1]).shape[1]
+    if classes < TARGETED_DLR_CLASSES:
+        raise ValueError(f"{name} needs a model with at least {TARGETED_DLR_CLASSES} classes (its targeted DLR loss "
+                         f"uses the 3rd and 4th largest logits); this one has {classes}: use apgd-ce, fab-t and square")
+
 
 @register("apgd-ce")
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class APGDT(Attack):
         check_positive(steps=self.steps, restarts=self.restarts)
 
     def __call__(self, model, x, y, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
+        check_classes(model, x, "apgd-t")
         return run_torchattack("APGDT", model, x, y, threat, gen, steps=self.steps, n_restarts=self.restarts)
 
 
@@ -102,6 +114,7 @@ class AutoAttack(Attack):
 
     def __call__(self, model, x, y, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         """The cascade on its own, for library use; the engine runs `components()` itself."""
+        check_classes(model, x, "autoattack")
         x_adv = x.clone()
         with torch.no_grad():
             todo = (model(x).argmax(1) == y).nonzero().squeeze(1)

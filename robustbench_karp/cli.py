@@ -81,7 +81,9 @@ class AttackAction(argparse.Action):
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="resnet18", help="registered model (karp-robust list)")
+    p.add_argument("--model", default="resnet18",
+                   help="registered model (karp-robust list), robustbench:<ModelID>, path/to/file.py:factory "
+                        "or torchvision:<name>")
     p.add_argument("--dataset", default="digits", help="digits (embedded, default), mnist, fashion-mnist, cifar10, ...")
     p.add_argument("--defense", default="standard", help="registered defense the checkpoint was trained with")
     p.add_argument("--norm", default="linf", choices=["linf", "l2"])
@@ -106,6 +108,12 @@ def add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="clean and robust accuracy of a model; one record per run")
     add_common(ev)
     ev.add_argument("--checkpoint", default=None, help="your own weights (loaded strictly, weights_only)")
+    ev.add_argument("--normalize", default=None, metavar="none|MEAN,STD",
+                    help="what a model file or torchvision model expects: none ([0, 1] pixels) or C means then C "
+                         "stds, e.g. 0.1307,0.3081 (torchvision default: ImageNet's)")
+    ev.add_argument("--robustbench-dir", type=Path, default=None, metavar="DIR",
+                    help="RobustBench checkpoints as <DIR>/<dataset>/<Linf|L2>/<ModelID>.pt "
+                         "(default $KARP_HOME/robustbench)")
     ev.add_argument("--defense-arg", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                     help="option of the defense, e.g. steps=100 for defense-gan")
     ev.add_argument("--attack", action=AttackAction, dest="attacks", metavar="NAME",

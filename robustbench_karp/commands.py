@@ -120,8 +120,9 @@ def _has_option(name: str, key: str) -> bool:
 def cmd_evaluate(args) -> int:
     from robustbench_karp.harness import EvalRequest, prepare, run_evaluation
     from robustbench_karp.protocols import get_protocol
+    from robustbench_karp.sources import parse_model
 
-    DATASETS.get(args.dataset), MODELS.get(args.model), DEFENSES.get(args.defense)  # fail fast on names
+    DATASETS.get(args.dataset), parse_model(args.model), DEFENSES.get(args.defense)  # fail fast on names
     if args.protocol:
         get_protocol(args.protocol)
     attacks = [] if args.protocol and not args.attacks else parse_attacks(args)
@@ -129,7 +130,7 @@ def cmd_evaluate(args) -> int:
                        defense_options=dict(args.defense_arg), attacks=attacks, norm=args.norm,
                        n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
                        checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download,
-                       protocol=args.protocol)
+                       protocol=args.protocol, normalize=args.normalize, robustbench_dir=args.robustbench_dir)
     records = []
     for eps in args.eps or [None]:
         req = EvalRequest(**{**base.__dict__, "eps": eps})

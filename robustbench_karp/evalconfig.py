@@ -24,7 +24,7 @@ SCHEMA = 2  # 1: the id hashed the checkpoint file's sha256 (before EvalConfig)
 
 @dataclass(frozen=True)
 class EvalConfig:
-    model: str  # model source: a registered name
+    model: str  # a registered name, robustbench:<ID>, <file>.py:<factory>, torchvision:<name>, or a Python model's name
     dataset: str
     defense: dict[str, Any]  # name and every option (the classifier's training defense for a plain model)
     weights: str  # weights_sha256 of the classifier
@@ -37,6 +37,7 @@ class EvalConfig:
     attacks: tuple[dict[str, Any], ...]  # every attack's full config, in run order, the adaptive ones included
     protocol: str | None = None  # the protocol requested ("standard/1"), None for a hand-picked attack set
     schema: int = SCHEMA
+    source: dict[str, Any] | None = None  # a zoo, file, torchvision or Python model: its identity and normalization
 
     def __post_init__(self):
         object.__setattr__(self, "attacks", tuple(dict(a) for a in self.attacks))
@@ -45,6 +46,8 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["attacks"] = [dict(a) for a in self.attacks]
+        if out["source"] is None:  # a registered model: ids stay what they were before model sources
+            del out["source"]
         return out
 
     @property

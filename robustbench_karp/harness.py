@@ -30,8 +30,8 @@ from robustbench_karp.evalconfig import EvalConfig
 from robustbench_karp.identity import cpu_conditions, weights_sha256
 from robustbench_karp.models import Classifier, create_model
 from robustbench_karp.protocols import get_protocol
+from robustbench_karp.sources import load_external, load_strict, parse_model, unwrap_state
 from robustbench_karp.store import (
-    CheckpointError,
     ResultsStore,
     file_sha256,
     karp_home,
@@ -72,18 +72,11 @@ def find_checkpoint(config: TrainConfig, device: torch.device) -> Path | None:
 
 
 def load_weights(model: Classifier, path: Path) -> dict[str, Any]:
-    """Strictly load a karp-robust checkpoint (or a plain state_dict) into model; errors name the file."""
+    """Strictly load a karp-robust checkpoint (or a plain state_dict) into model; errors name the file and keys."""
     payload = load_checkpoint(path)
-    state = payload.get("state_dict", payload)
-    if not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {path} holds no state_dict of tensors")
+    state = unwrap_state(payload, path)
     # A plain state_dict of the backbone alone (no "backbone." prefix) is accepted as well.
-    target = model if any(k.startswith("backbone.") for k in state) else model.backbone
-    try:
-        target.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"checkpoint {path} does not fit this model ({first[:300]})") from None
+    load_strict(model if any(k.startswith("backbone.") for k in state) else model.backbone, state, path)
     return payload
 
 
@@ -170,41 +163,67 @@ class EvalRequest:
     data_dir: Path | None = None
     download: bool = True
     protocol: str | None = None  # a named attack set ("standard"); `attacks` then adds to it
+    normalize: str | None = None  # a model file's or torchvision model's input normalization: "none" or "MEAN,STD"
+    robustbench_dir: Path | None = None  # RobustBench's checkpoint layout (default $KARP_HOME/robustbench)
+    model_sha256: str | None = None  # a model file's expected sha256 (reproduce refuses a changed file)
 
 
 def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.Module, dict[str, Any], torch.device]:
     """Resolve the request: (model to attack, in eval mode on device; provenance; device).
 
-    The classifier comes from --checkpoint or the store (exactly the defense's classifier recipe,
-    trained when missing); the defense then wraps it (a purifier defense puts its purifier in front).
+    A registered model comes from --checkpoint or the store (exactly the defense's classifier recipe,
+    trained when missing); a zoo, file or torchvision model from its own weights (sources.py). The
+    defense then wraps it (a purifier defense puts its purifier in front).
     Every call builds a fresh model, with fresh random state for a randomized defense: call it once
     per evaluation, so no cell of a sweep or a compare depends on what ran before it.
     """
     spec = DATASETS.get(req.dataset)
     device = resolve_device(req.device)
     defense = build_defense(req.defense, req.defense_options)
-    if req.checkpoint:
-        path = Path(req.checkpoint)
+    source = parse_model(req.model)
+    if source.external:
+        classifier, path, payload, model_info = _external_classifier(req, source, spec, defense)
     else:
-        train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name, seed=req.seed)
-        path = obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
-                                 callbacks=train_callbacks)
-    classifier = new_model(req.model, req.dataset)
-    payload = load_weights(classifier, path)
+        if req.normalize is not None:
+            raise ValueError(f"--normalize applies to model files and torchvision models; {req.model} normalizes "
+                             f"with {spec.name}'s statistics")
+        if req.checkpoint:
+            path = Path(req.checkpoint)
+        else:
+            train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name, seed=req.seed)
+            path = obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
+                                     callbacks=train_callbacks)
+        classifier = new_model(req.model, req.dataset)
+        payload, model_info = load_weights(classifier, path), {"name": req.model}
     stored = payload.get("config") if isinstance(payload.get("config"), dict) else None
     weights = weights_sha256(classifier)
-    context = RunContext(dataset=spec.name, model=req.model, data_dir=req.data_dir, download=req.download,
+    context = RunContext(dataset=spec.name, model=model_info["name"], data_dir=req.data_dir, download=req.download,
                          device=device, seed=req.seed, checkpoint_sha256=weights)
     model = defense.wrap(classifier.to(device).eval(), context)
     trained_by = stored["defense"] if stored and defense.classifier_defense() is defense else None
-    provenance = {"model": req.model, "dataset": spec.name, "defense": req.defense,
+    provenance = {"model": model_info["name"], "dataset": spec.name, "defense": req.defense,
                   "defense_config": trained_by or defense.config(),
-                  "checkpoint": portable_path(path), "checkpoint_sha256": file_sha256(path),
+                  "model_source": model_info.get("source"), "model_file": model_info.get("file"),
+                  "checkpoint": portable_path(path) if path else None,
+                  "checkpoint_sha256": file_sha256(path) if path else None,
                   "weights_sha256": weights,
                   "defense_weights_sha256": None if model is classifier else weights_sha256(model),
                   "train_config": stored, "train_conditions": payload.get("conditions"),
                   "train_amp": payload.get("amp")}  # the precision it really trained in (bf16 needs bf16 units)
     return model.to(device).eval(), provenance, device
+
+
+def _external_classifier(req: EvalRequest, source, spec, defense):
+    """(classifier, checkpoint path or None, {}, model info) for a zoo, file or torchvision model."""
+    if defense.classifier_defense().name != "standard":
+        raise ValueError(f"--defense {req.defense} names how karp-robust trains a model; {req.model} comes with its "
+                         "own weights (use --defense standard, or a defense that wraps a classifier)")
+    loaded = load_external(source, spec, norm=req.norm, normalize=req.normalize,
+                           checkpoint=Path(req.checkpoint) if req.checkpoint else None,
+                           robustbench_dir=req.robustbench_dir, file_sha=req.model_sha256)
+    name = f"{source.path.name}:{source.target}" if source.kind == "file" else req.model  # no machine paths in ids
+    info = {"name": name, "source": loaded.source, "file": str(source.path.resolve()) if source.path else None}
+    return loaded.classifier, loaded.checkpoint, {}, info
 
 
 @dataclass
@@ -243,9 +262,9 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     threat = ThreatModel(req.norm, spec.default_eps[req.norm] if req.eps is None else req.eps)
     _, provenance, device = prepared
     test = load_split(spec, train=False, data_dir=req.data_dir, download=req.download)
-    n = req.n_examples if req.n_examples is not None else min(1000, len(test))
+    n = req.n_examples if req.n_examples is not None else min(getattr(spec, "default_n_examples", 1000), len(test))
     indices = subset_indices(len(test), n)
-    context = RunContext(dataset=spec.name, model=req.model, data_dir=req.data_dir, download=req.download,
+    context = RunContext(dataset=spec.name, model=provenance["model"], data_dir=req.data_dir, download=req.download,
                          device=device, seed=req.seed, checkpoint_sha256=provenance["weights_sha256"], threat=threat)
     requested, protocol = requested_attacks(req)
     names = {a.name for a in requested}
@@ -254,7 +273,8 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     config = EvalConfig(model=provenance["model"], dataset=provenance["dataset"], defense=provenance["defense_config"],
                         weights=provenance["weights_sha256"], defense_weights=provenance["defense_weights_sha256"],
                         norm=threat.norm.value, eps=threat.eps, n_examples=n, seed=req.seed, batch_size=req.batch_size,
-                        attacks=tuple(a.config() for a in bound), protocol=protocol)
+                        attacks=tuple(a.config() for a in bound), protocol=protocol,
+                        source=provenance.get("model_source"))
     return Plan(config, bound, threat, indices, test)
 
 

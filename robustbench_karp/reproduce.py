@@ -118,17 +118,46 @@ def recorded_threads(record: dict[str, Any], device: torch.device) -> Iterator[l
         torch.set_num_threads(before)
 
 
-def request_of(record: dict[str, Any], checkpoint: Path, device: str, data_dir: Path | None, download: bool):
+def external_checkpoint(record: dict[str, Any]) -> Path | None:
+    """The weights file of a zoo, file or torchvision model's record (None: the factory made the weights)."""
+    if not record.get("checkpoint"):
+        return None
+    path = resolve_path(record["checkpoint"])
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} of record {record['id']} is missing: put the model's weights there")
+    return path
+
+
+def model_of(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(--model, extra EvalRequest fields) that rebuild the record's model from its recorded source."""
+    source = (record.get("config") or {}).get("source") or {}
+    kind = source.get("kind")
+    normalization = source.get("normalization")
+    normalize = "none" if normalization is None else ",".join(str(v) for v in normalization["mean"] + normalization["std"])
+    if kind == "file":
+        path = Path(record.get("model_file") or source["file"])
+        return f"{path}:{source['factory']}", {"normalize": normalize, "model_sha256": source["sha256"]}
+    if kind == "torchvision":
+        return record["model"], {"normalize": normalize}
+    if kind == "python":
+        raise ValueError(f"record {record['id']} evaluated an in-memory Python model ({source.get('name')}): "
+                         "nothing here can rebuild it (store it with source='file.py:factory' to make it reproducible)")
+    return record["model"], {}
+
+
+def request_of(record: dict[str, Any], checkpoint: Path | None, device: str, data_dir: Path | None, download: bool):
     """The EvalRequest that re-runs a record's stored configuration (defense options and protocol included)."""
     from robustbench_karp.harness import EvalRequest
 
     config = record.get("config") or {}
     defense = config.get("defense") if isinstance(config.get("defense"), dict) else record.get("defense_config")
     options = {k: v for k, v in (defense or {}).items() if k != "name"}
-    return EvalRequest(model=record["model"], dataset=record["dataset"], defense=record["defense"],
+    model, extra = model_of(record)
+    return EvalRequest(model=model, dataset=record["dataset"], defense=record["defense"], **extra,
                        defense_options=options, attacks=[attack_from_config(c) for c in record["attacks"]],
                        norm=record["norm"], eps=record["eps"], n_examples=record["n_examples"], seed=record["seed"],
-                       batch_size=record["batch_size"], device=device, checkpoint=str(checkpoint), data_dir=data_dir,
+                       batch_size=record["batch_size"], device=device,
+                       checkpoint=str(checkpoint) if checkpoint else None, data_dir=data_dir,
                        download=download, protocol=config.get("protocol"))
 
 
@@ -141,9 +170,13 @@ def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None
     if record.get("source") == "external":
         raise ValueError(f"record {record['id']} was imported from {record.get('tool', 'another tool')}: nothing to re-run")
     dev = resolve_device(device)
-    checkpoint = locate_checkpoint(record, train_missing, dev)
-    if record.get("weights_sha256"):
-        check_weights(record, checkpoint)
+    source = (record.get("config") or {}).get("source")
+    if source:  # a zoo, file, torchvision or Python model: its own weights, checked by the re-run's weights_sha256
+        checkpoint = external_checkpoint(record)
+    else:
+        checkpoint = locate_checkpoint(record, train_missing, dev)
+        if record.get("weights_sha256"):
+            check_weights(record, checkpoint)
     req = request_of(record, checkpoint, device, data_dir, download)
     with recorded_threads(record, dev) as notes, tempfile.TemporaryDirectory(prefix="karp-reproduce-") as scratch:
         new = run_evaluation(req, store=ResultsStore(Path(scratch) / "results.sqlite"))
