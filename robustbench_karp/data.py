@@ -1,4 +1,4 @@
-"""Datasets: scikit-learn's embedded digits and torchvision's MNIST, Fashion-MNIST, CIFAR-10/100, SVHN.
+"""Datasets: scikit-learn's embedded digits, torchvision's MNIST, Fashion-MNIST, CIFAR-10/100, SVHN, and ImageNet.
 
 Loaders only turn images into tensors in [0, 1]; normalization lives in the model. Each dataset
 carries its conventional threat model (default eps per norm) and its normalization statistics.
@@ -7,6 +7,7 @@ Fixed splits and subsets (documented in the README):
 - digits: the 1797 images of `sklearn.datasets.load_digits`; every fifth image (index % 5 == 4)
   is the test split (359 images), the other 1438 are the training split.
 - torchvision datasets use their official train/test splits.
+- imagenet (imagenet.py): RobustBench's fixed 5,000 ILSVRC-2012 validation images, decoded per batch; no training split.
 - `n_examples=N` is always the first N images of the test split in its canonical order.
 """
 
@@ -63,6 +64,7 @@ class DatasetSpec:
     default_eps: dict  # norm name -> eps in pixel units
     load: Callable[[DatasetSpec, Path, bool, bool], ImageSet]  # (spec, data_dir, train, download)
     expected_files: str  # what to put where, "{root}" is the data directory; for the offline error
+    default_n_examples: int = 1000  # evaluated when n_examples is not given (capped at the test split's size)
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -171,3 +173,8 @@ for _spec in [
                 "train_32x32.mat and test_32x32.mat in {root}/SVHN/"),
 ]:
     DATASETS.register(_spec.name)(_spec)
+
+
+# --- ImageNet: its own file; importing it registers it -----------------------------------------
+
+from robustbench_karp import imagenet  # noqa: E402, F401
