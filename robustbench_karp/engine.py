@@ -78,6 +78,13 @@ class EvalResult:
     robust: list[bool]  # (N,) robust to every attack per test point
     elapsed_seconds: float
     warnings: list[str] = field(default_factory=list)
+    record: dict[str, Any] | None = field(default=None, repr=False)  # the stored record (evaluate(..., store=True))
+
+    def __repr__(self) -> str:  # not the (N,) masks
+        attacks = ", ".join(f"{k} {v:.4f}" for k, v in self.per_attack.items())
+        stored = f", record {self.record['id']}" if self.record else ""
+        return (f"EvalResult(n={self.n_examples}, clean {self.clean_accuracy:.4f}, robust {self.robust_accuracy:.4f}"
+                f" [{attacks}]{stored})")
 
     def summary(self) -> dict[str, Any]:
         return {"clean_accuracy": self.clean_accuracy, "robust_accuracy": self.robust_accuracy, "per_attack": self.per_attack}
@@ -164,25 +171,63 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def evaluate(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | None = None,
+    y: torch.Tensor | None = None,
     attacks: Sequence = ("pgd",),
     norm: str = "linf",
-    eps: float = 8 / 255,
+    eps: float | None = None,
     seed: int = 0,
     batch_size: int = 500,
     device: str | torch.device = "auto",
+    *,
+    dataset: str | None = None,
+    n_examples: int | None = None,
+    store: bool | Any = False,
+    model_name: str | None = None,
+    source: str | None = None,
+    data_dir: Any = None,
 ) -> EvalResult:
     """Library entry point: robust accuracy of any nn.Module mapping [0, 1] images to logits.
 
     Args:
         model: classifier taking (B, C, H, W) in [0, 1] and returning logits (it must normalize itself).
-        x, y: images in [0, 1] and integer labels.
+        x, y: images in [0, 1] and integer labels; or None with dataset= (its fixed first n test points).
         attacks: registered names ("pgd"), "torchattacks:<Class>", (name, options) pairs or Attack objects.
-        norm, eps: threat model, eps in pixel units.
+        norm, eps: threat model, eps in pixel units (None: the dataset's default, else 8/255).
+        dataset, n_examples: evaluate on the dataset's test split instead of x, y.
+        store: True (the default store) or a ResultsStore: write a record, as the CLI does; needs dataset=
+            and model_name= (or source=), so that the record names its test points and its model.
+        source: "file.py:factory" that rebuilds the architecture, so `reproduce` can re-run the record.
     Returns:
-        EvalResult with clean_accuracy, robust_accuracy (per-example worst case) and per_attack.
+        EvalResult with clean_accuracy, robust_accuracy (per-example worst case), per_attack, and the
+        stored record when store is set.
     """
+    if store:
+        if x is not None or y is not None:
+            raise ValueError("a stored evaluation runs on a dataset's fixed test points: pass dataset= instead of x, y")
+        if dataset is None:
+            raise ValueError("a stored evaluation needs dataset= (its fixed test points make the record reproducible)")
+        from robustbench_karp.recorded import evaluate_and_store
+
+        record = evaluate_and_store(model, dataset=dataset, model_name=model_name, attacks=attacks, norm=norm, eps=eps,
+                                    n_examples=n_examples, seed=seed, batch_size=batch_size, device=device,
+                                    store=None if store is True else store, source=source, data_dir=data_dir)
+        return EvalResult(record["n_examples"], record["clean_accuracy"], record["robust_accuracy"],
+                          record["per_attack"], [c == "1" for c in record["clean_mask"]],
+                          [r == "1" for r in record["robust_mask"]], record["elapsed_seconds"],
+                          list(record["warnings"]), record)
+    if dataset is not None:
+        from robustbench_karp.data import DATASETS, load_split, subset_indices
+
+        spec = DATASETS.get(dataset)
+        if x is not None or y is not None:
+            raise ValueError("pass either x, y or dataset=, not both")
+        test = load_split(spec, train=False, data_dir=data_dir)
+        x, y = test.batch(subset_indices(len(test), n_examples or min(len(test), 1000)))
+        eps = spec.default_eps[norm] if eps is None else eps
+    if x is None or y is None:
+        raise ValueError("evaluate needs images x and labels y, or dataset=")
+    eps = 8 / 255 if eps is None else eps
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} images but y has {len(y)} labels")
     if x.min() < 0 or x.max() > 1:

@@ -166,6 +166,7 @@ class EvalRequest:
     normalize: str | None = None  # a model file's or torchvision model's input normalization: "none" or "MEAN,STD"
     robustbench_dir: Path | None = None  # RobustBench's checkpoint layout (default $KARP_HOME/robustbench)
     model_sha256: str | None = None  # a model file's expected sha256 (reproduce refuses a changed file)
+    model_name: str | None = None  # the record's name for a file model (default <file>.py:<factory>)
 
 
 def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.Module, dict[str, Any], torch.device]:
@@ -221,7 +222,7 @@ def _external_classifier(req: EvalRequest, source, spec, defense):
     loaded = load_external(source, spec, norm=req.norm, normalize=req.normalize,
                            checkpoint=Path(req.checkpoint) if req.checkpoint else None,
                            robustbench_dir=req.robustbench_dir, file_sha=req.model_sha256)
-    name = f"{source.path.name}:{source.target}" if source.kind == "file" else req.model  # no machine paths in ids
+    name = req.model_name or (f"{source.path.name}:{source.target}" if source.kind == "file" else req.model)  # no paths
     info = {"name": name, "source": loaded.source, "file": str(source.path.resolve()) if source.path else None}
     return loaded.classifier, loaded.checkpoint, {}, info
 
@@ -262,7 +263,7 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     threat = ThreatModel(req.norm, spec.default_eps[req.norm] if req.eps is None else req.eps)
     _, provenance, device = prepared
     test = load_split(spec, train=False, data_dir=req.data_dir, download=req.download)
-    n = req.n_examples if req.n_examples is not None else min(getattr(spec, "default_n_examples", 1000), len(test))
+    n = req.n_examples if req.n_examples is not None else min(spec.default_n_examples, len(test))
     indices = subset_indices(len(test), n)
     context = RunContext(dataset=spec.name, model=provenance["model"], data_dir=req.data_dir, download=req.download,
                          device=device, seed=req.seed, checkpoint_sha256=provenance["weights_sha256"], threat=threat)

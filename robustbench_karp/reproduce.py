@@ -136,7 +136,8 @@ def model_of(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     normalize = "none" if normalization is None else ",".join(str(v) for v in normalization["mean"] + normalization["std"])
     if kind == "file":
         path = Path(record.get("model_file") or source["file"])
-        return f"{path}:{source['factory']}", {"normalize": normalize, "model_sha256": source["sha256"]}
+        return f"{path}:{source['factory']}", {"normalize": normalize, "model_sha256": source["sha256"],
+                                                "model_name": record["model"]}
     if kind == "torchvision":
         return record["model"], {"normalize": normalize}
     if kind == "python":

@@ -103,10 +103,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
+        raise CheckpointError(f"checkpoint {path} is an HTML page, not a PyTorch file (a failed download, such as "
+                              "Google Drive's confirmation page): download it again")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle refused by weights_only, ...
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if "weights only load failed" in str(e).lower() or "weights_only" in first:
+            raise CheckpointError(f"checkpoint {path} holds Python objects besides tensors, and karp-robust loads "
+                                  "checkpoints as data only (weights_only=True): re-save it with "
+                                  "torch.save(model.state_dict(), path)") from None
         raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(e).__name__}: {first[:200]})") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")

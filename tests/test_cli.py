@@ -59,7 +59,7 @@ def one_line_error(capsys, code, expected_code=2):
     return err[0]
 
 
-@pytest.mark.parametrize("flag,bad,valid", [("--model", "resnet19", "resnet18"), ("--dataset", "imagenet", "mnist"),
+@pytest.mark.parametrize("flag,bad,valid", [("--model", "resnet19", "resnet18"), ("--dataset", "imagenet21k", "mnist"),
                                             ("--attack", "pgdd", "autoattack"), ("--defense", "magic", "trades")])
 def test_unknown_names_exit_2_listing_valid_names(home, capsys, flag, bad, valid):
     line = one_line_error(capsys, main(["evaluate", "--model", "smallcnn", flag, bad]))

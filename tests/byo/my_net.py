@@ -21,3 +21,10 @@ def build_three_channels() -> nn.Module:
 
 def not_a_module():
     return {"weights": 1}
+
+
+def build_normalized() -> nn.Module:
+    """The same network with its normalization inside, as a Python-API user would hand it to evaluate()."""
+    from robustbench_karp.models import Normalize
+
+    return nn.Sequential(Normalize((0.1307,), (0.3081,)), build())
