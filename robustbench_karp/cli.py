@@ -125,7 +125,7 @@ def add_evaluate(sub) -> None:
     ev.add_argument("--restarts", type=positive_int, help="restarts of every attack that has them")
     ev.add_argument("--eps", type=eps_list, default=None, help="radius in pixel units (8/255); a list sweeps eps")
     ev.add_argument("--n-examples", type=positive_int, default=None,
-                    help="evaluate the first N test points (default: 1000, or the whole test split if smaller)")
+                    help="evaluate the first N test points (default: 1000, 5000 on imagenet, or the whole split if smaller)")
     ev.add_argument("--batch-size", type=positive_int, default=500)
     ev.add_argument("--protocol", default=None, metavar="NAME",
                     help="a named, versioned attack set (standard: AutoAttack plus the defense's adaptive attacks); "

@@ -151,7 +151,10 @@ def print_record(record: dict) -> None:
     rows = [["clean", f"{record['clean_accuracy']:.4f}"]]
     rows += [[f"after {name}", f"{acc:.4f}"] for name, acc in record["per_attack"].items()]
     rows.append(["robust (worst case)", f"{record['robust_accuracy']:.4f}"])
-    title = (f"{record['model']} / {record['dataset']} / {record['defense']}   {record['norm']} eps={record['eps']:.6g}"
+    defense = record["defense"]
+    if record.get("model_source") and defense == "standard":
+        defense = "its own weights"  # a zoo, file, torchvision or Python model: not trained here
+    title = (f"{record['model']} / {record['dataset']} / {defense}   {record['norm']} eps={record['eps']:.6g}"
              f"   n={record['n_examples']}   seed={record['seed']}"
              + (f"   protocol {', '.join(record['protocols'])}" if record.get("protocols") else ""))
     print(title)
@@ -217,6 +220,7 @@ def _copy(src, dst) -> None:
 
 def cmd_list(args) -> int:
     print("models:   " + ", ".join(MODELS.names()))
+    print("          also robustbench:<ModelID>, path/to/file.py:factory, torchvision:<name>")
     rows = [[n, DATASETS.get(n).default_eps["linf"], DATASETS.get(n).default_eps["l2"]] for n in DATASETS.names()]
     print("datasets: " + ", ".join(DATASETS.names()))
     print(tabulate(rows, headers=["dataset", "linf eps", "l2 eps"], tablefmt="github", floatfmt=".6g"))
