@@ -96,12 +96,34 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="karp-robust", description="Adversarial-robustness benchmarking for PyTorch.")
+    parser.add_argument("--version", action=VersionAction, help="print karp-robust's and torch's versions and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     add_evaluate(sub)
     add_train(sub)
     add_publishing(sub)
     sub.add_parser("list", help="registered models, datasets, attacks and defenses")
+    add_records(sub)
+    add_data(sub)
     return parser
+
+
+class VersionAction(argparse.Action):
+    """--version: karp-robust's and torch's versions from the installed metadata (torch is not imported)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from importlib.metadata import PackageNotFoundError, version
+
+        def installed(name: str) -> str:
+            try:
+                return version(name)
+            except PackageNotFoundError:
+                return "not installed"
+
+        print(f"karp-robust {installed('karp-robust')} (torch {installed('torch')})")
+        parser.exit()
 
 
 def add_evaluate(sub) -> None:
@@ -194,6 +216,32 @@ def add_publishing(sub) -> None:
     rep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rep.add_argument("--data-dir", type=Path, default=None)
     rep.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)
+
+
+def add_records(sub) -> None:
+    rec = sub.add_parser("records", help="list, show or export the stored evaluation records")
+    rec_sub = rec.add_subparsers(dest="action", required=True)
+    ls = rec_sub.add_parser("list", help="one line per record, oldest first")
+    ex = rec_sub.add_parser("export", help="every record (or the filtered ones) as CSV or JSON")
+    for p in (ls, ex):
+        p.add_argument("--model", default=None)
+        p.add_argument("--dataset", default=None)
+        p.add_argument("--defense", default=None)
+        p.add_argument("--attack", default=None, help="records that ran this attack")
+    show = rec_sub.add_parser("show", help="one record: configuration, numbers per attack, provenance, warnings")
+    show.add_argument("id", help="record id or a unique prefix of it")
+    show.add_argument("--json", action="store_true", help="print the stored record as one JSON object")
+    ex.add_argument("--format", required=True, choices=["csv", "json"],
+                    help="csv: one row per record without masks and indices; json: the full records")
+    ex.add_argument("--out", type=Path, default=None, metavar="FILE", help="write here (atomically) instead of stdout")
+
+
+def add_data(sub) -> None:
+    data = sub.add_parser("data", help="get a dataset onto disk")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    dl = data_sub.add_parser("download", help="download a torchvision dataset (offline: says which files to put where)")
+    dl.add_argument("dataset", help="mnist, fashion-mnist, cifar10, cifar100 or svhn")
+    dl.add_argument("--data-dir", type=Path, default=None, help="data directory (default $KARP_DATA_DIR or $KARP_HOME/data)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -231,8 +231,9 @@ def cmd_list(args) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustbench_karp import cli_publish
+    from robustbench_karp import cli_data, cli_publish, cli_records
 
     commands = {"evaluate": cmd_evaluate, "train": cmd_train, "list": cmd_list, "compare": cli_publish.cmd_compare,
-                "leaderboard": cli_publish.cmd_leaderboard, "reproduce": cli_publish.cmd_reproduce}
+                "leaderboard": cli_publish.cmd_leaderboard, "reproduce": cli_publish.cmd_reproduce,
+                "records": cli_records.cmd_records, "data": cli_data.cmd_data}
     return commands[args.command](args)
