@@ -28,18 +28,28 @@ def karp_home(tmp_path, monkeypatch) -> Path:
     return home
 
 
-def mnist_data_dir() -> Path | None:
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def mnist_data_dir() -> tuple[Path, list[str]]:
+    """(the MNIST data directory, the raw files missing from it)."""
     path = Path(os.environ.get("KARP_TEST_DATA", REPO.parent / "shared" / "data")).resolve()
-    return path if (path / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file() else None
+    return path, [name for name in MNIST_FILES if not (path / "MNIST" / "raw" / name).is_file()]
+
+
+def mnist_missing_message(path: Path, missing: list[str]) -> str:
+    where = "from KARP_TEST_DATA" if "KARP_TEST_DATA" in os.environ else "KARP_TEST_DATA unset: default ../shared/data"
+    return (f"real MNIST not found: {', '.join(missing)} missing from {path / 'MNIST' / 'raw'} ({where}); "
+            f"get them with `karp-robust data download mnist --data-dir {path}`")
 
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    path = mnist_data_dir()
-    if path is None:
+    path, missing = mnist_data_dir()
+    if missing:
         if os.environ.get("KARP_REQUIRE_TEST_DATA"):
-            pytest.fail("KARP_REQUIRE_TEST_DATA is set but MNIST is missing under KARP_TEST_DATA")
-        pytest.skip("real MNIST not found: set KARP_TEST_DATA to a directory holding MNIST/raw")
+            pytest.fail(f"KARP_REQUIRE_TEST_DATA is set but {mnist_missing_message(path, missing)}")
+        pytest.skip(mnist_missing_message(path, missing))
     return path
 
 

@@ -31,8 +31,12 @@ def golden_entries() -> list[dict]:
 
 
 def browser_missing() -> str | None:
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        return "headless Chromium not installed (apt-get install chromium chromium-driver)"
+    """What is missing for the browser test, named exactly; None when everything is there."""
+    packages = {CHROMIUM: "chromium", CHROMEDRIVER: "chromium-driver"}
+    absent = [path for path in (CHROMIUM, CHROMEDRIVER) if not path.is_file()]
+    if absent:
+        return (f"{' and '.join(str(p) for p in absent)} not found "
+                f"(apt-get install {' '.join(packages[p] for p in absent)})")
     if importlib.util.find_spec("selenium") is None:
         return "selenium not installed (pip install selenium)"
     return None
@@ -108,3 +112,11 @@ def test_page_rows_sorting_and_plots(browser, tmp_path):
     assert all(complete and width > 0 and alt for complete, width, alt in images)
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
+
+
+def test_skip_reason_names_the_missing_binary(monkeypatch, tmp_path):
+    monkeypatch.setitem(globals(), "CHROMEDRIVER", tmp_path / "chromedriver")
+    assert browser_missing() == f"{tmp_path / 'chromedriver'} not found (apt-get install chromium-driver)"
+    monkeypatch.setitem(globals(), "CHROMIUM", tmp_path / "chromium")
+    assert browser_missing() == (f"{tmp_path / 'chromium'} and {tmp_path / 'chromedriver'} not found "
+                                 "(apt-get install chromium chromium-driver)")

@@ -1,4 +1,4 @@
-"""`karp-robust records list/show/export`, `--version` and `data download`, on a temporary KARP_HOME.
+"""`karp-robust records list/show/export`, `--version` and `data download`, on a temporary KARP_HOME; the MNIST skip.
 
 The store holds two records made by real evaluations of a quickly trained digits smallcnn (given with
 --checkpoint, so nothing is trained through the CLI) and a third derived from the first: another model,
@@ -15,11 +15,10 @@ import pandas
 import pytest
 import torch
 import torchvision
+from conftest import MNIST_FILES, mnist_data_dir, mnist_missing_message
 
 from robustbench_karp.cli import main
 from robustbench_karp.store import ResultsStore
-
-MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +162,15 @@ def test_data_download_of_data_at_hand(mnist_dir, karp_home, capsys):
     assert main(["data", "download", "mnist", "--data-dir", str(mnist_dir)]) == 0  # already there: no network
     assert capsys.readouterr().out.strip() == f"mnist: ready under {mnist_dir} (train 60000, test 10000 images)"
     assert "unknown dataset 'mnist2'" in one_line_error(capsys, main(["data", "download", "mnist2"]))
+
+
+def test_mnist_skip_names_the_missing_files(tmp_path, monkeypatch):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(b"")
+    monkeypatch.setenv("KARP_TEST_DATA", str(tmp_path))
+    path, missing = mnist_data_dir()
+    assert path == tmp_path.resolve() and missing == [n for n in MNIST_FILES if n != "t10k-images-idx3-ubyte"]
+    message = mnist_missing_message(path, missing)
+    assert ", ".join(missing) in message and str(raw.resolve()) in message
+    assert f"karp-robust data download mnist --data-dir {path}" in message
