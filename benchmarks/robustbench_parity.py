@@ -55,8 +55,8 @@ PARITY_IDS = [
     ("cifar10", "Linf", "Sehwag2021Proxy_R18", (4, 3, 32, 32)),  # resnet basic (ResNet-18)
     ("cifar10", "L2", "Engstrom2019Robustness", (2, 3, 32, 32)),  # resnet bottleneck (ResNet-50), mu/sigma
     ("imagenet", "Linf", "Standard_R50", (1, 3, 224, 224)),  # torchvision resnet50
-    ("imagenet", "Linf", "Salman2020Do_50_2", (1, 3, 224, 224)),  # torchvision wide_resnet50_2
-    ("imagenet", "Linf", "Chen2024Data_WRN_50_2", (1, 3, 128, 128)),  # resnet50 width 128, raw pixels
+    ("imagenet", "Linf", "Salman2020Do_50_2", (1, 3, 128, 128)),  # torchvision wide_resnet50_2 (any size: adaptive pool)
+    ("imagenet", "Linf", "Chen2024Data_WRN_50_2", (1, 3, 64, 64)),  # resnet50 width 128, raw pixels
 ]
 INPUT_SEED = 0
 
@@ -155,7 +155,10 @@ def main() -> None:
     commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     about = {"robustbench_commit": commit or None, "torch": torch.__version__, "torchvision": torchvision.__version__,
              "script": "benchmarks/robustbench_parity.py", "skipped": skipped}
-    args.out.write_text(json.dumps({"_about": about, "layouts": layouts, "logits": logits}, indent=1) + "\n")
+    sections = {"_about": about, "layouts": layouts, "logits": logits}
+    args.out.write_text("{\n" + ",\n".join(  # one line per ID, so a regeneration diffs ID by ID
+        f" {json.dumps(name)}: {{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in items.items()) + "\n }"
+        for name, items in sections.items()) + "\n}\n")
     print(f"{len(layouts)} layouts, {len(logits)} logit sets, {len(skipped)} skipped -> {args.out}")
 
 

@@ -163,6 +163,7 @@ def test_lookup_and_checkpoint_location():
     assert (entry.family, entry.mean, entry.std) == ("preact_resnet", CIFAR10_MEAN, CIFAR10_STD)
     assert lookup("Carmon2019Unlabeled", "cifar10", "linf").mean is None  # RobustBench feeds it raw pixels
     assert checkpoint_location(Path("/models"), entry) == Path("/models/cifar10/Linf/Wong2020Fast.pt")
+    assert entry == lookup("Wong2020Fast", "cifar10", "linf") and len({entry, lookup("Wong2020Fast", "cifar10", "linf")}) == 1
     entry.options["num_blocks"].append(9)  # a caller's mutation does not reach the table
     assert lookup("Wong2020Fast", "cifar10", "linf").options["num_blocks"] == [2, 2, 2, 2]
 

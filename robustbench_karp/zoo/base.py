@@ -32,6 +32,9 @@ class ZooEntry:
     preprocessing: str | None = None  # RobustBench's ImageNet preprocessing name, e.g. "Res256Crop224"
     source: str | None = None  # where RobustBench gets the weights: "gdrive:<id>" or "torchvision:<weights>"
 
+    def __hash__(self) -> int:  # options is a dict; equal entries share these three fields anyway
+        return hash((self.model_id, self.dataset, self.threat))
+
 
 @dataclass(frozen=True)
 class Family:
