@@ -9,10 +9,14 @@ import sys
 from dataclasses import asdict
 
 from tabulate import tabulate
-from tqdm import tqdm
 
 from robustbench_karp.attacks import ATTACKS, build_attack
 from robustbench_karp.attacks.torchattacks_adapter import torchattacks_names
+from robustbench_karp.cli_progress import (
+    EvalProgress,
+    TqdmTraining,
+    tqdm_progress,  # noqa: F401 (cli.main draws library progress with it)
+)
 from robustbench_karp.data import DATASETS, DataUnavailable
 from robustbench_karp.defenses import DEFENSES
 from robustbench_karp.models import MODELS
@@ -34,51 +38,6 @@ def describe_error(e: Exception) -> tuple[int, str]:
     if isinstance(e, (UnknownName, ValueError, CheckpointError, DataUnavailable, ResumeError, FileNotFoundError)):
         return EXIT_USAGE, str(e).replace("\n", " ")
     return EXIT_FAILED, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-
-
-def tqdm_progress(iterable, *, total=None, desc=""):
-    """The CLI's renderer for robustbench_karp.progress: a tqdm bar on stderr (none when not a TTY)."""
-    return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, disable=None)
-
-
-class TqdmTraining:
-    """Progress bar per epoch with running loss and accuracy; one summary line per epoch."""
-
-    def __init__(self):
-        self.bar = None
-
-    def on_step(self, epoch, step, steps, loss, accuracy):
-        if self.bar is None:
-            self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", unit="batch", file=sys.stderr, leave=False, disable=None)
-        self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}")
-
-    def on_epoch(self, metrics):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
-        tqdm.write(shown, file=sys.stderr)
-
-
-class EvalProgress:
-    """A progress bar over the test points being evaluated."""
-
-    def __init__(self):
-        self.bar = None
-
-    def start(self, n: int) -> None:
-        self.bar = tqdm(total=n, desc="evaluating", unit="img", file=sys.stderr, leave=False, disable=None)
-
-    def update(self, k: int) -> None:
-        self.bar.update(k)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def parse_attacks(args) -> list:

@@ -68,12 +68,27 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def current_umask() -> int:
+    """The process umask. os.umask can only be read by setting it, so it is set back at once
+    (to a common mask meanwhile, should another thread create a file in between)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write) -> None:
-    """write(fileobj) into a temporary file next to path, then rename it over path."""
+    """write(fileobj) into a temporary file next to path, then rename it over path.
+
+    The file gets the mode open() would give it (0644 under umask 022), not mkstemp's 0600: a
+    published site must be readable by a web server running as another user. Directories are
+    made as mkdir makes them (0755 under umask 022).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX; Windows files have no such modes
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
