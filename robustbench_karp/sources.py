@@ -211,6 +211,9 @@ def _load_robustbench(source: ModelSource, spec: DatasetSpec, norm: str, checkpo
     from robustbench_karp.store import karp_home
 
     entry = zoo.lookup(source.target, spec.name, norm)
+    if entry.preprocessing not in (None, "Res256Crop224"):  # the only ImageNet preprocessing our loader does
+        raise zoo.ZooError(f"{entry.model_id} needs RobustBench's {entry.preprocessing} preprocessing; karp-robust's "
+                           f"{spec.name} loader does Res256Crop224 only")
     if checkpoint is None:
         root = robustbench_dir or karp_home() / "robustbench"
         checkpoint = zoo.checkpoint_location(root, entry)

@@ -209,3 +209,107 @@ def test_targeted_dlr_attacks_need_four_classes():
     for attack in ("apgd-t", "autoattack"):
         with pytest.raises(ValueError, match="at least 4 classes.*this one has 3"):
             evaluate(model, x, y, attacks=[attack], eps=0.1, device="cpu")
+
+
+# --- RobustBench zoo models through the CLI --------------------------------------------------------
+
+@pytest.fixture
+def tiny_cifar10(tmp_path, monkeypatch) -> Path:
+    """Four CIFAR-10 test images in the real pickle format (torchvision reads them; md5 checks skipped)."""
+    import pickle
+
+    import numpy as np
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    base = tmp_path / "data" / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (4, 3 * 32 * 32), dtype=np.uint8), "labels": [3, 1, 4, 1]}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    return tmp_path / "data"
+
+
+def robustbench_download(tmp_path, model_id="Wong2020Fast") -> Path:
+    """A checkpoint as RobustBench ships Wong2020Fast: {"state_dict": {"module.<key>"}}, with its mu/sigma buffers."""
+    from robustbench_karp import zoo
+
+    entry = zoo.lookup(model_id, "cifar10", "linf")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        state = zoo.build_backbone(entry).state_dict()
+    state = {"module." + k: v for k, v in state.items()}
+    state["module.mu"] = torch.tensor(entry.mean).view(1, 3, 1, 1)
+    state["module.sigma"] = torch.tensor(entry.std).view(1, 3, 1, 1)
+    path = tmp_path / f"{model_id}.pt"
+    torch.save({"state_dict": state}, path)
+    return path
+
+
+def zoo_args(data, *extra):
+    return ["evaluate", "--model", "robustbench:Wong2020Fast", "--dataset", "cifar10", "--data-dir", str(data),
+            "--n-examples", "4", "--attack", "fgsm", "--json", *extra]
+
+
+def test_robustbench_checkpoint_and_plain_state_dict_give_one_record_id(karp_home, tiny_cifar10, tmp_path, capsys):
+    from robustbench_karp import zoo
+
+    download = robustbench_download(tmp_path)
+    assert main(zoo_args(tiny_cifar10, "--checkpoint", str(download))) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["model"] == "robustbench:Wong2020Fast"
+    assert record["config"]["source"] == {"kind": "robustbench", "id": "Wong2020Fast", "threat": "Linf",
+                                          "family": "preact_resnet",
+                                          "normalization": {"mean": [0.4914, 0.4822, 0.4465],
+                                                            "std": [0.2471, 0.2435, 0.2616]}}
+
+    # The same weights as a plain state_dict (no 'module.', no mu/sigma), found in RobustBench's own layout.
+    entry = zoo.lookup("Wong2020Fast", "cifar10", "linf")
+    plain = zoo.convert_state_dict(entry, torch.load(download, weights_only=True))
+    rb_dir = tmp_path / "rb"
+    target = zoo.checkpoint_location(rb_dir, entry)
+    assert target == rb_dir / "cifar10" / "Linf" / "Wong2020Fast.pt"
+    target.parent.mkdir(parents=True)
+    torch.save(plain, target)
+    assert main(zoo_args(tiny_cifar10, "--robustbench-dir", str(rb_dir))) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["id"] == record["id"] and again["checkpoint_sha256"] != record["checkpoint_sha256"]
+    assert again["robust_mask"] == record["robust_mask"]
+
+    # The zoo model's logits are its backbone's on normalized input: the Normalize in front is the zoo's.
+    from robustbench_karp.harness import EvalRequest, prepare
+
+    model, _, _ = prepare(EvalRequest(model="robustbench:Wong2020Fast", dataset="cifar10", checkpoint=str(download),
+                                      device="cpu"))
+    backbone = zoo.build_backbone(entry).eval()
+    backbone.load_state_dict(plain)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(entry.mean).view(1, 3, 1, 1), torch.tensor(entry.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(model(x), backbone((x - mean) / std), atol=1e-5)
+
+
+@pytest.mark.parametrize("model,extra,message", [
+    ("robustbench:Carmon2019Unlabeledd", [], "did you mean Carmon2019Unlabeled"),
+    ("robustbench:Carmon2019Unlabeled", ["--norm", "l2"], "is a cifar10 Linf model, not L2; use --norm linf"),
+    ("robustbench:Wong2020Fast", [], "no weights for Wong2020Fast: put RobustBench's Wong2020Fast.pt at"),
+    ("robustbench:Wong2020Fast", ["--normalize", "none"], "--normalize does not apply to RobustBench models"),
+    ("robustbench:Wong2020Fast", ["--defense", "trades"], "comes with its own weights"),
+])
+def test_bad_zoo_requests_exit_2_writing_nothing(karp_home, tiny_cifar10, capsys, model, extra, message):
+    code = main(["evaluate", "--model", model, "--dataset", "cifar10", "--data-dir", str(tiny_cifar10), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert ResultsStore().records() == []
+
+
+def test_a_zoo_checkpoint_with_other_normalization_is_refused(karp_home, tiny_cifar10, tmp_path, capsys):
+    download = robustbench_download(tmp_path)
+    payload = torch.load(download, weights_only=True)
+    payload["state_dict"]["module.mu"] = torch.zeros(1, 3, 1, 1)
+    torch.save(payload, download)
+    assert main(zoo_args(tiny_cifar10, "--checkpoint", str(download))) == 2
+    assert "differs from the table's mean" in capsys.readouterr().err
