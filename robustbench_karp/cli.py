@@ -191,7 +191,7 @@ def add_publishing(sub) -> None:
     cmp.add_argument("--batch-size", type=positive_int, default=500)
     cmp.add_argument("--protocol", default=None, metavar="NAME", help="also run this protocol (e.g. standard) per defense")
 
-    lb = sub.add_parser("leaderboard", help="render or publish the leaderboard, or import an external result")
+    lb = sub.add_parser("leaderboard", help="render or publish the leaderboard, import or export RobustBench results")
     lb_sub = lb.add_subparsers(dest="action", required=True)
     for action, text in [("build", "render the store into the repository's leaderboard/"),
                          ("publish", "render the same site into --out DIR")]:
@@ -203,8 +203,17 @@ def add_publishing(sub) -> None:
         p.add_argument("--merge", action="store_true",
                        help="keep the entries already published there that this store has no records for "
                             "(a site built from several stores); the store's records replace the rest")
-    ext = lb_sub.add_parser("add-external", help="import a RobustBench model_info JSON as an external entry")
-    ext.add_argument("file", type=Path)
+    ext = lb_sub.add_parser("add-external", help="import RobustBench model_info JSON files as external entries")
+    ext.add_argument("files", type=Path, nargs="+", metavar="FILE",
+                     help="model_info/<dataset>/<Linf|L2>/<model id>.json (a re-import replaces the entry's row)")
+    ext.add_argument("--dataset", default=None, help="the board's dataset, for a file outside that layout")
+    ext.add_argument("--norm", default=None, choices=["linf", "l2"], help="the board's norm, for a file outside it")
+    exp = lb_sub.add_parser("export", help="write an entry as a RobustBench model_info JSON, to submit it")
+    exp.add_argument("id", help="entry id (from the store, or from leaderboard/entries/*.json)")
+    exp.add_argument("--format", default="robustbench", choices=["robustbench"])
+    exp.add_argument("--out", type=Path, default=None, help="write the JSON here (default: print it)")
+    exp.add_argument("--site", type=Path, default=None, help="published leaderboard directory to look in "
+                                                              "(default: the repository's leaderboard/)")
 
     rep = sub.add_parser("reproduce", help="re-run a record from its configuration and compare every number")
     rep.add_argument("id", help="record id or entry id (from the store, or from leaderboard/entries/*.json)")

@@ -1,10 +1,11 @@
-"""`karp-robust compare`, `leaderboard build|publish|add-external` and `reproduce`: the CLI's publishing side.
+"""`karp-robust compare`, `leaderboard build|publish|add-external|export` and `reproduce`: the CLI's publishing side.
 
 Like commands.py, this is CLI code: it prints; the library it calls does not.
 """
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
 import sys
@@ -14,8 +15,9 @@ from tabulate import tabulate
 
 from robustbench_karp.attacks import ATTACKS, build_attack
 from robustbench_karp.checks import entry_flags
+from robustbench_karp.cli_progress import EvalProgress, TqdmTraining
 from robustbench_karp.defenses import DEFENSES
-from robustbench_karp.store import ResultsStore, resolve_path
+from robustbench_karp.store import ResultsStore, atomic_write_text, resolve_path
 
 
 def _exists(path: str) -> bool:
@@ -47,7 +49,6 @@ def parse_compare_options(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def cmd_compare(args) -> int:
-    from robustbench_karp.commands import EvalProgress, TqdmTraining
     from robustbench_karp.harness import EvalRequest, plan_evaluation, prepare, run_evaluation
 
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
@@ -110,25 +111,81 @@ def _default_leaderboard_dir() -> Path | None:
 
 
 def cmd_leaderboard(args) -> int:
-    from robustbench_karp.leaderboard import import_robustbench, load_published, merge_entries, render_site
+    actions = {"add-external": _add_external, "export": _export, "build": _build, "publish": _build}
+    return actions[args.action](args)
 
-    if args.action == "add-external":
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (a RobustBench model_info file)")
+    return data
+
+
+def _add_external(args) -> int:
+    """Import RobustBench model_info files; all are checked before any is stored."""
+    from robustbench_karp.leaderboard_html import eps_label
+    from robustbench_karp.leaderboard_import import import_robustbench
+
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    records = []
+    for path in args.files:
+        data = _read_json(path)
         try:
-            data = json.loads(Path(args.file).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"{args.file} does not exist") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{args.file} is not valid JSON ({e.msg} at line {e.lineno})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{args.file}: expected a JSON object (a RobustBench model_info file)")
-        record = import_robustbench(data, source=str(args.file))
-        ResultsStore().append(record)
-        print(f"imported external entry {record['id']} ({record['model']} / {record['defense']}, "
-              f"clean {record['clean_accuracy']:.4f}, AutoAttack {record['robust_accuracy']:.4f})")
-        return 0
+            records.append(import_robustbench(data, source=str(path), dataset=args.dataset, norm=args.norm,
+                                              imported_utc=now))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    store = ResultsStore()
+    for record in records:
+        store.append(record)
+        print(f"imported external entry {record['model_id']} ({record['dataset']} {record['norm']} "
+              f"eps {eps_label(record['eps'])}: clean {record['clean_accuracy']:.4f}, robust "
+              f"{record['robust_accuracy']:.4f} from {record['robust_source']})")
+        for warning in record["warnings"]:
+            print(f"warning: {record['model_id']}: {warning}", file=sys.stderr)
+    return 0
+
+
+def _find_entry(entry_id: str, site: Path | None) -> dict:
+    """The entry of this id built from the store, else the one published in site."""
+    from robustbench_karp.leaderboard import load_published
+
+    entries = _entries_with_flags(ResultsStore().records())
+    entries += load_published(site) if site is not None else []
+    for entry in entries:
+        if entry["entry_id"] == entry_id:
+            return entry
+    raise ValueError(f"unknown entry id {entry_id!r} (looked in the store and in {site or 'no site'}); "
+                     f"closest: {_closest(entry_id, sorted({e['entry_id'] for e in entries}))}")
+
+
+def _export(args) -> int:
+    from robustbench_karp.leaderboard_export import export_robustbench
+
+    info, where = export_robustbench(_find_entry(args.id, args.site or _default_leaderboard_dir()))
+    text = json.dumps(info, indent=2) + "\n"
+    if args.out is None:
+        print(text, end="")
+    else:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    print(f"submit it to RobustBench as {where}", file=sys.stderr)
+    return 0
+
+
+def _build(args) -> int:
+    from robustbench_karp.leaderboard import load_published, merge_entries, render_site
+
     out = args.out or _default_leaderboard_dir()
     if out is None:
         raise ValueError("not in a source checkout: pass --out DIR")
+
     def asked(r: dict) -> bool:
         return ((args.dataset is None or r["dataset"] == args.dataset) and (args.norm is None or r["norm"] == args.norm)
                 and (args.eps is None or any(abs(float(r["eps"]) - e) < 1e-9 for e in args.eps)))

@@ -37,9 +37,10 @@ ENTRY_SCHEMA = 2
 REQUIRED_FIELDS = ("id", "model", "dataset", "defense", "norm", "eps", "clean_accuracy", "robust_accuracy")
 BULKY_FIELDS = ("indices",)  # kept out of the published provenance (the first n test points; masks stay, for reproduce)
 Z95 = 1.959964
-CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "status", "protocols", "model", "defense", "training",
-               "weights", "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low", "robust_ci_high",
-               "n", "attacks", "seeds", "flags", "reproducible", "external", "record_ids"]
+CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "status", "protocols", "model", "model_id", "defense",
+               "training", "weights", "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low",
+               "robust_ci_high", "robust_source", "n", "attacks", "seeds", "flags", "reproducible", "external", "link", "venue",
+               "additional_data", "forward_passes", "record_ids"]
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -72,7 +73,13 @@ def _check_record(record: dict[str, Any]) -> None:
 
 
 def record_weights(record: dict[str, Any]) -> str | None:
-    """The weights identity of a record's model: the canonical state_dict hash, else (older records) the file's."""
+    """The weights identity of a record's model: the canonical state_dict hash, else (older records) the file's.
+
+    An imported record names its model by the tool's model id ('robustbench:Carmon2019Unlabeled'): two
+    models with the same architecture and paper are two entries.
+    """
+    if record.get("source") == "external" and record.get("model_id"):
+        return f"{record.get('tool') or 'external'}:{record['model_id']}"
     if record.get("weights_sha256"):
         return record["weights_sha256"]
     return f"file:{record['checkpoint_sha256']}" if record.get("checkpoint_sha256") else None
@@ -227,6 +234,7 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exi
     if left_out:
         notes.append(f"worst case over the {len(chosen)} record(s) on the largest common set of {n} test points; "
                      f"left out (other test points): {', '.join(r['id'] for r in left_out)}")
+    notes += list(dict.fromkeys(note for r in chosen for note in r.get("notes") or []))  # an import's eps footnote
     masked = bool(chosen[0].get("robust_mask"))
     reproducibility = _reproducibility(chosen, checkpoint_exists)
     protocols = entry_protocols(chosen, fields["defense_config"])
@@ -245,6 +253,7 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exi
         "flags": sorted({str(w) for r in records for w in r.get("warnings") or []}),
         "external": reproducibility == "external", "tool": next((r.get("tool") for r in chosen if r.get("tool")), None),
         "reproducible": reproducibility == "yes", "reproducibility": reproducibility, "notes": notes,
+        **{field: chosen[0].get(field) for field in ABOUT_FIELDS},
         "records": [{k: v for k, v in r.items() if k not in BULKY_FIELDS} for r in records],
     }
 
@@ -254,6 +263,8 @@ def entry_protocols(chosen: list[dict[str, Any]], defense: dict[str, Any] | None
     return satisfied([c for r in chosen for c in r.get("attacks") or [] if isinstance(c, dict)], defense)
 
 
+# What an imported record says about its model, shown beside it; None for our own entries.
+ABOUT_FIELDS = ("model_id", "link", "venue", "additional_data", "forward_passes", "robust_source")
 TIERS = {"ranked": 0, "external": 1, "partial": 2}
 
 
@@ -266,7 +277,7 @@ def _rank_key(entry: dict[str, Any]) -> tuple:
 def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> list[dict[str, Any]]:
     """Leaderboard entries, one per (model, dataset, defense and its options, weights, norm, eps), ranked.
 
-    Within a group the newest record of each id counts (records are immutable; a re-run is newer).
+    The newest record of each id counts (records are immutable; a re-run, or a re-import, is newer).
     A missing checkpoint makes an entry not reproducible; it is never dropped. An entry whose
     records cover an evaluation protocol (protocols.py) is ranked; the others are partial
     evaluations, whose robust accuracy is an upper bound, listed below the ranked ones.
@@ -275,16 +286,18 @@ def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[st
         records: evaluation records (harness.run_evaluation) and imported external ones.
         checkpoint_exists: whether a record's checkpoint path still exists (injected: this stays pure).
     """
-    groups: dict[str, dict[str, dict[str, Any]]] = {}
-    fields: dict[str, dict[str, Any]] = {}
+    newest: dict[str, dict[str, Any]] = {}
     for record in records:
         _check_record(record)
-        key = _group_key(record)
-        fields[key] = _group_fields(record)
-        newest = groups.setdefault(key, {})
         old = newest.get(record["id"])
         if old is None or _age(record) >= _age(old):
             newest[record["id"]] = record
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    fields: dict[str, dict[str, Any]] = {}
+    for record in newest.values():  # grouped after the newest is chosen: a re-import with a new name moves its row
+        key = _group_key(record)
+        fields[key] = _group_fields(record)
+        groups.setdefault(key, {})[record["id"]] = record
     entries = [_entry(fields[key], list(by_id.values()), checkpoint_exists) for key, by_id in groups.items()]
     return sorted(entries, key=_rank_key)
 
@@ -293,16 +306,15 @@ def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tup
     """Robustness curves: (dataset, norm, label) -> [(eps, robust accuracy)] sorted by eps; one per checkpoint.
 
     eps = 0 entries are the clean points. A checkpoint evaluated at a single eps is no curve and is
-    left out, unless its (model, defense) has no curve at all. The label is "model / defense", with
-    the training and seed added where two curves would share it.
+    left out (an imported board of single-eps entries draws nothing). The label is "model / defense",
+    with the training and seed added where two curves would share it.
     """
     series: dict[tuple, list[tuple[float, float]]] = {}
     for e in entries:
         key = (e["dataset"], e["norm"], e["model"], e["defense"], e.get("training", ""), tuple(e["seeds"]),
                e.get("weights") or e["entry_id"])
         series.setdefault(key, []).append((e["eps"], e["robust_accuracy"]))
-    has_curve = {k[:4] for k, points in series.items() if len(points) > 1}
-    kept = {k: sorted(points) for k, points in series.items() if len(points) > 1 or k[:4] not in has_curve}
+    kept = {k: sorted(points) for k, points in series.items() if len(points) > 1}
     short = {k: f"{k[2]} / {k[3]}" for k in kept}
     shared = {label for label in short.values() if list(short.values()).count(label) > 1}
     out: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
@@ -323,7 +335,11 @@ INTRO = [
     "Re-run a row with `karp-robust reproduce <record or entry id>`, from a clone of this repository: it re-runs the "
     "stored evaluation config and compares every number and mask; each entry's record ids are in `entries/<entry id>.json`.",
     "Robust accuracy is the per-example worst case over every attack run on the entry, never the best attack; "
-    "brackets are 95% Wilson intervals. A flag is a warning from the sanity checks (e.g. gradient masking).",
+    "brackets are 95% Wilson intervals. A flag is a warning from the sanity checks (e.g. gradient masking), shown as "
+    "a short code (F1, F2, ...) spelled out under its table.",
+    "Imported RobustBench entries are external: their model id, paper, venue, extra training data and forward passes "
+    "come from RobustBench's `model_info`, and their robust accuracy is the lower of its AutoAttack and best-known "
+    "(`external`) figures, as RobustBench ranks them.",
     "Only entries whose records cover an evaluation protocol (`standard/1`: AutoAttack standard, plus the defense's "
     "adaptive attacks) on the same test points are ranked; partial evaluations sit in their own table, unranked: "
     "their robust accuracy is an upper bound.",
@@ -337,9 +353,12 @@ def _md_cell(text: str) -> str:
 def render_markdown(tables: list[dict[str, Any]], figures: list[tuple[str, str, bytes]]) -> str:
     lines = ["# karp-robust leaderboard", ""] + [f"- {line}" for line in INTRO]
     for board in tables:
-        rows = [[_md_cell(text) for text, _ in row["cells"]] for row in board["rows"]]
+        rows = [[_md_cell(f"[{text}]({row['link']})" if name == "defense" and row["link"] else text)
+                 for (text, _), (name, _) in zip(row["cells"], COLUMNS)] for row in board["rows"]]
         table = tabulate(rows, headers=[name for name, _ in COLUMNS], tablefmt="github", disable_numparse=True)
         lines += ["", f"## {board['title']}", "", f"`{board['command']}`", "", table, "", board["separation"]]
+        if board["legend"]:
+            lines += [""] + [f"- {_md_cell(code)}: {_md_cell(text)}" for code, text in board["legend"]]
         if board["notes"]:
             lines += [""] + [f"- Note {_md_cell(note)}" for note in board["notes"]]
     lines += ["", "## Robustness curves", ""] + [f"![{alt}]({path})" for path, alt, _ in figures]
@@ -351,7 +370,8 @@ def render_csv(entries: list[dict[str, Any]]) -> str:
              "clean_ci_low": e["clean_ci"][0], "clean_ci_high": e["clean_ci"][1],
              "robust_ci_low": e["robust_ci"][0], "robust_ci_high": e["robust_ci"][1],
              "attacks": "; ".join(e["attacks"]), "seeds": "; ".join(map(str, e["seeds"])), "flags": "; ".join(e["flags"]),
-             "reproducible": e["reproducibility"], "record_ids": "; ".join(e["record_ids"])}
+             "reproducible": e["reproducibility"], "record_ids": "; ".join(e["record_ids"]),
+             "forward_passes": str(e["forward_passes"]) if e.get("forward_passes") else None}  # not 1.000000
             for e in sorted(entries, key=_rank_key)]
     return pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(index=False, float_format="%.6f", lineterminator="\n")
 

@@ -19,15 +19,27 @@ from robustbench_karp.leaderboard import build_entries, import_robustbench, rend
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 GOLDEN = Path(__file__).parent / "golden"
+KANG = Path(__file__).parent / "data" / "robustbench_model_info" / "cifar10" / "Linf" / "Kang2021Stable.json"
+AUTOATTACK = {"name": "autoattack", "steps": 100, "square_queries": 5000}
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"]
 
 
 def golden_entries() -> list[dict]:
     fixture = json.loads((GOLDEN / "records.json").read_text())
-    external = import_robustbench(fixture["robustbench_model_info"], fixture["robustbench_source"])
+    external = [import_robustbench(fixture["robustbench_model_info"], fixture["robustbench_source"]),
+                import_robustbench(json.loads(KANG.read_text()), "model_info/cifar10/Linf/Kang2021Stable.json")]
     existing = set(fixture["existing_checkpoints"])
-    return build_entries(fixture["records"] + [external], checkpoint_exists=existing.__contains__)
+    return build_entries(fixture["records"] + external, checkpoint_exists=existing.__contains__)
+
+
+def with_a_protocol_entry(entries: list[dict]) -> list[dict]:
+    """The golden entries plus one on mnist linf 0.3 that ran AutoAttack: that board splits into two tables."""
+    fixture = json.loads((GOLDEN / "records.json").read_text())
+    base = next(r for r in fixture["records"] if r["defense"] == "standard" and r["eps"] == 0.3)
+    record = {**base, "id": "d" * 16, "model": "protocol-model", "attacks": [AUTOATTACK], "attack_order": ["autoattack"],
+              "per_attack": {"autoattack": base["robust_accuracy"]}, "warnings": []}
+    return build_entries([record], checkpoint_exists=lambda p: True) + entries
 
 
 def browser_missing() -> str | None:
@@ -75,7 +87,7 @@ def column_order(table, column_class: str) -> tuple[list[str], list[float]]:
 def test_page_rows_sorting_and_plots(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    entries = golden_entries()
+    entries = with_a_protocol_entry(golden_entries())
     render_site(entries, tmp_path / "site")
     browser.get((tmp_path / "site" / "index.html").as_uri())
 
@@ -83,14 +95,17 @@ def test_page_rows_sorting_and_plots(browser, tmp_path):
     assert len(rows) == len(entries)
     assert sorted(r.get_attribute("data-entry-id") for r in rows) == sorted(e["entry_id"] for e in entries)
     flagged = browser.find_elements(By.CSS_SELECTOR, "tr.flagged")
-    assert [r.get_attribute("data-entry-id") for r in flagged] == [e["entry_id"] for e in entries if e["flags"]]
+    assert sorted(r.get_attribute("data-entry-id") for r in flagged) == sorted(e["entry_id"] for e in entries if e["flags"])
 
-    # mnist linf 0.3: no golden record ran the protocol, so the board is one table of partial evaluations,
+    # mnist linf 0.3 is split: the entry that ran the protocol, ranked, then the partial evaluations,
     # unranked ('–'), in order of their upper bounds: pgd_at (n=100), trades (n=20), standard (n=20).
-    assert browser.find_elements(By.ID, "table-mnist-linf-0-3") == []
+    protocol = browser.find_element(By.ID, "table-mnist-linf-0-3")
     table = browser.find_element(By.ID, "table-mnist-linf-0-3-partial")
+    assert [td.text for td in protocol.find_elements(By.CSS_SELECTOR, "td.rank")] == ["1"]
+    assert protocol.find_element(By.CSS_SELECTOR, "td.model").text == "protocol-model"
+    assert browser.execute_script("return arguments[0].compareDocumentPosition(arguments[1]) & 4;", protocol, table)
     assert {td.text for td in table.find_elements(By.CSS_SELECTOR, "td.rank")} == {"–"}
-    ranked = [e["entry_id"] for e in entries if e["dataset"] == "mnist" and e["eps"] == 0.3]
+    ranked = [e["entry_id"] for e in entries if e["dataset"] == "mnist" and e["eps"] == 0.3 and e["status"] == "partial"]
     assert column_order(table, "n") == (ranked, [100, 20, 20])
     header = table.find_element(By.XPATH, ".//th[normalize-space()='n']")
     header.click()  # numeric, ascending: 20 < 100 (as text "100" would come first); ties keep rank order
@@ -106,9 +121,13 @@ def test_page_rows_sorting_and_plots(browser, tmp_path):
     clean.click()
     assert column_order(table, "clean-95-ci")[1] == [0.95, 0.9, 0.85]
 
+    passes = table.find_element(By.XPATH, ".//th[normalize-space()='forward passes']")
+    passes.click()  # every value unknown ('-'): sorting keeps the rows, and throws nothing
+    assert column_order(table, "n")[1] == [100, 20, 20]
+
     images = browser.execute_script(
         "return Array.from(document.images).map(function (i) { return [i.complete, i.naturalWidth, i.alt]; });")
-    assert len(images) == 2
+    assert len(images) == 1  # cifar10's entries have one eps each: only mnist draws curves
     assert all(complete and width > 0 and alt for complete, width, alt in images)
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert errors == []
@@ -120,3 +139,25 @@ def test_skip_reason_names_the_missing_binary(monkeypatch, tmp_path):
     monkeypatch.setitem(globals(), "CHROMIUM", tmp_path / "chromium")
     assert browser_missing() == (f"{tmp_path / 'chromium'} and {tmp_path / 'chromedriver'} not found "
                                  "(apt-get install chromium chromium-driver)")
+
+
+def test_flag_codes_legend_and_paper_links(browser, tmp_path):
+    """Long flags show as short codes, spelled out in the legend under the table and as a tooltip."""
+    from selenium.webdriver.common.by import By
+
+    render_site(golden_entries(), tmp_path / "site")
+    browser.get((tmp_path / "site" / "index.html").as_uri())
+    section = browser.find_element(By.ID, "board-cifar10-linf-8-255")
+    kang = section.find_element(By.CSS_SELECTOR, "tbody tr")  # ranked first by its best-known 64.20%
+    assert kang.find_element(By.CSS_SELECTOR, "td.model").text == "Kang2021Stable (WideResNet-70-16, Neural ODE block)"
+    flags = kang.find_element(By.CSS_SELECTOR, "td.flags")
+    assert (flags.text, flags.get_attribute("title")) == ("\u26a0 F1", "robustbench marks this evaluation unreliable")
+    assert kang.find_element(By.CSS_SELECTOR, "td.robust-worst-case-95-ci").text.endswith("\u2020")
+    link = kang.find_element(By.CSS_SELECTOR, "td.defense a")
+    assert link.get_attribute("href") == "https://arxiv.org/abs/2110.12976" and "NeurIPS 2021" in link.text
+    legend = [li.text for li in section.find_elements(By.CSS_SELECTOR, "ul.legend li")]
+    assert legend[0] == "F1: robustbench marks this evaluation unreliable" and legend[1].startswith("\u2020: best known")
+    assert all(li.is_displayed() for li in section.find_elements(By.CSS_SELECTOR, "ul.legend li"))
+    masking = browser.find_element(By.ID, "board-mnist-linf-0-3-partial")
+    assert [li.text for li in masking.find_elements(By.CSS_SELECTOR, "ul.legend li")] == [
+        "F2: gradient masking suspected: black-box square beats white-box pgd on 2 points"]

@@ -1,7 +1,8 @@
-"""compare, leaderboard build/publish/add-external and reproduce, through the CLI."""
+"""compare, leaderboard build/publish/add-external/export and reproduce, through the CLI."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,7 +97,8 @@ def test_leaderboard_publish_and_not_reproducible_entries(home, tmp_path, capsys
     assert "no: checkpoint missing" in next(r for r in rows if "fgsm-at" in r)
     assert "yes" in next(r for r in rows if "standard" in r)
     assert len(list((out / "entries").glob("*.json"))) == 2 and (out / "results.csv").is_file()
-    assert "<table" in (out / "index.html").read_text() and list((out / "curves").glob("*.png"))
+    assert "<table" in (out / "index.html").read_text()
+    assert not list((out / "curves").glob("*.png"))  # each model at one eps: no curve to draw
 
 
 def test_leaderboard_with_no_entries_is_a_clear_error(tmp_path, monkeypatch, capsys):
@@ -243,3 +245,77 @@ def test_a_build_limited_to_some_boards_keeps_every_other_board(home, tmp_path, 
     assert sorted(p.name for p in (site / "entries").glob("*.json")) == before  # the digits boards were not asked
     assert main(["leaderboard", "build", "--out", str(site), "--dataset", "digits"]) == 0
     assert sorted(p.name for p in (site / "entries").glob("*.json")) == before
+
+
+MODEL_INFO_DIR = Path(__file__).parent / "data" / "robustbench_model_info"
+
+
+def test_add_external_imports_many_and_a_reimport_replaces_the_row(karp_home, tmp_path, capsys):
+    files = [str(MODEL_INFO_DIR / "cifar10" / "Linf" / f"{name}.json")
+             for name in ("Gowal2020Uncovering_70_16", "Gowal2020Uncovering_70_16_extra", "Kang2021Stable")]
+    assert main(["leaderboard", "add-external", *files]) == 0
+    out = capsys.readouterr().out
+    assert "Kang2021Stable (cifar10 linf eps 8/255: clean 0.9373, robust 0.6420 from external)" in out
+    assert main(["leaderboard", "add-external", files[0]]) == 0  # again: the same row, not a second one
+    site = tmp_path / "site"
+    assert main(["leaderboard", "publish", "--out", str(site)]) == 0
+    entries = [json.loads(p.read_text()) for p in (site / "entries").glob("*.json")]
+    assert sorted(e["model_id"] for e in entries) == ["Gowal2020Uncovering_70_16", "Gowal2020Uncovering_70_16_extra",
+                                                      "Kang2021Stable"]
+    rows = [line for line in (site / "README.md").read_text().splitlines() if line.startswith("| ")][1:]  # after the header
+    assert [row.split("|")[2].split()[0] for row in rows] == [
+        "Gowal2020Uncovering_70_16_extra", "Kang2021Stable", "Gowal2020Uncovering_70_16"]  # 65.87, 64.20, 57.14
+
+
+def test_add_external_bad_files_are_one_line_errors(karp_home, tmp_path, capsys):
+    (corruption,) = (MODEL_INFO_DIR / "cifar10" / "corruptions").glob("*.json")
+    assert main(["leaderboard", "add-external", str(corruption)]) == 2
+    assert "corruptions are not supported" in error_line(capsys)
+    elsewhere = tmp_path / "Gowal2020Uncovering.json"
+    shutil.copy(MODEL_INFO_DIR / "cifar10" / "L2" / "Gowal2020Uncovering.json", elsewhere)
+    assert main(["leaderboard", "add-external", str(elsewhere)]) == 2
+    assert "--norm" in error_line(capsys) and ResultsStore().records() == []
+    assert main(["leaderboard", "add-external", str(elsewhere), "--dataset", "cifar10", "--norm", "l2"]) == 0
+    assert [(r["dataset"], r["norm"]) for r in ResultsStore().records()] == [("cifar10", "l2")]
+    hendrycks = MODEL_INFO_DIR / "cifar100" / "Linf" / "Hendrycks2019Using.json"
+    assert main(["leaderboard", "add-external", str(hendrycks)]) == 0
+    assert "warning: Hendrycks2019Using: its model_info says dataset 'cifar10'" in capsys.readouterr().err
+
+
+def test_export_writes_a_model_info_that_imports_back(karp_home, tmp_path, capsys):
+    kang = MODEL_INFO_DIR / "cifar10" / "Linf" / "Kang2021Stable.json"
+    assert main(["leaderboard", "add-external", str(kang)]) == 0
+    site = tmp_path / "site"
+    assert main(["leaderboard", "publish", "--out", str(site)]) == 0
+    (entry_file,) = (site / "entries").glob("*.json")
+    out = tmp_path / "model_info" / "cifar10" / "Linf" / "Kang2021Stable.json"
+    capsys.readouterr()
+    assert main(["leaderboard", "export", entry_file.stem, "--format", "robustbench", "--out", str(out)]) == 0
+    assert "submit it to RobustBench as model_info/cifar10/Linf/Kang2021Stable.json" in capsys.readouterr().err
+    exported, original = json.loads(out.read_text()), json.loads(kang.read_text())
+    assert [exported[k] for k in ("clean_acc", "autoattack_acc", "external")] == ["93.73", "71.28", "64.20"]
+    assert exported == {**original, "clean_acc": "93.73", "autoattack_acc": "71.28", "external": "64.20"}
+    # From the published site alone (another machine's store knows nothing of it), printed to stdout.
+    karp_home_other = tmp_path / "other-home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KARP_HOME", str(karp_home_other))
+        assert main(["leaderboard", "export", entry_file.stem, "--site", str(site)]) == 0
+        assert json.loads(capsys.readouterr().out) == exported
+        assert main(["leaderboard", "export", entry_file.stem[:-1] + "x", "--site", str(site)]) == 2
+        assert f"closest: {entry_file.stem}" in error_line(capsys)
+
+
+def test_publish_under_umask_022_is_world_readable(karp_home, tmp_path):
+    import os
+
+    assert main(["leaderboard", "add-external", str(MODEL_INFO_DIR / "cifar10" / "Linf" / "Carmon2019Unlabeled.json")]) == 0
+    site = tmp_path / "www" / "robustness"
+    old = os.umask(0o022)
+    try:
+        assert main(["leaderboard", "publish", "--out", str(site)]) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in site.rglob("*") if p.is_file()]
+    assert len(files) == 4 and {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}  # no curve: one eps
+    dirs = [site.parent, site, site / "entries"]
+    assert {oct(d.stat().st_mode & 0o777) for d in dirs} == {"0o755"}
