@@ -182,3 +182,27 @@ def test_spec():
     assert SPEC.mean == (0.485, 0.456, 0.406) and SPEC.std == (0.229, 0.224, 0.225)
     assert SPEC.default_eps == {"linf": 4 / 255, "l2": 3.0}
     assert DATASETS.get("cifar10").default_n_examples == 1000
+
+
+def test_evaluate_a_torchvision_model_on_imagenet(tmp_path, short_subset, karp_home, capsys):
+    """The whole path: --dataset imagenet, torchvision:resnet18 with ImageNet normalization, a record."""
+    import torchvision
+
+    from robustbench_karp.cli import main
+
+    write_tree(tmp_path / "imagenet" / "val")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18()
+    torch.save(net.state_dict(), tmp_path / "r18.pt")
+    code = main(["evaluate", "--model", "torchvision:resnet18", "--dataset", "imagenet", "--data-dir", str(tmp_path),
+                 "--checkpoint", str(tmp_path / "r18.pt"), "--attack", "fgsm", "--json"])
+    record = json.loads(capsys.readouterr().out)
+    assert code == 0 and record["n_examples"] == 4 and record["eps"] == pytest.approx(4 / 255)
+    assert record["config"]["source"]["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    x, _ = load(tmp_path).batch(torch.arange(4))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        predicted = net.eval()((x - mean) / std).argmax(1)
+    labels = torch.tensor([imagenet.class_labels()[i.split("/")[0]] for i in IDS])
+    assert record["clean_mask"] == "".join("1" if c else "0" for c in (predicted == labels).tolist())
