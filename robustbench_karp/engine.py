@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from robustbench_karp.attacks import Attack, build_attack
+from robustbench_karp.cost import attack_cost, count_passes
 from robustbench_karp.threat import ThreatModel, check_budget
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class EvalResult:
     elapsed_seconds: float
     warnings: list[str] = field(default_factory=list)
     record: dict[str, Any] | None = field(default=None, repr=False)  # the stored record (evaluate(..., store=True))
+    # Passes through the model and wall time, in total and per attack (cost.attack_cost); {} when not counted.
+    cost: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:  # not the (N,) masks
         attacks = ", ".join(f"{k} {v:.4f}" for k, v in self.per_attack.items())
@@ -119,12 +122,17 @@ def run_attacks(
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Attack each batch of (x, y) in [0, 1] with every attack in cascade; the model is put in eval mode."""
+    """Attack each batch of (x, y) in [0, 1] with every attack in cascade; the model is put in eval mode.
+
+    The passes each attack spends through the model are counted (cost.count_passes), with its wall time
+    up to the sync that follows it (the robust count), so GPU work is timed, not only launched.
+    """
     start = time.perf_counter()
     named = expand(attacks)
     robust_after = {name: 0 for name, _ in named}
+    spent = {name: {"attacked": 0, "forward": 0, "backward": 0, "seconds": 0.0} for name, _ in named}
     clean, robust, warnings = [], [], []
-    with eval_mode(model) as was_training:
+    with eval_mode(model) as was_training, count_passes(model) as passes:
         if was_training:
             warnings.append("model was in train mode; it was evaluated in eval mode")
         for x, y in batches:
@@ -133,17 +141,26 @@ def run_attacks(
             clean.append(still.clone())
             for name, attack in named:
                 idx = still.nonzero().squeeze(1)
+                used, t0 = spent[name], time.perf_counter()
                 if len(idx) and threat.eps > 0:  # eps 0 allows no perturbation: robust == clean
+                    forward, backward = passes.forward, passes.backward
                     x_adv = attack(model, x[idx], y[idx], threat, gen)
+                    used["attacked"] += len(idx)  # the attack's own passes, not the engine's predict below
+                    used["forward"] += passes.forward - forward
+                    used["backward"] += passes.backward - backward
                     check_budget(x_adv, x[idx], threat)
                     still[idx] &= predict(model, x_adv) == y[idx]
                 robust_after[name] += int(still.sum())
+                used["seconds"] += time.perf_counter() - t0
             robust.append(still)
             release_memory()
             if on_batch is not None:
                 on_batch(len(y))
     clean_t, robust_t = torch.cat(clean).cpu(), torch.cat(robust).cpu()
     n = len(clean_t)
+    elapsed = time.perf_counter() - start
+    cost = {"forward_passes": passes.forward, "backward_passes": passes.backward, "wall_seconds": elapsed,
+            "device": str(device), "per_attack": {name: attack_cost(**used) for name, used in spent.items()}}
     return EvalResult(
         n_examples=n,
         clean_accuracy=int(clean_t.sum()) / max(n, 1),
@@ -151,8 +168,9 @@ def run_attacks(
         per_attack={name: count / max(n, 1) for name, count in robust_after.items()},
         clean=clean_t.tolist(),
         robust=robust_t.tolist(),
-        elapsed_seconds=time.perf_counter() - start,
+        elapsed_seconds=elapsed,
         warnings=warnings,
+        cost=cost,
     )
 
 

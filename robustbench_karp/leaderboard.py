@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from robustbench_karp.cost import entry_cost
 from robustbench_karp.defenses import DEFENSES
 from robustbench_karp.leaderboard_html import COLUMNS, boards, curve_png, eps_label, render_html, slug
 from robustbench_karp.leaderboard_import import import_robustbench
@@ -40,7 +41,8 @@ Z95 = 1.959964
 CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "status", "protocols", "model", "model_id", "defense",
                "training", "weights", "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low",
                "robust_ci_high", "robust_source", "n", "attacks", "seeds", "flags", "reproducible", "external", "link", "venue",
-               "additional_data", "forward_passes", "record_ids"]
+               "additional_data", "forward_passes", "grad_evals_per_point", "forward_passes_per_point", "wall_seconds",
+               "devices", "record_ids"]
 
 
 def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -254,6 +256,7 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exi
         "external": reproducibility == "external", "tool": next((r.get("tool") for r in chosen if r.get("tool")), None),
         "reproducible": reproducibility == "yes", "reproducibility": reproducibility, "notes": notes,
         **{field: chosen[0].get(field) for field in ABOUT_FIELDS},
+        "cost": entry_cost(chosen + subset, n),  # passes per test point and wall time; None if a record has none
         "records": [{k: v for k, v in r.items() if k not in BULKY_FIELDS} for r in records],
     }
 
@@ -340,6 +343,8 @@ INTRO = [
     "Imported RobustBench entries are external: their model id, paper, venue, extra training data and forward passes "
     "come from RobustBench's `model_info`, and their robust accuracy is the lower of its AutoAttack and best-known "
     "(`external`) figures, as RobustBench ranks them.",
+    "Cost: gradient evaluations per test point (backward passes through the model, counted by the engine, over every "
+    "attack run on the entry) and the evaluations' wall time on their device; '-' where a record predates the counts.",
     "Only entries whose records cover an evaluation protocol (`standard/1`: AutoAttack standard, plus the defense's "
     "adaptive attacks) on the same test points are ranked; partial evaluations sit in their own table, unranked: "
     "their robust accuracy is an upper bound.",
@@ -371,9 +376,17 @@ def render_csv(entries: list[dict[str, Any]]) -> str:
              "robust_ci_low": e["robust_ci"][0], "robust_ci_high": e["robust_ci"][1],
              "attacks": "; ".join(e["attacks"]), "seeds": "; ".join(map(str, e["seeds"])), "flags": "; ".join(e["flags"]),
              "reproducible": e["reproducibility"], "record_ids": "; ".join(e["record_ids"]),
-             "forward_passes": str(e["forward_passes"]) if e.get("forward_passes") else None}  # not 1.000000
+             "forward_passes": str(e["forward_passes"]) if e.get("forward_passes") else None,  # not 1.000000
+             **_csv_cost(e.get("cost"))}
             for e in sorted(entries, key=_rank_key)]
     return pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(index=False, float_format="%.6f", lineterminator="\n")
+
+
+def _csv_cost(cost: dict[str, Any] | None) -> dict[str, Any]:
+    if not cost:
+        return {}
+    return {"grad_evals_per_point": cost["backward_per_point"], "forward_passes_per_point": cost["forward_per_point"],
+            "wall_seconds": cost["wall_seconds"], "devices": "; ".join(cost["devices"])}  # None: not counted
 
 
 def figures(entries: list[dict[str, Any]]) -> list[tuple[str, str, bytes]]:
@@ -418,7 +431,8 @@ def load_published(out_dir: Path) -> list[dict[str, Any]]:
 
     Each file is checked: a JSON object with every entry field, named by its entry id, and that id
     the hash of its group (model, dataset, defense and options, weights, norm, eps). Entries of
-    an older schema are checked against their own rules, then migrated. Any other file is an error.
+    an older schema are checked against their own rules, then migrated; entries published before
+    costs were recorded get theirs from their records. Any other file is an error.
     """
     entries = []
     for path in sorted((Path(out_dir) / "entries").glob("*.json")):
@@ -441,7 +455,10 @@ def load_published(out_dir: Path) -> list[dict[str, Any]]:
         if entry["entry_id"] != path.stem or entry["entry_id"] != expected:
             raise ValueError(f"published entry {path}: its id does not match its file name and its group "
                              f"({', '.join(group)}) (expected {expected})")
-        entries.append(migrate_entry(entry) if legacy else entry)
+        entry = migrate_entry(entry) if legacy else entry
+        if "cost" not in entry:  # published before costs: wall time from its records (passes were not counted)
+            entry["cost"] = entry_cost([r for r in entry["records"] if r["id"] in set(entry["record_ids"])], entry["n"])
+        entries.append(entry)
     return entries
 
 

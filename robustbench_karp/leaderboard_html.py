@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 
 COLUMNS = [("rank", "number"), ("model", "text"), ("defense", "text"), ("training", "text"), ("clean % [95% CI]", "number"),
            ("robust % worst case [95% CI]", "number"), ("protocol", "text"), ("attacks run", "text"), ("n", "number"),
-           ("extra data", "text"), ("forward passes", "number"), ("seed", "text"), ("flags", "text"),
+           ("extra data", "text"), ("forward passes", "number"), ("grad evals / point", "number"),
+           ("wall time", "number"), ("seed", "text"), ("flags", "text"),
            ("reproducible", "text"), ("entry id", "text")]
 BEST_KNOWN_MARK = "\u2020"  # after a robust accuracy that is RobustBench's `external` figure
 BEST_KNOWN_LEGEND = ("best known robust accuracy (RobustBench's `external` field: attacks beyond AutoAttack), "
@@ -56,6 +57,21 @@ def _short(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _cost_cells(cost: dict[str, Any] | None) -> list[tuple[str, float | str]]:
+    """(gradient evaluations per test point, wall time and device): what the entry's evaluation cost."""
+    cost = cost or {}
+    grads = cost.get("backward_per_point")
+    wall = cost.get("wall_seconds")
+    return [(f"{grads:.1f}", grads) if grads is not None else ("-", ""),
+            (f"{_duration(wall)} ({', '.join(cost['devices'])})", wall) if wall is not None else ("-", "")]
+
+
 def _cells(rank: int, e: dict[str, Any], codes: dict[str, str], ranked: bool = True) -> list[tuple[str, float | int | str]]:
     """(shown text, sort value) per column of COLUMNS; an unranked (partial) row shows '–' as its rank.
 
@@ -74,7 +90,7 @@ def _cells(rank: int, e: dict[str, Any], codes: dict[str, str], ranked: bool = T
     return [rank_cell, (model, model), (defense, defense), (training, training),
             (_percent_ci(e["clean_accuracy"], e["clean_ci"]), e["clean_accuracy"]), (robust, e["robust_accuracy"]),
             (protocols, protocols), (", ".join(e["attacks"]), ", ".join(e["attacks"])), (str(e["n"]), e["n"]),
-            (extra, extra), (str(passes), passes) if passes else ("-", ""), (seeds, seeds),
+            (extra, extra), (str(passes), passes) if passes else ("-", ""), *_cost_cells(e.get("cost")), (seeds, seeds),
             (", ".join(codes[f] for f in e["flags"]), "; ".join(e["flags"])),
             (e["reproducibility"], e["reproducibility"]), (e["entry_id"], e["entry_id"])]
 

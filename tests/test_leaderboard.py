@@ -1,10 +1,11 @@
 """The leaderboard: Wilson intervals, worst-case entries, the RobustBench importer and the golden site.
 
 tests/golden/records.json holds synthetic records (20 test points; resnet18/pgd_at on 100): on mnist
-linf 0.3 smallcnn/standard (a fgsm -> pgd cascade, a square run, and an older run of the same id),
-smallcnn/trades at eps 0, 0.1, 0.2, 0.3 (the 0.3 one flagged), resnet18/pgd_at whose checkpoint is
-missing, and two external RobustBench entries on cifar10 8/255 (Carmon2019Unlabeled from the fixture, and
-Kang2021Stable from tests/data: flagged unreliable, ranked by its best-known figure). Its rendered site is compared with
+linf 0.3 smallcnn/standard (a fgsm -> pgd cascade, a square run, and an older run of the same id; the
+newest two carry engine-counted costs), smallcnn/trades at eps 0, 0.1, 0.2, 0.3 (the 0.3 one flagged),
+resnet18/pgd_at whose checkpoint is missing, and two external RobustBench entries on cifar10 8/255
+(Carmon2019Unlabeled from the fixture, and Kang2021Stable from tests/data: flagged unreliable, ranked
+by its best-known figure). Its rendered site is compared with
 tests/golden/{README.md, results.csv, index.html}. After an intended change of the output,
 regenerate them and review the diff before committing:
 
@@ -196,6 +197,11 @@ def test_golden_entries_external_flagged_and_curves():
         ("Kang2021Stable", 0.642, "external"), ("Carmon2019Unlabeled", 0.5953, "autoattack_acc")]
     standard = by_name[("smallcnn", "standard", 0.3)]  # the older run of a1a1... (90% robust) is superseded
     assert (standard["k_robust"], standard["per_attack"]) == (1, {"fgsm": 0.55, "fgsm+pgd": 0.35, "square": 0.55})
+    # Its two records' engine-counted costs add up per test point: (19 + 440 + 0) backward passes / 20 points.
+    cost = standard["cost"]
+    assert (cost["backward_per_point"], cost["wall_seconds"], cost["devices"]) == (22.95, 25.0, ["cpu"])
+    assert cost["per_attack"]["pgd"]["backward_per_point"] == 40 and cost["per_attack"]["square"]["backward_passes"] == 0
+    assert by_name[("smallcnn", "trades", 0.3)]["cost"]["backward_per_point"] is None  # its record predates the counts
     assert by_name[("smallcnn", "trades", 0.3)]["flags"] == [
         "gradient masking suspected: black-box square beats white-box pgd on 2 points"]
     assert curves(entries)[("mnist", "linf", "smallcnn / trades")] == [(0.0, 0.85), (0.1, 0.75), (0.2, 0.6), (0.3, 0.55)]

@@ -1,0 +1,96 @@
+"""What an evaluation cost: forward and backward passes through the model, counted by the engine.
+
+    with count_passes(model) as passes:
+        x_adv = attack(model, x, y, threat, gen)
+    passes.forward, passes.backward            # images forwarded, images whose logits were back-propagated
+
+The counts come from hooks on the network, never from a formula per attack: whatever an attack
+does (restarts, early stop, EOT samples, torchattacks' own loops), what runs through the network is
+counted. A backward pass is counted per image each time a gradient flows back through the
+network's logits (torch.autograd.grad or .backward()), so PGD-k with early stop off is exactly k
+backward passes per attacked point.
+
+Hooks rather than a wrapping module: attacks look at the model's own attributes (`preprocess` and
+`classifier` of a purifier, for BPDA and transfer attacks), which a wrapper would hide. For such a
+model the classifier is the network counted: model(x) runs it once, and so does a direct call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Passes:
+    forward: int = 0  # images forwarded through the network
+    backward: int = 0  # images whose logits a gradient flowed back through
+
+
+def counted_network(model: nn.Module) -> nn.Module:
+    """The network whose passes count: a purifier's classifier, else the model itself."""
+    classifier = getattr(model, "classifier", None)
+    return classifier if isinstance(classifier, nn.Module) else model
+
+
+@contextlib.contextmanager
+def count_passes(model: nn.Module) -> Iterator[Passes]:
+    """Count the passes through model's network while the block runs; the hook is removed in finally."""
+    passes = Passes()
+
+    def on_forward(module: nn.Module, inputs: tuple, output) -> None:
+        n = inputs[0].shape[0] if inputs and torch.is_tensor(inputs[0]) and inputs[0].dim() > 0 else 0
+        passes.forward += n
+        if torch.is_tensor(output) and output.requires_grad:
+            def on_backward(grad: torch.Tensor) -> None:
+                passes.backward += n
+
+            output.register_hook(on_backward)
+
+    handle = counted_network(model).register_forward_hook(on_forward)
+    try:
+        yield passes
+    finally:
+        handle.remove()
+
+
+def attack_cost(attacked: int, forward: int, backward: int, seconds: float) -> dict[str, Any]:
+    """One attack's cost in a record: totals, and per attacked point."""
+    per = max(attacked, 1)
+    return {"attacked_points": attacked, "forward_passes": forward, "backward_passes": backward,
+            "forward_per_point": forward / per, "backward_per_point": backward / per, "wall_seconds": seconds}
+
+
+def entry_cost(records: list[dict[str, Any]], n: int) -> dict[str, Any] | None:
+    """What a leaderboard entry's records cost together: wall time, and passes per test point of the entry.
+
+    Wall time is the sum of the records' evaluations (elapsed_seconds), each on its own device. The
+    passes are None unless every record was counted (records from before the counts have none);
+    attacks of the same name in several records add up. None for records with no timing (imports).
+    """
+    walls = [r.get("elapsed_seconds") for r in records]
+    if not records or not n or any(w is None for w in walls):
+        return None
+    costs = [r.get("cost") for r in records]
+    out = {"wall_seconds": float(sum(walls)), "devices": sorted({str(r.get("device") or "?") for r in records}),
+           "backward_per_point": None, "forward_per_point": None, "per_attack": {}}
+    if not all(costs):
+        return out
+    per_attack: dict[str, dict[str, float]] = {}
+    for cost in costs:
+        for name, spent in cost.get("per_attack", {}).items():
+            total = per_attack.setdefault(name, {"attacked_points": 0, "forward_passes": 0, "backward_passes": 0,
+                                                 "wall_seconds": 0.0})
+            for key in total:
+                total[key] += spent[key]
+    out.update(backward_per_point=sum(c["backward_passes"] for c in costs) / n,
+               forward_per_point=sum(c["forward_passes"] for c in costs) / n,
+               per_attack={name: attack_cost(int(t["attacked_points"]), int(t["forward_passes"]),
+                                             int(t["backward_passes"]), t["wall_seconds"])
+                           for name, t in sorted(per_attack.items())})
+    return out
