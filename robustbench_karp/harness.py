@@ -313,7 +313,8 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
         "per_attack": result.per_attack,
         "clean_mask": "".join("1" if c else "0" for c in result.clean),
         "robust_mask": "".join("1" if r else "0" for r in result.robust),
-        "elapsed_seconds": result.elapsed_seconds, "device": str(device), "conditions": cpu_conditions(),
+        "elapsed_seconds": result.elapsed_seconds, "cost": result.cost, "device": str(device),
+        "conditions": cpu_conditions(),
         "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "warnings": warnings, "config": config,
     }

@@ -313,3 +313,14 @@ def test_a_zoo_checkpoint_with_other_normalization_is_refused(karp_home, tiny_ci
     torch.save(payload, download)
     assert main(zoo_args(tiny_cifar10, "--checkpoint", str(download))) == 2
     assert "differs from the table's mean" in capsys.readouterr().err
+
+
+def test_every_package_and_data_file_is_packaged():
+    """A normal (non-editable) install ships the zoo table and every subpackage, not only what editable installs see."""
+    import tomllib
+
+    repo = MY_NET.parents[2]
+    config = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(repo).parts) for p in (repo / "robustbench_karp").rglob("__init__.py")}
+    assert on_disk <= set(config["packages"])
+    assert "table.json" in config["package-data"]["robustbench_karp.zoo"]
