@@ -85,6 +85,7 @@ def test_second_use_reuses_the_cached_generator(digits_model, batch, karp_home, 
     assert second.provenance(digits_model)["generator_sha256"] == record["generator_sha256"]
 
 
+@pytest.mark.slow
 def test_another_target_checkpoint_trains_another_generator(digits_model, batch, karp_home, caplog):
     x, y = batch
     threat = ThreatModel("linf", 0.1)
@@ -125,6 +126,7 @@ def test_a_corrupted_generator_is_detected_and_retrained(damage, digits_model, b
     assert torch.equal(out, again)  # training is deterministic on CPU
 
 
+@pytest.mark.slow
 def test_distilled_mode_trains_a_surrogate_and_attacks(digits_model, batch, karp_home):
     x, y = batch
     threat = ThreatModel("linf", 0.3)

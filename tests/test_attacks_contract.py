@@ -26,6 +26,8 @@ EXTRA = {"torchattacks:PGD": "linf", "torchattacks:PGDL2": "l2", "torchattacks:C
 THREATS = [ThreatModel("linf", 0.1), ThreatModel("l2", 1.0)]
 CASES = [(name, threat) for name in ATTACKS.names() for threat in THREATS]
 CASES += [(name, threat) for name, norm in EXTRA.items() for threat in THREATS if threat.norm.value == norm]
+# The heaviest cases (pytest --durations on 2 cores) are left out of the fast subset; the other norm of each stays in it.
+SLOW = {("advgan", "l2"), ("autoattack", "linf"), ("fab-t", "linf"), ("apgd-t", "linf")}
 
 
 def make(name):
@@ -58,7 +60,9 @@ def batch(digits):
     return test.batch(torch.arange(48))
 
 
-@pytest.mark.parametrize("name,threat", [pytest.param(n, t, id=f"{n}-{t.norm.value}") for n, t in CASES])
+@pytest.mark.parametrize("name,threat", [pytest.param(n, t, id=f"{n}-{t.norm.value}",
+                                                     marks=[pytest.mark.slow] if (n, t.norm.value) in SLOW else [])
+                                        for n, t in CASES])
 def test_attack_contract(name, threat, digits_model, batch):
     x, y = batch
     x0 = x.clone()

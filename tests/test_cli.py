@@ -156,6 +156,7 @@ def test_bad_input_from_the_shell_has_no_traceback(home):
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_no_partial_record(home):
     env = {**os.environ, "KARP_HOME": str(home), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "robustbench_karp", "evaluate", "--model", "smallcnn", "--attack",
@@ -170,6 +171,7 @@ def test_ctrl_c_writes_no_partial_record(home):
     assert not db.exists() or sqlite3.connect(db).execute("SELECT COUNT(*) FROM records").fetchone()[0] == 0
 
 
+@pytest.mark.slow
 def test_concurrent_evaluations_both_land(home):
     env = {**os.environ, "KARP_HOME": str(home), "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "robustbench_karp", "evaluate", "--model", "smallcnn", "--attack", "fgsm"]

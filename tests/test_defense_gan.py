@@ -88,6 +88,7 @@ def test_adaptive_attack_beats_plain_pgd(defended, batch):
     assert accuracy(defended, bpda, y) < accuracy(defended, plain, y) - 0.15
 
 
+@pytest.mark.slow
 def test_gan_is_cached_and_a_corrupted_file_is_retrained(store, digits_model, defended, caplog):
     files = list((store / "generators").glob("defense-gan-digits-*.pt"))
     assert len(files) == 1 and file_sha256(files[0]) == gan_cache.recorded_sha256(files[0])

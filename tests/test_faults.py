@@ -75,6 +75,7 @@ def _finish(run, timeout=600):
         pytest.fail(f"still running after {timeout} s (hung?): {err}")
 
 
+@pytest.mark.slow
 def test_concurrent_evaluations_train_the_checkpoint_once_and_both_records_land(tmp_path):
     home, journal, driver = tmp_path / "home", tmp_path / "journal", tmp_path / "driver.py"
     driver.write_text(EVALUATE_DRIVER)

@@ -1,11 +1,13 @@
 """The Python API: `from robustbench_karp import evaluate, load_model`."""
 
+import pytest
 import torch
 
 from robustbench_karp import evaluate, load_model
 from robustbench_karp.data import DATASETS, load_split
 
 
+@pytest.mark.slow
 def test_load_model_trains_once_then_reuses(karp_home):
     model = load_model("smallcnn", dataset="digits", defense="standard", device="cpu")
     assert not model.training

@@ -52,6 +52,7 @@ def _append(path, i):
     ResultsStore(path).append({"id": f"r{i}", "created_utc": "now", "value": i})
 
 
+@pytest.mark.slow
 def test_concurrent_appends_all_land(tmp_path):
     path = tmp_path / "results.sqlite"
     ResultsStore(path)
