@@ -98,6 +98,10 @@ class LatentProjection(nn.Module):
         self.latent_dim, self.steps, self.restarts, self.lr = latent_dim, steps, restarts, lr
         self.rng = torch.Generator().manual_seed(seed)
 
+    def reseed(self, seed: int) -> None:
+        """Restart the random starts from seed: the engine gives each logical batch its own (seed, batch) stream."""
+        self.rng = torch.Generator().manual_seed(seed)
+
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, steps={self.steps}, restarts={self.restarts}, lr={self.lr}"
 

@@ -257,12 +257,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     from robustbench_karp import commands, progress
+    from robustbench_karp.distributed import leave_process_group
 
+    ok = False
     try:
         with progress.use(commands.tqdm_progress):  # library loops (GAN training, ...) get progress bars
-            return commands.run(args)
+            code = commands.run(args)
+        ok = code == 0
+        return code
     except KeyboardInterrupt:
-        print("karp-robust: interrupted; no partial record was written", file=sys.stderr)
+        kept = ("; finished batches are kept: run the same command again to resume" if args.command == "evaluate"
+                else "")
+        print(f"karp-robust: interrupted; no record was written{kept}", file=sys.stderr)
         return 130
     except Exception as e:  # one line for the user; the traceback with KARP_DEBUG=1
         if os.environ.get("KARP_DEBUG"):
@@ -270,4 +276,6 @@ def main(argv: list[str] | None = None) -> int:
         code, message = commands.describe_error(e)
         print(f"karp-robust: error: {message}", file=sys.stderr)
         return code
+    finally:
+        leave_process_group(ok)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import difflib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -79,14 +80,16 @@ def cmd_compare(args) -> int:
             plan = plan_evaluation(req, prepared)
             record = store.get(plan.id)
             label = cell[0].name if cell else f"protocol {args.protocol}"
-            print(f"[{k}/{total}] {defense} x {label}: {'stored, reused' if record else 'running'}", file=sys.stderr)
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"[{k}/{total}] {defense} x {label}: {'stored, reused' if record else 'running'}", file=sys.stderr)
             if record is None:
                 with EvalProgress() as progress:
                     record = run_evaluation(req, prepared=prepared, plan=plan, on_start=progress.start,
                                             on_batch=progress.update)
             records.append(record)
         rows.append((defense, records))
-    print_matrix(rows, [c[0].name if c else f"protocol {args.protocol}" for c in cells])
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 gathered every cell and prints the matrix
+        print_matrix(rows, [c[0].name if c else f"protocol {args.protocol}" for c in cells])
     return 0
 
 

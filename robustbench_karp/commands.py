@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from dataclasses import asdict
@@ -91,12 +92,15 @@ def cmd_evaluate(args) -> int:
                        checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download,
                        protocol=args.protocol, normalize=args.normalize, robustbench_dir=args.robustbench_dir)
     records = []
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 prints and writes the record
     for eps in args.eps or [None]:
         req = EvalRequest(**{**base.__dict__, "eps": eps})
         prepared = prepare(req, train_callbacks=[TqdmTraining()])  # a fresh model per config: no state carries over
         with EvalProgress() as progress:
-            record = run_evaluation(req, prepared=prepared, on_start=progress.start, on_batch=progress.update,
-                                    sweep=records)
+            record = run_evaluation(req, prepared=prepared, on_start=progress.start if main_rank else None,
+                                    on_batch=progress.update if main_rank else None, sweep=records)
+        if record is None:  # another rank's share is done; rank 0 gathered it
+            continue
         records.append(record)
         if not args.json:
             print_record(record)

@@ -49,3 +49,16 @@ def setup_distributed(device: torch.device) -> Distributed:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size(), device)
+
+
+def leave_process_group(ok: bool) -> None:
+    """Leave torchrun's process group before exiting, after the others when all went well.
+
+    Without it a rank that finishes first exits with gloo's threads still running (SIGABRT); after
+    an error there is no barrier: the failed rank would never reach it, and torchrun stops the rest.
+    """
+    if not dist.is_initialized():
+        return
+    if ok:
+        dist.barrier()
+    dist.destroy_process_group()

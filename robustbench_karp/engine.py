@@ -113,6 +113,88 @@ def release_memory() -> None:
         trim(0)
 
 
+@dataclass
+class BatchOutcome:
+    """One batch's part of an evaluation: masks, robust counts after each attack, and what it cost."""
+
+    clean: list[bool]  # (b,)
+    robust: list[bool]  # (b,)
+    after: dict[str, int]  # points still robust after each attack (and all before it)
+    spent: dict[str, dict[str, float]]  # per attack: attacked, forward, backward, seconds
+    forward: int = 0  # every pass of the batch through the network, the engine's predictions included
+    backward: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list[tuple[str, Attack]],
+                 threat: ThreatModel, gen: torch.Generator, passes) -> BatchOutcome:
+    """Clean prediction, then every attack in cascade on the points still robust (model already in eval mode)."""
+    forward0, backward0 = passes.forward, passes.backward
+    still = predict(model, x) == y  # (b,) bool
+    clean = still.clone()
+    after, spent = {}, {}
+    for name, attack in named:
+        idx = still.nonzero().squeeze(1)
+        used, t0 = {"attacked": 0, "forward": 0, "backward": 0, "seconds": 0.0}, time.perf_counter()
+        if len(idx) and threat.eps > 0:  # eps 0 allows no perturbation: robust == clean
+            forward, backward = passes.forward, passes.backward
+            x_adv = attack(model, x[idx], y[idx], threat, gen)
+            used["attacked"] = len(idx)  # the attack's own passes, not the engine's predict below
+            used["forward"] = passes.forward - forward
+            used["backward"] = passes.backward - backward
+            check_budget(x_adv, x[idx], threat)
+            still[idx] &= predict(model, x_adv) == y[idx]
+        after[name] = int(still.sum())  # the sync that ends the attack's timing
+        used["seconds"] = time.perf_counter() - t0
+        spent[name] = used
+    return BatchOutcome(clean.cpu().tolist(), still.cpu().tolist(), after, spent,
+                        passes.forward - forward0, passes.backward - backward0)
+
+
+def combine(outcomes: list[BatchOutcome], names: list[str], elapsed: float, device: torch.device,
+            warnings: list[str]) -> EvalResult:
+    """The evaluation's result from its batches' outcomes, in batch order."""
+    clean = [c for o in outcomes for c in o.clean]
+    robust = [r for o in outcomes for r in o.robust]
+    n = len(clean)
+    per_attack = {name: {k: sum(o.spent[name][k] for o in outcomes) for k in ("attacked", "forward", "backward",
+                                                                              "seconds")} for name in names}
+    cost = {"forward_passes": sum(o.forward for o in outcomes), "backward_passes": sum(o.backward for o in outcomes),
+            "wall_seconds": elapsed, "device": str(device),
+            "per_attack": {name: attack_cost(**used) for name, used in per_attack.items()}}
+    seen = list(dict.fromkeys(warnings + [w for o in outcomes for w in o.warnings]))
+    return EvalResult(
+        n_examples=n,
+        clean_accuracy=sum(clean) / max(n, 1),
+        robust_accuracy=sum(robust) / max(n, 1),
+        per_attack={name: sum(o.after[name] for o in outcomes) / max(n, 1) for name in names},
+        clean=clean,
+        robust=robust,
+        elapsed_seconds=elapsed,
+        warnings=seen,
+        cost=cost,
+    )
+
+
+def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
+                   attacks: Sequence[Attack], threat: ThreatModel, gen_of: Callable[[int], torch.Generator],
+                   device: torch.device, on_outcome: Callable[[int, BatchOutcome], None]) -> list[str]:
+    """Attack each numbered batch (b, x, y) with the generator gen_of(b); on_outcome(b, outcome) after each.
+
+    Returns the engine's warnings (a model found in train mode is evaluated in eval mode).
+    """
+    named = expand(attacks)
+    warnings = []
+    with eval_mode(model) as was_training, count_passes(model) as passes:
+        if was_training:
+            warnings.append("model was in train mode; it was evaluated in eval mode")
+        for b, x, y in batches:
+            outcome = attack_batch(model, x.to(device), y.to(device), named, threat, gen_of(b), passes)
+            release_memory()
+            on_outcome(b, outcome)
+    return warnings
+
+
 def run_attacks(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
@@ -122,56 +204,21 @@ def run_attacks(
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Attack each batch of (x, y) in [0, 1] with every attack in cascade; the model is put in eval mode.
+    """Attack each batch of (x, y) in [0, 1] with every attack in cascade, one generator across batches.
 
     The passes each attack spends through the model are counted (cost.count_passes), with its wall time
     up to the sync that follows it (the robust count), so GPU work is timed, not only launched.
     """
-    start = time.perf_counter()
-    named = expand(attacks)
-    robust_after = {name: 0 for name, _ in named}
-    spent = {name: {"attacked": 0, "forward": 0, "backward": 0, "seconds": 0.0} for name, _ in named}
-    clean, robust, warnings = [], [], []
-    with eval_mode(model) as was_training, count_passes(model) as passes:
-        if was_training:
-            warnings.append("model was in train mode; it was evaluated in eval mode")
-        for x, y in batches:
-            x, y = x.to(device), y.to(device)
-            still = predict(model, x) == y  # (b,) bool
-            clean.append(still.clone())
-            for name, attack in named:
-                idx = still.nonzero().squeeze(1)
-                used, t0 = spent[name], time.perf_counter()
-                if len(idx) and threat.eps > 0:  # eps 0 allows no perturbation: robust == clean
-                    forward, backward = passes.forward, passes.backward
-                    x_adv = attack(model, x[idx], y[idx], threat, gen)
-                    used["attacked"] += len(idx)  # the attack's own passes, not the engine's predict below
-                    used["forward"] += passes.forward - forward
-                    used["backward"] += passes.backward - backward
-                    check_budget(x_adv, x[idx], threat)
-                    still[idx] &= predict(model, x_adv) == y[idx]
-                robust_after[name] += int(still.sum())
-                used["seconds"] += time.perf_counter() - t0
-            robust.append(still)
-            release_memory()
-            if on_batch is not None:
-                on_batch(len(y))
-    clean_t, robust_t = torch.cat(clean).cpu(), torch.cat(robust).cpu()
-    n = len(clean_t)
-    elapsed = time.perf_counter() - start
-    cost = {"forward_passes": passes.forward, "backward_passes": passes.backward, "wall_seconds": elapsed,
-            "device": str(device), "per_attack": {name: attack_cost(**used) for name, used in spent.items()}}
-    return EvalResult(
-        n_examples=n,
-        clean_accuracy=int(clean_t.sum()) / max(n, 1),
-        robust_accuracy=int(robust_t.sum()) / max(n, 1),
-        per_attack={name: count / max(n, 1) for name, count in robust_after.items()},
-        clean=clean_t.tolist(),
-        robust=robust_t.tolist(),
-        elapsed_seconds=elapsed,
-        warnings=warnings,
-        cost=cost,
-    )
+    start, outcomes = time.perf_counter(), []
+
+    def keep(b: int, outcome: BatchOutcome) -> None:
+        outcomes.append(outcome)
+        if on_batch is not None:
+            on_batch(len(outcome.clean))
+
+    numbered = ((b, x, y) for b, (x, y) in enumerate(batches))
+    warnings = attack_batches(model, numbered, attacks, threat, lambda b: gen, device, keep)
+    return combine(outcomes, [name for name, _ in expand(attacks)], time.perf_counter() - start, device, warnings)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

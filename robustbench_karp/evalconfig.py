@@ -38,6 +38,7 @@ class EvalConfig:
     protocol: str | None = None  # the protocol requested ("standard/1"), None for a hand-picked attack set
     schema: int = SCHEMA
     source: dict[str, Any] | None = None  # a zoo, file, torchvision or Python model: its identity and normalization
+    rng: str | None = None  # "per-batch/1": batch b's randomness from (seed, b) alone; None: one generator in order
 
     def __post_init__(self):
         object.__setattr__(self, "attacks", tuple(dict(a) for a in self.attacks))
@@ -46,8 +47,9 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["attacks"] = [dict(a) for a in self.attacks]
-        if out["source"] is None:  # a registered model: ids stay what they were before model sources
-            del out["source"]
+        for key in ("source", "rng"):  # unset: ids stay what they were before these fields existed
+            if out[key] is None:
+                del out[key]
         return out
 
     @property

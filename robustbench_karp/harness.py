@@ -10,6 +10,7 @@ import datetime
 import importlib.metadata
 import json
 import logging
+import os
 import platform
 import subprocess
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from robustbench_karp.evalconfig import EvalConfig
 from robustbench_karp.identity import cpu_conditions, weights_sha256
 from robustbench_karp.models import Classifier, create_model
 from robustbench_karp.protocols import get_protocol
+from robustbench_karp.sharded import RNG, PartialResults, evaluate_batches
 from robustbench_karp.sources import load_external, load_strict, parse_model, unwrap_state
 from robustbench_karp.store import (
     ResultsStore,
@@ -167,6 +169,7 @@ class EvalRequest:
     robustbench_dir: Path | None = None  # RobustBench's checkpoint layout (default $KARP_HOME/robustbench)
     model_sha256: str | None = None  # a model file's expected sha256 (reproduce refuses a changed file)
     model_name: str | None = None  # the record's name for a file model (default <file>.py:<factory>)
+    rng: str | None = RNG  # per-batch randomness (sharding, resuming); None: one generator in order (old records)
 
 
 def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.Module, dict[str, Any], torch.device]:
@@ -192,6 +195,10 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
             path = Path(req.checkpoint)
         else:
             train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name, seed=req.seed)
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1 and find_checkpoint(train_config, device) is None:
+                raise ValueError(f"no checkpoint for {train_config.stem()}: train it first (karp-robust train "
+                                 f"--model {req.model} --dataset {req.dataset} --defense "
+                                 f"{defense.classifier_defense().name}), then evaluate under torchrun")
             path = obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
                                      callbacks=train_callbacks)
         classifier = new_model(req.model, req.dataset)
@@ -275,7 +282,7 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
                         weights=provenance["weights_sha256"], defense_weights=provenance["defense_weights_sha256"],
                         norm=threat.norm.value, eps=threat.eps, n_examples=n, seed=req.seed, batch_size=req.batch_size,
                         attacks=tuple(a.config() for a in bound), protocol=protocol,
-                        source=provenance.get("model_source"))
+                        source=provenance.get("model_source"), rng=req.rng)
     return Plan(config, bound, threat, indices, test)
 
 
@@ -290,12 +297,20 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
     """
     prepared = prepared or prepare(req, train_callbacks)
     model, provenance, device = prepared
+    store = store or ResultsStore()
     plan = plan or plan_evaluation(req, prepared)
     if on_start:
         on_start(len(plan.indices))
-    gen = torch.Generator(device=device).manual_seed(req.seed)
-    batches = ((x, y) for _, x, y in plan.test.batches(plan.indices, req.batch_size))
-    result = run_attacks(model, batches, plan.attacks, plan.threat, gen, device, on_batch=on_batch)
+    if plan.config.rng == RNG:  # logical batches: resumable, and sharded under torchrun
+        result = evaluate_batches(model, plan, req.seed, req.batch_size, device, store.path, on_batch=on_batch)
+        if result is None:  # another rank than 0: rank 0 writes the record
+            return None
+    elif plan.config.rng is None:
+        gen = torch.Generator(device=device).manual_seed(req.seed)
+        batches = ((x, y) for _, x, y in plan.test.batches(plan.indices, req.batch_size))
+        result = run_attacks(model, batches, plan.attacks, plan.threat, gen, device, on_batch=on_batch)
+    else:
+        raise ValueError(f"unknown randomness scheme {plan.config.rng!r} (this version knows {RNG})")
     order = [name for name, _ in expand(plan.attacks)]
     x, y = plan.test.batch(plan.indices[: min(len(plan.indices), 200)])
     warnings = result.warnings + checks.run_checks(model, x.to(device), y.to(device), result, plan.attacks, order,
@@ -318,5 +333,7 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
         "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "warnings": warnings, "config": config,
     }
-    (store or ResultsStore()).append(record)
+    store.append(record)
+    if plan.config.rng == RNG:
+        PartialResults(store.path, plan.id, []).clear()  # the record has landed: its partial results are no longer needed
     return record

@@ -159,7 +159,8 @@ def request_of(record: dict[str, Any], checkpoint: Path | None, device: str, dat
                        norm=record["norm"], eps=record["eps"], n_examples=record["n_examples"], seed=record["seed"],
                        batch_size=record["batch_size"], device=device,
                        checkpoint=str(checkpoint) if checkpoint else None, data_dir=data_dir,
-                       download=download, protocol=config.get("protocol"))
+                       download=download, protocol=config.get("protocol"),
+                       rng=config.get("rng"))  # None: the one-generator scheme of records made before per-batch
 
 
 def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None = None, download: bool = True,

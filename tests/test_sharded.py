@@ -1,0 +1,112 @@
+"""Evaluation in logical batches (issue 14): the same record whether run whole, resumed, or sharded under torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from robustbench_karp.attacks import build_attack
+from robustbench_karp.harness import EvalRequest, run_evaluation
+from robustbench_karp.sharded import PartialResults, batch_seed
+from robustbench_karp.store import ResultsStore
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(digits_model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "smallcnn-digits.pt"
+    torch.save(digits_model.state_dict(), path)
+    return path
+
+
+def request(checkpoint, **kw) -> EvalRequest:
+    # PGD with a random start and restarts: every batch draws random numbers, so any mix-up of streams shows
+    pgd = build_attack("pgd", {"steps": 5, "restarts": 2, "random_start": True})
+    return EvalRequest(model="smallcnn", dataset="digits", attacks=[pgd], n_examples=120, batch_size=40,
+                       device="cpu", checkpoint=str(checkpoint), **kw)
+
+
+def same_numbers(a, b) -> None:
+    for key in ("id", "clean_mask", "robust_mask", "per_attack", "clean_accuracy", "robust_accuracy"):
+        assert a[key] == b[key], key
+    assert a["cost"]["backward_passes"] == b["cost"]["backward_passes"]
+
+
+def test_batch_seeds_are_distinct_streams():
+    seeds = {batch_seed(s, b) for s in range(3) for b in range(100)}
+    assert len(seeds) == 300 and all(0 <= s < 2**63 for s in seeds)
+    assert batch_seed(0, 1) != batch_seed(1, 0)
+
+
+def test_resumed_evaluation_equals_an_uninterrupted_one(karp_home, digits_checkpoint, tmp_path):
+    whole = run_evaluation(request(digits_checkpoint), store=ResultsStore(tmp_path / "whole.sqlite"))
+    assert whole["config"]["rng"] == "per-batch/1"
+
+    class Interrupted(Exception):
+        pass
+
+    done = []
+
+    def stop_after_first(k):
+        done.append(k)
+        raise Interrupted
+
+    store = ResultsStore()
+    with pytest.raises(Interrupted):
+        run_evaluation(request(digits_checkpoint), store=store, on_batch=stop_after_first)
+    assert done == [40] and store.records() == []  # no record, one partial result
+    partial = PartialResults(store.path, whole["id"], [40, 40, 40])
+    assert sorted(partial.load()) == [0]
+
+    seen = []
+    resumed = run_evaluation(request(digits_checkpoint), store=store, on_batch=seen.append)
+    same_numbers(resumed, whole)
+    assert seen == [40, 40, 40]  # the kept batch is reported at once, then the two that ran
+    assert not partial.dir.exists() and [r["id"] for r in store.records()] == [whole["id"]]
+
+
+def test_a_partial_result_of_another_batch_size_is_not_reused(karp_home, digits_checkpoint):
+    store = ResultsStore()
+    whole = run_evaluation(request(digits_checkpoint), store=ResultsStore(karp_home / "other.sqlite"))
+    partial = PartialResults(store.path, whole["id"], [40, 40, 40])
+    from robustbench_karp.engine import BatchOutcome
+
+    partial.save(0, BatchOutcome([True] * 7, [True] * 7, {"pgd": 7}, {}))  # wrong size: ignored, recomputed
+    same_numbers(run_evaluation(request(digits_checkpoint), store=store), whole)
+
+
+def test_old_records_keep_their_one_generator_scheme(karp_home, digits_checkpoint, capsys):
+    """A record made before per-batch randomness (no config.rng) re-runs with the scheme it was made with."""
+    from robustbench_karp.cli import main
+
+    old = run_evaluation(request(digits_checkpoint, rng=None))
+    assert "rng" not in old["config"]
+    new = run_evaluation(request(digits_checkpoint))
+    assert new["id"] != old["id"]
+    assert main(["reproduce", old["id"]]) == 0
+    assert capsys.readouterr().out.strip().endswith("reproduced")
+
+
+def test_two_torchrun_processes_write_the_single_process_record(karp_home, digits_checkpoint, tmp_path):
+    """2 gloo ranks, each taking every other batch; rank 0 gathers and writes the one record."""
+    args = ["evaluate", "--model", "smallcnn", "--dataset", "digits", "--checkpoint", str(digits_checkpoint),
+            "--attack", "pgd", "--attack-arg", "steps=5", "--attack-arg", "restarts=2", "--n-examples", "120",
+            "--batch-size", "40", "--device", "cpu", "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    single = subprocess.run([sys.executable, "-m", "robustbench_karp", *args], capture_output=True, text=True,
+                            env={**env, "KARP_HOME": str(tmp_path / "one")}, timeout=900)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    sharded = subprocess.run([*torchrun, "-m", "robustbench_karp", *args], capture_output=True, text=True,
+                             env={**env, "KARP_HOME": str(tmp_path / "two")}, timeout=900)
+    assert sharded.returncode == 0, sharded.stderr
+    one, two = json.loads(single.stdout), json.loads(sharded.stdout)  # rank 0 alone prints
+    same_numbers(one, two)
+    assert [r["id"] for r in ResultsStore(tmp_path / "two" / "results.sqlite").records()] == [one["id"]]
