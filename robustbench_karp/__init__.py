@@ -4,9 +4,33 @@
     model = load_model("resnet18", dataset="digits", defense="standard")   # trained once, then cached
     result = evaluate(model, x, y, attacks=["pgd"], norm="linf", eps=0.1, seed=0)
     result.clean_accuracy, result.robust_accuracy, result.per_attack
+
+The names below are imported on first use (PEP 562 module __getattr__): importing the package, and so
+`karp-robust --help` or `--version`, does not import torch.
 """
 
-from robustbench_karp.engine import EvalResult, evaluate
-from robustbench_karp.harness import load_model
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY = {"EvalResult": "robustbench_karp.engine", "evaluate": "robustbench_karp.engine",
+         "load_model": "robustbench_karp.harness"}  # public name -> the module that defines it
 
 __all__ = ["EvalResult", "evaluate", "load_model"]
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
+    from robustbench_karp.engine import EvalResult, evaluate
+    from robustbench_karp.harness import load_model
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'robustbench_karp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -15,13 +15,13 @@ import os
 import sys
 from pathlib import Path
 
-from robustbench_karp.attacks.base import parse_number
-
 log = logging.getLogger("robustbench_karp")
 
 
 def eps_list(text: str) -> list[float]:
     """'8/255' or a sweep '0,0.1,0.2' -> [eps, ...], every value finite and >= 0."""
+    from robustbench_karp.attacks.base import parse_number  # here, not at the top: --help must not import torch
+
     values = []
     for part in text.split(","):
         try:
@@ -52,6 +52,8 @@ def positive_int(text: str) -> int:
 
 
 def number(text: str) -> float:
+    from robustbench_karp.attacks.base import parse_number
+
     try:
         return parse_number(text)
     except ValueError as e:

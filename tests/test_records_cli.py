@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import subprocess
+import sys
 import urllib.error
 
 import pandas
@@ -174,3 +176,11 @@ def test_mnist_skip_names_the_missing_files(tmp_path, monkeypatch):
     message = mnist_missing_message(path, missing)
     assert ", ".join(missing) in message and str(raw.resolve()) in message
     assert f"karp-robust data download mnist --data-dir {path}" in message
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["records", "--help"], ["evaluate", "--help"]])
+def test_help_and_version_do_not_import_torch(args):
+    code = ("import sys\nfrom robustbench_karp.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\nassert 'torch' not in sys.modules, 'torch was imported'")
+    result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
