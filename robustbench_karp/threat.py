@@ -111,12 +111,16 @@ def ascend(
     stop_when_done: bool = False,
     start: torch.Tensor | None = None,
     final_check: bool = True,
+    compact_every: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Projected steepest ascent of objective inside threat's ball and [0, 1].
 
     objective(x_adv, idx) -> (loss (b,), done (b,) bool or None), where idx (b,) are the positions
-    in x of the rows of x_adv. With stop_when_done, a row leaves the batch at its first `done`
-    iterate, which is kept: later steps cost nothing for it and can never undo it. `start`, when
+    in x of the rows of x_adv. With stop_when_done, a row's first `done` iterate is kept (a masked
+    write on the device, no host sync) and later steps can never undo it; every `compact_every`
+    steps the finished rows leave the batch (one host sync), so later steps cost nothing for them.
+    Rows are independent, so the result is the same for every compact_every (default: every step
+    on CPU, where compute is what costs; every 8 on GPUs, where a sync per step does). `start`, when
     given, replaces the random or clean starting point and is used as given (even outside [0, 1]);
     every returned point is projected.
 
@@ -126,26 +130,36 @@ def ascend(
     are untouched because gradients are taken with autograd.grad with respect to x_adv only.
     """
     x = x.detach()
+    k = compact_every or (1 if x.device.type == "cpu" else 8)
     if start is not None:
         out = start.detach().clone()  # as given (it may leave [0, 1]); every later iterate is projected
     else:
         out = threat.random_point(x, gen) if random_start else x.clone()
     done_all = torch.zeros(len(x), dtype=torch.bool, device=x.device)
     idx = torch.arange(len(x), device=x.device)
+    active = torch.ones(len(x), dtype=torch.bool, device=x.device)  # (b,) rows not yet done
     x_adv, x_ref = out.clone(), x
-    for _ in range(steps):
+    for step in range(steps):
         x_adv.requires_grad_(True)
         loss, done = objective(x_adv, idx)
         (g,) = torch.autograd.grad(loss.sum(), x_adv)
         x_adv = x_adv.detach()
-        if stop_when_done and done is not None and done.any():
-            out[idx[done]] = threat.project(x_adv[done], x_ref[done])  # a no-op after the first step
-            done_all[idx[done]] = True
-            keep = ~done
-            idx, x_adv, x_ref, g = idx[keep], x_adv[keep], x_ref[keep], g[keep]
-            if not len(idx):
-                return out, done_all
+        if stop_when_done and done is not None:
+            newly = done & active  # (b,) first adversarial iterate: keep it
+            rows = newly.view(-1, *([1] * (x.dim() - 1)))
+            out[idx] = torch.where(rows, threat.project(x_adv, x_ref), out[idx])  # a no-op projection after step 1
+            done_all[idx] = done_all[idx] | newly
+            active = active & ~done
+            if (step + 1) % k == 0 or step == steps - 1:  # compaction, the only host sync
+                keep = active.nonzero().squeeze(1)
+                if not len(keep):
+                    return out, done_all
+                if len(keep) < len(idx):
+                    idx, x_adv, x_ref, g, active = idx[keep], x_adv[keep], x_ref[keep], g[keep], active[keep]
         x_adv = threat.project(x_adv + step_size * threat.ascent_direction(g), x_ref)
+    if stop_when_done:
+        live = active.nonzero().squeeze(1)  # rows finished since the last compaction keep their first iterate
+        idx, x_adv = idx[live], x_adv[live]
     out[idx] = x_adv
     if stop_when_done and final_check and len(idx):  # the last iterate is only checked when asked (restarts)
         with torch.no_grad():

@@ -110,3 +110,32 @@ def test_two_torchrun_processes_write_the_single_process_record(karp_home, digit
     one, two = json.loads(single.stdout), json.loads(sharded.stdout)  # rank 0 alone prints
     same_numbers(one, two)
     assert [r["id"] for r in ResultsStore(tmp_path / "two" / "results.sqlite").records()] == [one["id"]]
+
+
+def test_early_drop_is_identical_for_every_compaction_interval_and_never_weaker(digits, digits_model):
+    """ascend keeps each point's first adversarial iterate with masked writes and compacts every k steps."""
+    from robustbench_karp.attacks.base import untargeted_objective
+    from robustbench_karp.threat import ThreatModel, ascend
+
+    _, test = digits
+    x, y = test.batch(torch.arange(200))
+    threat = ThreatModel("linf", 0.1)
+    objective = untargeted_objective(digits_model, y)
+
+    def run(k, stop):  # a step as large as eps makes iterates bounce: the last one loses points an earlier one broke
+        gen = torch.Generator().manual_seed(0)
+        return ascend(x, objective, threat, steps=20, step_size=0.1, random_start=True, gen=gen,
+                      stop_when_done=stop, final_check=True, compact_every=k)
+
+    results = {k: run(k, True) for k in (1, 3, 8, 50)}
+    for k in (3, 8, 50):
+        assert torch.equal(results[k][0], results[1][0]) and torch.equal(results[k][1], results[1][1]), k
+    early, done = results[1]
+    last, _ = run(1, False)
+    with torch.no_grad():
+        robust_early = digits_model(early).argmax(1) == y
+        robust_last = digits_model(last).argmax(1) == y
+    assert not (robust_early & ~robust_last).any()  # a point the last iterate breaks, early drop breaks too
+    assert (robust_last & ~robust_early).any()  # and early drop keeps some the last iterate loses
+    assert torch.equal(done, ~robust_early | done)  # every point marked done is adversarial in the result
+    assert threat.distance(early, x).max() <= 0.1 + 1e-6 and early.min() >= 0 and early.max() <= 1
