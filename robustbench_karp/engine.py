@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -301,6 +302,25 @@ def evaluate(
     threat = ThreatModel(norm, eps)
     built = [as_attack(a) for a in attacks]
     model = model.to(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    batches = zip(x.split(batch_size), y.split(batch_size))
-    return run_attacks(model, batches, built, threat, gen, device)
+    start, outcomes = time.perf_counter(), []
+
+    def generator(b: int) -> torch.Generator:  # batch b's own stream, as the CLI's records use (sharded.py)
+        reseed_randomized(model, batch_seed(seed, b))
+        return torch.Generator(device=device).manual_seed(batch_seed(seed, b))
+
+    batches = ((b, xb, yb) for b, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size))))
+    warnings = attack_batches(model, batches, built, threat, generator, device, lambda b, o: outcomes.append(o))
+    return combine(outcomes, [name for name, _ in expand(built)], time.perf_counter() - start, device, warnings)
+
+
+def batch_seed(seed: int, b: int) -> int:
+    """A 63-bit seed for batch b of an evaluation seeded with seed (independent streams, not seed + b)."""
+    return int.from_bytes(hashlib.sha256(f"karp-batch:{seed}:{b}".encode()).digest()[:8], "little") >> 1
+
+
+def reseed_randomized(model: nn.Module, seed: int) -> None:
+    """Give every randomized module of model (a Defense-GAN purifier, ...) its batch's own random state."""
+    for module in model.modules():
+        reseed = getattr(module, "reseed", None)
+        if callable(reseed):
+            reseed(seed)

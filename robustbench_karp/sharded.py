@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -30,24 +29,19 @@ import torch
 from torch import nn
 
 from robustbench_karp.distributed import setup_distributed
-from robustbench_karp.engine import BatchOutcome, EvalResult, attack_batches, combine, expand
+from robustbench_karp.engine import (
+    BatchOutcome,
+    EvalResult,
+    attack_batches,
+    batch_seed,
+    combine,
+    expand,
+    reseed_randomized,
+)
 from robustbench_karp.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 RNG = "per-batch/1"  # EvalConfig.rng of evaluations made here: batch b's randomness from (seed, b) alone
-
-
-def batch_seed(seed: int, b: int) -> int:
-    """A 63-bit seed for batch b of an evaluation seeded with seed (independent streams, not seed + b)."""
-    return int.from_bytes(hashlib.sha256(f"karp-batch:{seed}:{b}".encode()).digest()[:8], "little") >> 1
-
-
-def reseed_randomized(model: nn.Module, seed: int) -> None:
-    """Give every randomized module of model (a Defense-GAN purifier, ...) its batch's own random state."""
-    for module in model.modules():
-        reseed = getattr(module, "reseed", None)
-        if callable(reseed):
-            reseed(seed)
 
 
 class PartialResults:

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from robustbench_karp.attacks import build_attack
+from robustbench_karp.engine import batch_seed
 from robustbench_karp.harness import EvalRequest, run_evaluation
-from robustbench_karp.sharded import PartialResults, batch_seed
+from robustbench_karp.sharded import PartialResults
 from robustbench_karp.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
