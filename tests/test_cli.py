@@ -44,7 +44,7 @@ def home(trained_home, tmp_path, monkeypatch):
     return h
 
 
-def cli(*args, env_home=None, timeout=600):
+def cli(*args, env_home=None, timeout=3600):
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     if env_home is not None:
         env["KARP_HOME"] = str(env_home)
@@ -164,7 +164,7 @@ def test_ctrl_c_writes_no_partial_record(home):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     time.sleep(8)  # past start-up, inside the attack
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 130, err[-1000:]
     assert "interrupted" in err and "Traceback" not in err
     db = home / "results.sqlite"
@@ -178,7 +178,7 @@ def test_concurrent_evaluations_both_land(home):
     procs = [subprocess.Popen(args + ["--seed", "0", "--n-examples", str(n)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for n in (100, 200)]
     for p in procs:
-        p.communicate(timeout=300)
+        p.communicate(timeout=1800)
         assert p.returncode == 0
     assert sorted(r["n_examples"] for r in ResultsStore(home / "results.sqlite").records()) == [100, 200]
 

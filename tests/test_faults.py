@@ -61,7 +61,7 @@ def _start(cmd, env):
                             start_new_session=True)
 
 
-def _finish(run, timeout=600):
+def _finish(run, timeout=3600):
     """(stdout, stderr) once run exits; past the timeout it is stopped (hung DDP workers too) and the test fails."""
     try:
         return run.communicate(timeout=timeout)
@@ -124,7 +124,7 @@ def test_concurrent_gan_cache_users_train_once_and_share_the_file(karp_home, mon
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=600)
+        t.join(timeout=3600)
     assert len(trained) == 1 and results["a"][1] == results["b"][1] == gan_cache.recorded_sha256(path)
     assert all(torch.equal(net.weight, torch.ones(2, 2)) for net, _ in results.values())
 
@@ -140,7 +140,7 @@ def test_file_lock_excludes_a_second_holder_until_released(tmp_path, monkeypatch
     first_holds, second_tried = threading.Event(), threading.Event()
 
     def second():
-        first_holds.wait(timeout=300)
+        first_holds.wait(timeout=1800)
         second_tried.set()
         with locks.file_lock(target):
             events.append("second holds")
@@ -149,10 +149,10 @@ def test_file_lock_excludes_a_second_holder_until_released(tmp_path, monkeypatch
     thread.start()
     with locks.file_lock(target):
         first_holds.set()
-        second_tried.wait(timeout=300)
+        second_tried.wait(timeout=1800)
         time.sleep(0.3)  # time for the second thread to (wrongly) get in
         events.append("first releases")
-    thread.join(timeout=300)
+    thread.join(timeout=1800)
     assert events == ["first releases", "second holds"]
     assert locks.lock_path(target).exists() == flock  # the fallback removes its lock file on release
 

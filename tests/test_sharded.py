@@ -102,11 +102,11 @@ def test_two_torchrun_processes_write_the_single_process_record(karp_home, digit
             "--batch-size", "40", "--device", "cpu", "--json"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     single = subprocess.run([sys.executable, "-m", "robustbench_karp", *args], capture_output=True, text=True,
-                            env={**env, "KARP_HOME": str(tmp_path / "one")}, timeout=900)
+                            env={**env, "KARP_HOME": str(tmp_path / "one")}, timeout=3600)
     assert single.returncode == 0, single.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     sharded = subprocess.run([*torchrun, "-m", "robustbench_karp", *args], capture_output=True, text=True,
-                             env={**env, "KARP_HOME": str(tmp_path / "two")}, timeout=900)
+                             env={**env, "KARP_HOME": str(tmp_path / "two")}, timeout=3600)
     assert sharded.returncode == 0, sharded.stderr
     one, two = json.loads(single.stdout), json.loads(sharded.stdout)  # rank 0 alone prints
     same_numbers(one, two)

@@ -100,7 +100,7 @@ def test_an_append_waits_out_a_locked_database_and_lands(tmp_path, monkeypatch):
         time.sleep(0.01)
     assert thread.is_alive() and list(store.pending_dir.iterdir())  # still waiting; the record is safe on disk
     locker.execute("COMMIT")
-    thread.join(timeout=300)
+    thread.join(timeout=1800)
     assert ResultsStore(path).records() == [record] and not list(store.pending_dir.iterdir())
 
 

@@ -197,7 +197,7 @@ def test_ddp_two_processes_on_cpu_with_gloo(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "robustbench_karp", "train", "--model", "smallcnn", "--dataset", "digits", "--defense", "fgsm-at",
            "--defense-arg", "init=prior", "--epochs", "3", "--device", "cpu"]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]
     finals = [p for p in (tmp_path / "checkpoints").glob("*.pt") if ".last" not in p.name]
     assert len(finals) == 1 and not list((tmp_path / "checkpoints").glob(".*.tmp"))
