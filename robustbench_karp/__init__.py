@@ -1,7 +1,8 @@
 """karp-robust: adversarial-robustness benchmarking for PyTorch.
 
-    from robustbench_karp import evaluate, load_model
+    from robustbench_karp import evaluate, load_dataset, load_model
     model = load_model("resnet18", dataset="digits", defense="standard")   # trained once, then cached
+    x, y = load_dataset("digits", split="test", n=200)                     # in [0, 1], the CLI's fixed points
     result = evaluate(model, x, y, attacks=["pgd"], norm="linf", eps=0.1, seed=0)
     result.clean_accuracy, result.robust_accuracy, result.per_attack
 
@@ -15,11 +16,12 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {"EvalResult": "robustbench_karp.engine", "evaluate": "robustbench_karp.engine",
-         "load_model": "robustbench_karp.harness"}  # public name -> the module that defines it
+         "load_model": "robustbench_karp.harness", "load_dataset": "robustbench_karp.data"}  # name -> its module
 
-__all__ = ["EvalResult", "evaluate", "load_model"]
+__all__ = ["EvalResult", "evaluate", "load_dataset", "load_model"]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
+    from robustbench_karp.data import load_dataset
     from robustbench_karp.engine import EvalResult, evaluate
     from robustbench_karp.harness import load_model
 

@@ -176,7 +176,9 @@ def add_train(sub) -> None:
     tr.add_argument("--amp", choices=["none", "bf16"], default=None, help="bf16 mixed precision for the training step")
     tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                     help="channels-last memory format")
-    tr.add_argument("--resume", action="store_true", help="continue an interrupted run of this configuration")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue an interrupted run of this configuration (the default when one exists)")
+    tr.add_argument("--restart", action="store_true", help="discard an interrupted run of this configuration")
     tr.add_argument("--force", action="store_true", help="retrain even if the checkpoint exists")
     tr.add_argument("--out", type=Path, default=None, help="also write a copy of the checkpoint here")
     tr.add_argument("--tensorboard", type=Path, default=None, metavar="DIR")
@@ -267,10 +269,13 @@ def main(argv: list[str] | None = None) -> int:
             code = commands.run(args)
         ok = code == 0
         return code
-    except KeyboardInterrupt:
-        kept = ("; finished batches are kept: run the same command again to resume" if args.command == "evaluate"
-                else "")
-        print(f"karp-robust: interrupted; no record was written{kept}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if str(e):  # training says which epoch is saved
+            print(f"karp-robust: {e}", file=sys.stderr)
+        else:
+            kept = ("; finished batches are kept: run the same command again to resume"
+                    if args.command == "evaluate" else "")
+            print(f"karp-robust: interrupted; no record was written{kept}", file=sys.stderr)
         return 130
     except Exception as e:  # one line for the user; the traceback with KARP_DEBUG=1
         if os.environ.get("KARP_DEBUG"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import shutil
@@ -132,7 +133,7 @@ def cmd_train(args) -> int:
 
     from robustbench_karp.engine import resolve_device
     from robustbench_karp.harness import checkpoint_path
-    from robustbench_karp.train import ResumeError, fit, make_train_config
+    from robustbench_karp.train import ResumeError, fit, interrupted_epoch, make_train_config
     from robustbench_karp.train_logs import TensorBoardCallback
 
     DATASETS.get(args.dataset), MODELS.get(args.model)
@@ -153,15 +154,27 @@ def cmd_train(args) -> int:
             print(f"already trained: {out} (use --force to retrain)")
         _copy(out, args.out)
         return 0
-    if args.resume and not out.with_suffix(".last.pt").is_file():
+    if args.resume and args.restart:
+        raise ValueError("--resume and --restart contradict each other: pick one")
+    saved = interrupted_epoch(out)
+    if args.resume and saved is None:
         raise ResumeError(f"--resume: no interrupted run to resume ({out.with_suffix('.last.pt')} does not exist)")
+    if saved is not None and args.restart:
+        if main_rank:
+            out.with_suffix(".last.pt").unlink(missing_ok=True)
+            print(f"--restart: discarded the interrupted run of {out.stem} ({saved} epochs saved)", file=sys.stderr)
+        saved = None
+    elif saved is not None and main_rank:
+        print(f"resuming the interrupted run of {out.stem} after epoch {saved} (--restart starts over)",
+              file=sys.stderr)
     callbacks = [TqdmTraining()] if main_rank else []
-    if args.tensorboard and main_rank:
-        callbacks.append(TensorBoardCallback(args.tensorboard))
+    if args.tensorboard and main_rank:  # one subdirectory per run, so runs' curves never overlap
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        callbacks.append(TensorBoardCallback(args.tensorboard / f"{out.stem}-{stamp}"))
     if main_rank:
         print(f"training {out.stem}: {json.dumps(asdict(config)['recipe'])}", file=sys.stderr)
     payload = fit(config, out, data_dir=args.data_dir, device=device, download=args.download,
-                  resume=args.resume, callbacks=callbacks)
+                  resume=saved is not None, callbacks=callbacks)
     if main_rank:
         if payload["stopped_early"]:
             print(f"catastrophic overfitting: stopped after epoch {payload['epochs_completed']}, kept the weights of "

@@ -92,6 +92,18 @@ def subset_indices(n_test: int, n_examples: int | None) -> torch.Tensor:
     return torch.arange(n_examples)
 
 
+def load_dataset(name: str, split: str = "test", n: int | None = None,
+                 data_dir: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x (N, C, H, W) float in [0, 1], y (N,) int64): the first n points of a split, the CLI's fixed subset.
+
+    >>> x, y = load_dataset("digits", split="test", n=200)
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    data = load_split(DATASETS.get(name), train=split == "train", data_dir=data_dir)
+    return data.batch(subset_indices(len(data), n))
+
+
 # --- digits: embedded in scikit-learn, works offline ------------------------------------------
 
 def _load_digits(spec: DatasetSpec, root: Path, train: bool, download: bool) -> ImageSet:

@@ -41,7 +41,7 @@ from robustbench_karp.store import (
     portable_path,
 )
 from robustbench_karp.threat import ThreatModel
-from robustbench_karp.train import TrainConfig, fit, make_train_config
+from robustbench_karp.train import TrainConfig, fit, interrupted_epoch, make_train_config
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,8 @@ def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, devi
         if found is not None:
             return found
         log.info("no checkpoint for %s; training one (%d epochs)", config.stem(), config.recipe["epochs"])
-        fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks)
+        resume = interrupted_epoch(out) is not None  # an interrupted training of this recipe continues
+        fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks, resume=resume)
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,19 @@ class TrainingDiverged(RuntimeError):
 
 class ResumeError(ValueError):
     """--resume without a checkpoint, or with one of another configuration."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message names the last saved epoch and how to resume."""
+
+
+def interrupted_epoch(out: Path) -> int | None:
+    """The epochs an interrupted run of out's configuration saved in <stem>.last.pt; None when there is none."""
+    last = out.with_suffix(".last.pt")
+    if not last.is_file():
+        return None
+    state = load_checkpoint(last).get("state")
+    return int(state["epoch"]) if isinstance(state, dict) and "epoch" in state else 0
 
 
 @dataclass(frozen=True)
@@ -287,32 +301,37 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     state = _load_resume(last, config, model, optimizer, scheduler, average, memory) if resume else TrainState()
     wrapped = nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
     evaluated = average.model if average else model  # the weights that are validated and kept
-    for epoch in range(state.epoch, 0 if state.stopped_early else recipe.epochs):
-        started = time.perf_counter()
-        metrics = {"epoch": epoch + 1, **train_epoch(wrapped, defense, data, train_idx, config, epoch, optimizer,
-                                                      scheduler, env, callbacks,
-                                                      after_step=average and (lambda: average.update(model)),
-                                                      memory=memory),
-                   "lr": optimizer.param_groups[0]["lr"]}
-        metrics |= _measure(evaluated, data, val_idx, guard_idx, config, env, defense.adversarial)
-        collapsed = _track(state, metrics, evaluated, config, defense.adversarial or recipe.select == "best")
-        state.stopped_early = env.any_rank(collapsed)  # all ranks leave the loop together, or none does
-        state.epoch, state.train_seconds = epoch + 1, state.train_seconds + time.perf_counter() - started
-        state.history.append({**metrics, "train_seconds": state.train_seconds})
-        if env.main:
-            save_checkpoint(last, {"config": asdict(config), "state_dict": model.state_dict(),
-                                   "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                   "average": average.state_dict() if average else None,
-                                   "memory": memory.state_dict() if memory else None, "state": asdict(state)})
-            write_logs(out.with_suffix(""), state.history)
-        for cb in callbacks:
-            cb.on_epoch(state.history[-1])
-        if state.stopped_early:
-            seen = (f"guard PGD accuracy {metrics['guard_pgd_accuracy']:.3f} fell more than {config.guard_drop:.2f} "
-                    f"below its best {state.best_guard:.3f}") if collapsed else "another rank's guard collapsed"
-            log.warning("catastrophic overfitting at epoch %d: %s; stopping and keeping the epoch-%d weights (best "
-                        "validation PGD accuracy %.3f)", epoch + 1, seen, state.best_epoch, state.best_val)
-            break
+    try:
+        for epoch in range(state.epoch, 0 if state.stopped_early else recipe.epochs):
+            started = time.perf_counter()
+            metrics = {"epoch": epoch + 1, **train_epoch(wrapped, defense, data, train_idx, config, epoch, optimizer,
+                                                          scheduler, env, callbacks,
+                                                          after_step=average and (lambda: average.update(model)),
+                                                          memory=memory),
+                       "lr": optimizer.param_groups[0]["lr"]}
+            metrics |= _measure(evaluated, data, val_idx, guard_idx, config, env, defense.adversarial)
+            collapsed = _track(state, metrics, evaluated, config, defense.adversarial or recipe.select == "best")
+            state.stopped_early = env.any_rank(collapsed)  # all ranks leave the loop together, or none does
+            state.epoch, state.train_seconds = epoch + 1, state.train_seconds + time.perf_counter() - started
+            state.history.append({**metrics, "train_seconds": state.train_seconds})
+            if env.main:
+                save_checkpoint(last, {"config": asdict(config), "state_dict": model.state_dict(),
+                                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                       "average": average.state_dict() if average else None,
+                                       "memory": memory.state_dict() if memory else None, "state": asdict(state)})
+                write_logs(out.with_suffix(""), state.history)
+            for cb in callbacks:
+                cb.on_epoch(state.history[-1])
+            if state.stopped_early:
+                seen = (f"guard PGD accuracy {metrics['guard_pgd_accuracy']:.3f} fell more than {config.guard_drop:.2f} "
+                        f"below its best {state.best_guard:.3f}") if collapsed else "another rank's guard collapsed"
+                log.warning("catastrophic overfitting at epoch %d: %s; stopping and keeping the epoch-%d weights (best "
+                            "validation PGD accuracy %.3f)", epoch + 1, seen, state.best_epoch, state.best_val)
+                break
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(f"training interrupted; {state.epoch} of {recipe.epochs} epochs are saved in "
+                                  f"{last}: run the same command again to resume from epoch {state.epoch + 1} "
+                                  "(train --restart starts over)") from None
     use_best = state.stopped_early or recipe.select == "best"
     payload = {"format": CHECKPOINT_FORMAT, "config": asdict(config), "amp": effective_amp(recipe, env.device),
                "conditions": {**cpu_conditions(), "device": str(env.device), "world_size": env.world},
@@ -321,6 +340,8 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
                "stopped_early": state.stopped_early, "train_seconds": state.train_seconds, "history": state.history}
     if env.main:
         save_checkpoint(out, payload)
+        if not os.environ.get("KARP_KEEP_RESUME_STATE"):  # kept only to inspect it (the DDP test reads its memory)
+            last.unlink(missing_ok=True)  # the run is complete: its resume state (as large as the model) is not needed
     if dist.is_initialized():
         dist.barrier()
     return payload

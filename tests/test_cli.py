@@ -147,7 +147,7 @@ def test_main_job_runs_offline_with_no_other_argument(tmp_path):
     records = ResultsStore(tmp_path / "results.sqlite").records()
     assert len(records) == 2 and records[0]["checkpoint_sha256"] == json.loads(second.stdout)["checkpoint_sha256"]
     assert records[0]["robust_accuracy"] < records[0]["clean_accuracy"] and records[0]["clean_accuracy"] > 0.9
-    assert len(list((tmp_path / "checkpoints").glob("resnet18-digits-standard-*.pt"))) == 2  # final + .last.pt
+    assert len(list((tmp_path / "checkpoints").glob("resnet18-digits-standard-*.pt"))) == 1  # no .last.pt left
 
 
 def test_bad_input_from_the_shell_has_no_traceback(home):

@@ -193,7 +193,7 @@ def test_bf16_recipe_on_a_device_without_bf16_units_trains_in_float32(tmp_path, 
 
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu_with_gloo(tmp_path):
-    env = {**os.environ, "KARP_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "KARP_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "KARP_KEEP_RESUME_STATE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "robustbench_karp", "train", "--model", "smallcnn", "--dataset", "digits", "--defense", "fgsm-at",
            "--defense-arg", "init=prior", "--epochs", "3", "--device", "cpu"]
@@ -236,3 +236,34 @@ def test_short_mnist_fgsm_at_beats_standard_under_pgd(mnist_dir, mnist_test, tmp
     assert results["fgsm-at"].clean_accuracy > 0.9
     assert results["fgsm-at"].robust_accuracy > results["standard"].robust_accuracy + 0.3, \
         (results["fgsm-at"].robust_accuracy, results["standard"].robust_accuracy)
+
+
+def test_train_resumes_an_interrupted_run_by_default_and_leaves_no_resume_state(karp_home, capsys):
+    from robustbench_karp.cli import main
+    from robustbench_karp.harness import checkpoint_path
+    from robustbench_karp.train import TrainingInterrupted
+
+    args = ["train", "--model", "smallcnn", "--dataset", "digits", "--defense", "standard", "--epochs", "2",
+            "--schedule", "constant", "--batch-size", "64", "--train-size", "400", "--seed", "3", "--device", "cpu"]
+    config = digits_config("standard")
+    out = checkpoint_path(config, torch.device("cpu"))
+    straight = fit(config, karp_home / "straight.pt")
+    assert not (karp_home / "straight.last.pt").exists()  # a finished run leaves no resume state
+    with pytest.raises(TrainingInterrupted, match="1 of 2 epochs are saved in .*: run the same command again to "
+                                                  "resume from epoch 2"):
+        fit(config, out, callbacks=[StopAfter(1)])
+    assert main(args) == 0  # no --resume needed
+    err = capsys.readouterr().err
+    assert "resuming the interrupted run" in err and "after epoch 1" in err
+    assert not out.with_suffix(".last.pt").exists()
+    resumed = load_checkpoint(out)
+    for key, value in straight["state_dict"].items():
+        assert torch.equal(value, resumed["state_dict"][key]), key
+
+    with pytest.raises(TrainingInterrupted):
+        fit(config, karp_home / "again.pt", callbacks=[StopAfter(1)])
+    (karp_home / "again.last.pt").rename(out.with_suffix(".last.pt"))
+    assert main([*args, "--force", "--restart"]) == 0
+    assert "discarded the interrupted run" in capsys.readouterr().err
+    assert [h["epoch"] for h in load_checkpoint(out)["history"]] == [1, 2]  # started over: two fresh epochs
+    assert main([*args, "--resume", "--restart"]) == 2
