@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--n-examples", type=int, default=1000)
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--eps", default="0.1", help="an eps the quick one-epoch model is robust at: every point runs all steps")
     p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--checkpoint", type=Path, default=None, help="a smallcnn MNIST checkpoint (default: train one)")
     a = p.parse_args()
@@ -53,13 +54,13 @@ def main() -> None:
         print(f"trained fgsm-at smallcnn (1 epoch, 12000 images) in {seconds:.1f} s")
     args = ["evaluate", "--model", "smallcnn", "--dataset", "mnist", "--data-dir", str(a.data_dir), "--checkpoint",
             str(checkpoint), "--attack", "pgd", "--attack-arg", f"steps={a.steps}", "--n-examples", str(a.n_examples),
-            "--batch-size", str(a.batch_size), "--device", "cpu", "--json"]
+            "--batch-size", str(a.batch_size), "--eps", a.eps, "--device", "cpu", "--json"]
     one_thread = {**env, "OMP_NUM_THREADS": "1"}
     t1, out1 = karp(args, {**one_thread, "KARP_HOME": str(home / "one")})
     tk, outk = karp(args, {**one_thread, "KARP_HOME": str(home / "many")}, torchrun=a.nproc)
     r1, rk = json.loads(out1), json.loads(outk)
     same = all(r1[k] == rk[k] for k in ("id", "clean_mask", "robust_mask", "per_attack"))
-    print(f"PGD-{a.steps}, {a.n_examples} MNIST points, batches of {a.batch_size}, smallcnn {checkpoint.name}: "
+    print(f"PGD-{a.steps} at eps {a.eps}, {a.n_examples} MNIST points, batches of {a.batch_size}, smallcnn {checkpoint.name}: "
           f"clean {r1['clean_accuracy']:.3f}, robust {r1['robust_accuracy']:.3f}")
     print(f"1 process x 1 thread:  {t1:6.1f} s  (evaluation {r1['elapsed_seconds']:.1f} s)")
     print(f"{a.nproc} processes x 1 thread: {tk:6.1f} s  (evaluation {rk['elapsed_seconds']:.1f} s)")
