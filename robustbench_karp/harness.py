@@ -110,9 +110,21 @@ def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, devi
 
 def load_model(name: str, dataset: str = "digits", defense: str = "standard", *, seed: int = 0,
                checkpoint: str | Path | None = None, data_dir: Path | None = None, device: str = "auto",
-               download: bool = True, callbacks: list | None = None) -> nn.Module:
-    """The trained model (in eval mode), from `checkpoint` or the store, training it if needed."""
+               download: bool = True, callbacks: list | None = None, norm: str = "linf",
+               normalize: str | None = None, robustbench_dir: Path | None = None) -> nn.Module:
+    """The trained model (in eval mode, taking [0, 1] images), from any source --model takes.
+
+    A registered name comes from `checkpoint` or the store (trained if needed); "robustbench:<ID>"
+    (with dataset and norm naming its threat model), "file.py:factory" and "torchvision:<name>"
+    from their own weights, e.g. load_model("robustbench:Carmon2019Unlabeled", dataset="cifar10",
+    norm="linf", checkpoint=path).
+    """
     dev = resolve_device(device)
+    source = parse_model(name)
+    if source.external:
+        loaded = load_external(source, DATASETS.get(dataset), norm=norm, normalize=normalize,
+                               checkpoint=Path(checkpoint) if checkpoint else None, robustbench_dir=robustbench_dir)
+        return loaded.classifier.to(dev).eval()
     path = Path(checkpoint) if checkpoint else obtain_checkpoint(
         make_train_config(name, dataset, defense, seed=seed), data_dir=data_dir, device=dev, download=download,
         callbacks=callbacks)

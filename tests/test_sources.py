@@ -280,10 +280,10 @@ def test_robustbench_checkpoint_and_plain_state_dict_give_one_record_id(karp_hom
     assert again["robust_mask"] == record["robust_mask"]
 
     # The zoo model's logits are its backbone's on normalized input: the Normalize in front is the zoo's.
-    from robustbench_karp.harness import EvalRequest, prepare
+    from robustbench_karp import load_model
 
-    model, _, _ = prepare(EvalRequest(model="robustbench:Wong2020Fast", dataset="cifar10", checkpoint=str(download),
-                                      device="cpu"))
+    model = load_model("robustbench:Wong2020Fast", dataset="cifar10", norm="linf", checkpoint=download, device="cpu")
+    assert not model.training
     backbone = zoo.build_backbone(entry).eval()
     backbone.load_state_dict(plain)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
