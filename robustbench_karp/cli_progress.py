@@ -6,7 +6,9 @@ rest of the CLI, only these draw: the library reports progress through callbacks
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -37,16 +39,60 @@ class TqdmTraining:
 
 
 class EvalProgress:
-    """A progress bar over the test points being evaluated."""
+    """Evaluation progress on stderr: the running attack and batch, points done, passes, time left.
 
-    def __init__(self):
-        self.bar = None
+    It is the engine's reporter (.batch(b), .attack(name, points), .tick(forward passes)) and takes
+    the harness's on_start/on_batch. On a terminal, a tqdm bar over the test points whose description
+    names the running attack and whose postfix counts forward passes, so it moves within a batch.
+    Elsewhere (a log file, CI) a plain line at most every `interval` seconds (KARP_PROGRESS_INTERVAL,
+    default 10), also while one batch is being attacked.
+    """
+
+    def __init__(self, stream=None, interval: float | None = None):
+        self.stream = stream or sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = float(os.environ.get("KARP_PROGRESS_INTERVAL", "10")) if interval is None else interval
+        self.bar, self.total, self.done, self.passes, self.b = None, 0, 0, 0, 0
+        self.name, self.started, self.shown = "", time.perf_counter(), 0.0
 
     def start(self, n: int) -> None:
-        self.bar = tqdm(total=n, desc="evaluating", unit="img", file=sys.stderr, leave=False, disable=None)
+        self.total, self.started = n, time.perf_counter()
+        if self.tty:
+            self.bar = tqdm(total=n, desc="evaluating", unit="img", file=self.stream, leave=False)
+
+    def batch(self, b: int) -> None:
+        self.b = b
+
+    def attack(self, name: str, points: int) -> None:
+        self.name = name
+        self._show(force=not self.shown)
+
+    def tick(self, passes: int) -> None:
+        self.passes = passes
+        self._show()
 
     def update(self, k: int) -> None:
-        self.bar.update(k)
+        self.done += k
+        if self.bar is not None:
+            self.bar.update(k)
+        self._show()
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        left = f", about {elapsed / self.done * (self.total - self.done):.0f} s left" if self.done else ""
+        return (f"evaluating: {self.name or 'clean'} on batch {self.b + 1}: {self.done}/{self.total} points done, "
+                f"{self.passes} forward passes, {elapsed:.0f} s{left}")
+
+    def _show(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.shown < (0.2 if self.tty else self.interval):
+            return
+        self.shown = now
+        if self.bar is not None:
+            self.bar.set_description(f"{self.name or 'clean'} (batch {self.b + 1})", refresh=False)
+            self.bar.set_postfix(passes=self.passes)
+        elif not self.tty:
+            print(self.line(), file=self.stream, flush=True)
 
     def __enter__(self):
         return self

@@ -85,7 +85,7 @@ def cmd_compare(args) -> int:
             if record is None:
                 with EvalProgress() as progress:
                     record = run_evaluation(req, prepared=prepared, plan=plan, on_start=progress.start,
-                                            on_batch=progress.update)
+                                            on_batch=progress.update, reporter=progress)
             records.append(record)
         rows.append((defense, records))
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 gathered every cell and prints the matrix

@@ -99,7 +99,8 @@ def cmd_evaluate(args) -> int:
         prepared = prepare(req, train_callbacks=[TqdmTraining()])  # a fresh model per config: no state carries over
         with EvalProgress() as progress:
             record = run_evaluation(req, prepared=prepared, on_start=progress.start if main_rank else None,
-                                    on_batch=progress.update if main_rank else None, sweep=records)
+                                    on_batch=progress.update if main_rank else None, sweep=records,
+                                    reporter=progress if main_rank else None)
         if record is None:  # another rank's share is done; rank 0 gathered it
             continue
         records.append(record)
@@ -112,9 +113,11 @@ def cmd_evaluate(args) -> int:
 
 
 def print_record(record: dict) -> None:
-    rows = [["clean", f"{record['clean_accuracy']:.4f}"]]
-    rows += [[f"after {name}", f"{acc:.4f}"] for name, acc in record["per_attack"].items()]
-    rows.append(["robust (worst case)", f"{record['robust_accuracy']:.4f}"])
+    spent = (record.get("cost") or {}).get("per_attack") or {}
+    rows = [["clean", f"{record['clean_accuracy']:.4f}", ""]]
+    rows += [[f"after {name}", f"{acc:.4f}", f"{spent[name]['wall_seconds']:.1f}" if name in spent else ""]
+             for name, acc in record["per_attack"].items()]
+    rows.append(["robust (worst case)", f"{record['robust_accuracy']:.4f}", ""])
     defense = record["defense"]
     if record.get("model_source") and defense == "standard":
         defense = "its own weights"  # a zoo, file, torchvision or Python model: not trained here
@@ -122,7 +125,7 @@ def print_record(record: dict) -> None:
              f"   n={record['n_examples']}   seed={record['seed']}"
              + (f"   protocol {', '.join(record['protocols'])}" if record.get("protocols") else ""))
     print(title)
-    print(tabulate(rows, headers=["", "accuracy"], tablefmt="github"))
+    print(tabulate(rows, headers=["", "accuracy", "seconds"], tablefmt="github"))
     for warning in record.get("warnings", []):
         print(f"warning: {warning}")
     print(f"record {record['id']}  ({record['elapsed_seconds']:.1f} s on {record['device']})")

@@ -18,7 +18,7 @@ model the classifier is the network counted: model(x) runs it once, and so does 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +39,18 @@ def counted_network(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def count_passes(model: nn.Module) -> Iterator[Passes]:
-    """Count the passes through model's network while the block runs; the hook is removed in finally."""
+def count_passes(model: nn.Module, on_pass: Callable[[int], None] | None = None) -> Iterator[Passes]:
+    """Count the passes through model's network while the block runs; the hook is removed in finally.
+
+    on_pass(forward passes so far) after each forward pass: progress within an attack, at no cost.
+    """
     passes = Passes()
 
     def on_forward(module: nn.Module, inputs: tuple, output) -> None:
         n = inputs[0].shape[0] if inputs and torch.is_tensor(inputs[0]) and inputs[0].dim() > 0 else 0
         passes.forward += n
+        if on_pass is not None:
+            on_pass(passes.forward)
         if torch.is_tensor(output) and output.requires_grad:
             def on_backward(grad: torch.Tensor) -> None:
                 passes.backward += n

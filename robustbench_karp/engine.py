@@ -128,8 +128,11 @@ class BatchOutcome:
 
 
 def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list[tuple[str, Attack]],
-                 threat: ThreatModel, gen: torch.Generator, passes) -> BatchOutcome:
-    """Clean prediction, then every attack in cascade on the points still robust (model already in eval mode)."""
+                 threat: ThreatModel, gen: torch.Generator, passes, reporter=None) -> BatchOutcome:
+    """Clean prediction, then every attack in cascade on the points still robust (model already in eval mode).
+
+    reporter.attack(name, points) is told which attack starts on how many points (progress display).
+    """
     forward0, backward0 = passes.forward, passes.backward
     still = predict(model, x) == y  # (b,) bool
     clean = still.clone()
@@ -139,6 +142,8 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list
         used, t0 = {"attacked": 0, "forward": 0, "backward": 0, "seconds": 0.0}, time.perf_counter()
         if len(idx) and threat.eps > 0:  # eps 0 allows no perturbation: robust == clean
             forward, backward = passes.forward, passes.backward
+            if reporter is not None:
+                reporter.attack(name, len(idx))
             x_adv = attack(model, x[idx], y[idx], threat, gen)
             used["attacked"] = len(idx)  # the attack's own passes, not the engine's predict below
             used["forward"] = passes.forward - forward
@@ -179,18 +184,23 @@ def combine(outcomes: list[BatchOutcome], names: list[str], elapsed: float, devi
 
 def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
                    attacks: Sequence[Attack], threat: ThreatModel, gen_of: Callable[[int], torch.Generator],
-                   device: torch.device, on_outcome: Callable[[int, BatchOutcome], None]) -> list[str]:
+                   device: torch.device, on_outcome: Callable[[int, BatchOutcome], None], reporter=None) -> list[str]:
     """Attack each numbered batch (b, x, y) with the generator gen_of(b); on_outcome(b, outcome) after each.
 
+    reporter (optional, the CLI's progress display): .batch(b), .attack(name, points) and
+    .tick(forward passes) after every pass through the network.
     Returns the engine's warnings (a model found in train mode is evaluated in eval mode).
     """
     named = expand(attacks)
     warnings = []
-    with eval_mode(model) as was_training, count_passes(model) as passes:
+    on_pass = reporter.tick if reporter is not None else None
+    with eval_mode(model) as was_training, count_passes(model, on_pass) as passes:
         if was_training:
             warnings.append("model was in train mode; it was evaluated in eval mode")
         for b, x, y in batches:
-            outcome = attack_batch(model, x.to(device), y.to(device), named, threat, gen_of(b), passes)
+            if reporter is not None:
+                reporter.batch(b)
+            outcome = attack_batch(model, x.to(device), y.to(device), named, threat, gen_of(b), passes, reporter)
             release_memory()
             on_outcome(b, outcome)
     return warnings

@@ -302,7 +302,7 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
 def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train_callbacks: list | None = None,
                    on_batch: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
                    prepared: tuple | None = None, plan: Plan | None = None,
-                   sweep: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+                   sweep: list[dict[str, Any]] | None = None, reporter=None) -> dict[str, Any]:
     """Evaluate, run the sanity checks, build the record, append it to the store once complete, return it.
 
     prepared: a model from prepare() that nothing else has used yet (None: prepare one now).
@@ -315,7 +315,8 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
     if on_start:
         on_start(len(plan.indices))
     if plan.config.rng == RNG:  # logical batches: resumable, and sharded under torchrun
-        result = evaluate_batches(model, plan, req.seed, req.batch_size, device, store.path, on_batch=on_batch)
+        result = evaluate_batches(model, plan, req.seed, req.batch_size, device, store.path, on_batch=on_batch,
+                                  reporter=reporter)
         if result is None:  # another rank than 0: rank 0 writes the record
             return None
     elif plan.config.rng is None:

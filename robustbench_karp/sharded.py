@@ -84,7 +84,7 @@ class PartialResults:
 
 
 def evaluate_batches(model: nn.Module, plan, seed: int, batch_size: int, device: torch.device, store_path: Path,
-                     on_batch: Callable[[int], None] | None = None) -> EvalResult | None:
+                     on_batch: Callable[[int], None] | None = None, reporter=None) -> EvalResult | None:
     """Run plan's logical batches (this rank's share under torchrun), resuming from partial results.
 
     Returns the combined result on rank 0 (every batch present), None on the other ranks.
@@ -111,7 +111,7 @@ def evaluate_batches(model: nn.Module, plan, seed: int, batch_size: int, device:
         return torch.Generator(device=device).manual_seed(batch_seed(seed, b))
 
     batches = ((b, *plan.test.batch(logical[b])) for b in mine)
-    warnings = attack_batches(model, batches, plan.attacks, plan.threat, generator, device, keep)
+    warnings = attack_batches(model, batches, plan.attacks, plan.threat, generator, device, keep, reporter)
     if dist.world > 1:
         import torch.distributed as tdist
 

@@ -140,3 +140,21 @@ def test_early_drop_is_identical_for_every_compaction_interval_and_never_weaker(
     assert (robust_last & ~robust_early).any()  # and early drop keeps some the last iterate loses
     assert torch.equal(done, ~robust_early | done)  # every point marked done is adversarial in the result
     assert threat.distance(early, x).max() <= 0.1 + 1e-6 and early.min() >= 0 and early.max() <= 1
+
+
+def test_progress_off_a_terminal_names_the_attack_and_moves_within_a_batch(karp_home, digits_checkpoint, capsys,
+                                                                          monkeypatch):
+    import re
+
+    from robustbench_karp.cli import main
+
+    monkeypatch.setenv("KARP_PROGRESS_INTERVAL", "0")  # every update (CI logs get one line per 10 s)
+    assert main(["evaluate", "--model", "smallcnn", "--dataset", "digits", "--checkpoint", str(digits_checkpoint),
+                 "--attack", "fgsm", "--attack", "pgd", "--attack-arg", "steps=20", "--n-examples", "100",
+                 "--batch-size", "100", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("evaluating: pgd on batch 1: 0/100")]
+    passes = [int(re.search(r"(\d+) forward passes", line).group(1)) for line in lines]
+    assert len(passes) >= 10 and passes == sorted(passes) and passes[-1] > passes[0]  # it moves inside batch 1
+    assert "evaluating: fgsm on batch 1" in captured.err
+    assert re.search(r"\| after pgd +\| +[0-9.]+ \| +[0-9.]+ \|", captured.out)  # the table gives seconds per attack
