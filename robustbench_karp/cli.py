@@ -155,6 +155,9 @@ def add_evaluate(sub) -> None:
                     help="a named, versioned attack set (standard: AutoAttack plus the defense's adaptive attacks); "
                          "--attack adds to it")
     ev.add_argument("--json", action="store_true", help="print the record as one JSON object")
+    ev.add_argument("--save-examples", type=Path, default=None, metavar="DIR",
+                    help="write, per attack, a PNG grid (clean, adversarial, amplified perturbation, labels) and "
+                         "the adversarial points as tensors, under DIR/<record id>/")
 
 
 def add_train(sub) -> None:

@@ -98,12 +98,20 @@ def cmd_evaluate(args) -> int:
         req = EvalRequest(**{**base.__dict__, "eps": eps})
         prepared = prepare(req, train_callbacks=[TqdmTraining()])  # a fresh model per config: no state carries over
         with EvalProgress() as progress:
+            reporter = progress if main_rank else None
+            if args.save_examples:
+                from robustbench_karp.examples import ExampleSaver
+
+                reporter = ExampleSaver(reporter)
             record = run_evaluation(req, prepared=prepared, on_start=progress.start if main_rank else None,
                                     on_batch=progress.update if main_rank else None, sweep=records,
-                                    reporter=progress if main_rank else None)
+                                    reporter=reporter)
         if record is None:  # another rank's share is done; rank 0 gathered it
             continue
         records.append(record)
+        if args.save_examples:
+            for png in reporter.write(args.save_examples, record, record["eps"], record["norm"]):
+                print(f"examples: {png}", file=sys.stderr)
         if not args.json:
             print_record(record)
     if args.json:

@@ -149,7 +149,10 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list
             used["forward"] = passes.forward - forward
             used["backward"] = passes.backward - backward
             check_budget(x_adv, x[idx], threat)
-            still[idx] &= predict(model, x_adv) == y[idx]
+            predicted = predict(model, x_adv)  # (k,)
+            still[idx] &= predicted == y[idx]
+            if reporter is not None and hasattr(reporter, "adversarial"):  # evaluate --save-examples
+                reporter.adversarial(name, idx, x[idx], x_adv, y[idx], predicted)
         after[name] = int(still.sum())  # the sync that ends the attack's timing
         used["seconds"] = time.perf_counter() - t0
         spent[name] = used
