@@ -155,6 +155,8 @@ def add_evaluate(sub) -> None:
                     help="a named, versioned attack set (standard: AutoAttack plus the defense's adaptive attacks); "
                          "--attack adds to it")
     ev.add_argument("--json", action="store_true", help="print the record as one JSON object")
+    ev.add_argument("--train", action="store_true",
+                    help="train a missing checkpoint even when that is estimated to take over 10 minutes")
     ev.add_argument("--save-examples", type=Path, default=None, metavar="DIR",
                     help="write, per attack, a PNG grid (clean, adversarial, amplified perturbation, labels) and "
                          "the adversarial points as tensors, under DIR/<record id>/")
@@ -197,6 +199,8 @@ def add_publishing(sub) -> None:
     cmp.add_argument("--n-examples", type=positive_int, default=None)
     cmp.add_argument("--batch-size", type=positive_int, default=500)
     cmp.add_argument("--protocol", default=None, metavar="NAME", help="also run this protocol (e.g. standard) per defense")
+    cmp.add_argument("--train", action="store_true",
+                     help="train missing checkpoints even when that is estimated to take over 10 minutes")
 
     lb = sub.add_parser("leaderboard", help="render or publish the leaderboard, import or export RobustBench results")
     lb_sub = lb.add_subparsers(dest="action", required=True)

@@ -50,6 +50,7 @@ def parse_compare_options(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def cmd_compare(args) -> int:
+    from robustbench_karp.commands import train_limit
     from robustbench_karp.harness import EvalRequest, plan_evaluation, prepare, run_evaluation
 
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]
@@ -71,7 +72,8 @@ def cmd_compare(args) -> int:
     for defense in defenses:
         base = dict(model=args.model, dataset=args.dataset, defense=defense, norm=args.norm, eps=args.eps,
                     n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                    data_dir=args.data_dir, download=args.download)
+                    data_dir=args.data_dir, download=args.download,
+                    train_limit_seconds=None if args.train else train_limit())
         records = []
         for cell in cells:
             k += 1

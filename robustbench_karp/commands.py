@@ -78,6 +78,12 @@ def _has_option(name: str, key: str) -> bool:
     return key in {f.name for f in dataclasses.fields(ATTACKS.get(name))}
 
 
+def train_limit() -> float:
+    from robustbench_karp.train_estimate import limit_seconds
+
+    return limit_seconds()
+
+
 def cmd_evaluate(args) -> int:
     from robustbench_karp.harness import EvalRequest, prepare, run_evaluation
     from robustbench_karp.protocols import get_protocol
@@ -91,7 +97,8 @@ def cmd_evaluate(args) -> int:
                        defense_options=dict(args.defense_arg), attacks=attacks, norm=args.norm,
                        n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
                        checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download,
-                       protocol=args.protocol, normalize=args.normalize, robustbench_dir=args.robustbench_dir)
+                       protocol=args.protocol, normalize=args.normalize, robustbench_dir=args.robustbench_dir,
+                       train_limit_seconds=None if args.train else train_limit())
     records = []
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 prints and writes the record
     for eps in args.eps or [None]:

@@ -89,8 +89,13 @@ def new_model(name: str, dataset: str) -> Classifier:
 
 
 def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, device: torch.device | None = None,
-                      download: bool = True, callbacks: list | None = None) -> Path:
-    """The stored checkpoint for config, training it with the loop when none exists."""
+                      download: bool = True, callbacks: list | None = None,
+                      limit_seconds: float | None = None) -> Path:
+    """The stored checkpoint for config, training it with the loop when none exists.
+
+    limit_seconds: estimate the training first (train_estimate.py), say what is trained, why and for
+    about how long, and refuse (TrainingTooLong) past the limit; None trains without estimating.
+    """
     device = device or torch.device("cpu")
     found = find_checkpoint(config, device)
     if found is not None:
@@ -102,10 +107,27 @@ def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, devi
         found = find_checkpoint(config, device)
         if found is not None:
             return found
-        log.info("no checkpoint for %s; training one (%d epochs)", config.stem(), config.recipe["epochs"])
+        what = (f"{config.recipe['epochs']} epochs of {config.defense['name']} on {config.dataset} "
+                f"({out.stem})")
+        if limit_seconds is not None:
+            from robustbench_karp.train_estimate import describe_seconds, estimate_seconds
+
+            seconds = estimate_seconds(config, device, data_dir, download)
+            if seconds > limit_seconds:
+                raise TrainingTooLong(f"no checkpoint for {config.model}: training it ({what}) would take about "
+                                      f"{describe_seconds(seconds)} on {device}; pass --train to start it, or give "
+                                      "--checkpoint")
+            log.info("no checkpoint for %s: training it now, %s; about %s on %s", config.model, what,
+                     describe_seconds(seconds), device)
+        else:
+            log.info("no checkpoint for %s: training it now, %s", config.model, what)
         resume = interrupted_epoch(out) is not None  # an interrupted training of this recipe continues
         fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks, resume=resume)
     return out
+
+
+class TrainingTooLong(ValueError):
+    """Training on demand would take longer than the caller allows (the CLI's --train lifts the limit)."""
 
 
 def load_model(name: str, dataset: str = "digits", defense: str = "standard", *, seed: int = 0,
@@ -182,6 +204,7 @@ class EvalRequest:
     robustbench_dir: Path | None = None  # RobustBench's checkpoint layout (default $KARP_HOME/robustbench)
     model_sha256: str | None = None  # a model file's expected sha256 (reproduce refuses a changed file)
     model_name: str | None = None  # the record's name for a file model (default <file>.py:<factory>)
+    train_limit_seconds: float | None = None  # estimate training on demand and refuse past this (the CLI: 600 s)
     rng: str | None = RNG  # per-batch randomness (sharding, resuming); None: one generator in order (old records)
 
 
@@ -213,7 +236,7 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
                                  f"--model {req.model} --dataset {req.dataset} --defense "
                                  f"{defense.classifier_defense().name}), then evaluate under torchrun")
             path = obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
-                                     callbacks=train_callbacks)
+                                     callbacks=train_callbacks, limit_seconds=req.train_limit_seconds)
         classifier = new_model(req.model, req.dataset)
         payload, model_info = load_weights(classifier, path), {"name": req.model}
     stored = payload.get("config") if isinstance(payload.get("config"), dict) else None
