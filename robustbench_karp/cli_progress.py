@@ -27,7 +27,7 @@ class TqdmTraining:
     def on_step(self, epoch, step, steps, loss, accuracy):
         if self.bar is None:
             self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}", unit="batch", file=sys.stderr, leave=False, disable=None)
-        self.bar.update(1)
+        self.bar.update(step - self.bar.n)  # called once per log interval, not per step
         self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{accuracy:.3f}")
 
     def on_epoch(self, metrics):

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "karp-robust/1"
 
 
+LOG_EVERY = 25  # training steps between host syncs (progress callbacks, the non-finite-loss check)
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; no checkpoint is written over a good one."""
 
@@ -178,7 +181,11 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
     autocast = (torch.autocast(env.device.type, dtype=torch.bfloat16) if effective_amp(recipe, env.device) == "bf16"
                 else contextlib.nullcontext())
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    # Running sums stay on the device; the host syncs once per LOG_EVERY steps (progress, the NaN vote).
+    total_loss = torch.zeros((), device=env.device)
+    correct = torch.zeros((), dtype=torch.long, device=env.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=env.device)  # the first step with a non-finite loss
+    seen = 0
     for step, idx in enumerate(order.split(per_rank)):
         x, y = data.batch(idx)
         x, y = x.to(env.device), y.to(env.device)
@@ -190,7 +197,8 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
         rows = memory.rows(idx) if memory is not None else None
         with autocast:
             loss, logits = defense.loss(model, x, y, threat, gen, **({"memory": rows} if rows is not None else {}))
-        _check_finite(loss, epoch, step, env)
+        bad = ~torch.isfinite(loss.detach()).all()
+        first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
         if rows is not None:
             memory.update(idx, rows)
         optimizer.zero_grad(set_to_none=True)
@@ -199,18 +207,22 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
         scheduler.step()
         if after_step is not None:
             after_step()
-        total_loss += loss.item() * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+        total_loss += loss.detach().float() * len(y)
+        correct += (logits.detach().argmax(1) == y).sum()
         seen += len(y)
-        for cb in callbacks:
-            cb.on_step(epoch, step + 1, steps, total_loss / seen, correct / seen)
-    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        if (step + 1) % LOG_EVERY == 0 or step + 1 == steps:
+            _check_finite(first_bad, epoch, env)  # a NaN step's weights are never saved: the epoch is discarded
+            for cb in callbacks:
+                cb.on_step(epoch, step + 1, steps, total_loss.item() / seen, correct.item() / seen)
+    return {"train_loss": total_loss.item() / max(seen, 1), "train_accuracy": correct.item() / max(seen, 1)}
 
 
-def _check_finite(loss: torch.Tensor, epoch: int, step: int, env: Distributed) -> None:
-    # Before backward: a NaN step is never applied. Its decision point is the step, so one vote per step.
-    if env.any_rank(~torch.isfinite(loss.detach()).all()):
-        raise TrainingDiverged(f"training diverged: the loss became NaN/inf at epoch {epoch + 1}, step {step + 1}")
+def _check_finite(first_bad: torch.Tensor, epoch: int, env: Distributed) -> None:
+    # One vote per log interval, on every rank at the same steps; the step named is the first bad one.
+    if env.any_rank(first_bad >= 0):
+        step = int(first_bad.item())
+        raise TrainingDiverged(f"training diverged: the loss became NaN/inf at epoch {epoch + 1}"
+                               + (f", step {step + 1}" if step >= 0 else " (on another rank)"))
 
 
 def split_train(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -267,3 +267,37 @@ def test_train_resumes_an_interrupted_run_by_default_and_leaves_no_resume_state(
     assert "discarded the interrupted run" in capsys.readouterr().err
     assert [h["epoch"] for h in load_checkpoint(out)["history"]] == [1, 2]  # started over: two fresh epochs
     assert main([*args, "--resume", "--restart"]) == 2
+
+
+def test_training_syncs_with_the_host_once_per_log_interval(monkeypatch):
+    """Loss, accuracy and the NaN check stay on the device between log points (no .item() per step)."""
+    import inspect
+
+    from robustbench_karp import distributed as distributed_module
+    from robustbench_karp.data import DATASETS, load_split
+    from robustbench_karp.defenses.base import Recipe, build_defense
+    from robustbench_karp.distributed import Distributed
+    from robustbench_karp.optim import make_optimizer
+
+    config = digits_config("standard", epochs=1, batch_size=16)
+    data = load_split(DATASETS.get("digits"), train=True)
+    train_idx = torch.arange(16 * 60)  # 60 steps
+    model = train_module.build_model(config)
+    optimizer = make_optimizer(model, Recipe(**config.recipe))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    calls = {"n": 0}
+    real_item = torch.Tensor.item
+
+    loop_files = (train_module.__file__, distributed_module.__file__)
+
+    def counted(self):  # .item() called by the training loop itself (the optimizer's own calls are CPU-side)
+        if inspect.currentframe().f_back.f_code.co_filename in loop_files:
+            calls["n"] += 1
+        return real_item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", counted)
+    metrics = train_module.train_epoch(model, build_defense("standard", {}), data, train_idx, config, 0, optimizer,
+                                       scheduler, Distributed(), [])
+    log_points = -(-60 // train_module.LOG_EVERY)  # 3: steps 25, 50 and 60
+    assert calls["n"] <= log_points + 2  # one NaN vote per log point, then the epoch's loss and accuracy
+    assert 0 < metrics["train_loss"] < 10 and 0 <= metrics["train_accuracy"] <= 1
