@@ -87,20 +87,26 @@ def critic(channels: int, size: int, width: int) -> nn.Module:
 class LatentProjection(nn.Module):
     """x -> G(z*), z* = argmin ||G(z) - x||^2 over L descent steps from R random starts (best restart per image).
 
-    Random starts come from the module's own torch.Generator (seeded at construction), never the
-    global RNG. The output is joined to x with a zero weight, so autograd returns exact zeros for
-    d output / d x instead of failing: that vanishing gradient is what BPDA gets around.
+    Random starts come from the module's own torch.Generator on the images' device (seeded at
+    construction, reseeded per logical batch), never the global RNG. The output is joined to x with
+    a zero weight, so autograd returns exact zeros for d output / d x instead of failing: that
+    vanishing gradient is what BPDA gets around.
     """
 
     def __init__(self, gan: nn.Module, latent_dim: int, steps: int, restarts: int, lr: float, seed: int):
         super().__init__()
         self.generator = gan
         self.latent_dim, self.steps, self.restarts, self.lr = latent_dim, steps, restarts, lr
-        self.rng = torch.Generator().manual_seed(seed)
+        self.seed, self.rng = seed, None  # the generator lives on the images' device, made at the first search
 
     def reseed(self, seed: int) -> None:
         """Restart the random starts from seed: the engine gives each logical batch its own (seed, batch) stream."""
-        self.rng = torch.Generator().manual_seed(seed)
+        self.seed, self.rng = seed, None
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if self.rng is None or self.rng.device != device:  # random starts are drawn on the device, never copied over
+            self.rng = torch.Generator(device=device).manual_seed(self.seed)
+        return self.rng
 
     def extra_repr(self) -> str:
         return f"latent_dim={self.latent_dim}, steps={self.steps}, restarts={self.restarts}, lr={self.lr}"
@@ -109,7 +115,7 @@ class LatentProjection(nn.Module):
         """(z (R, B, latent) after L steps, z0 (R, B, latent) the random starts) for images x (B, C, H, W)."""
         x = x.detach()
         target = x.unsqueeze(0).expand(self.restarts, *x.shape).flatten(0, 1)  # (R*B, C, H, W), restart-major
-        z0 = random_normal((len(target), self.latent_dim), self.rng, x)  # (R*B, latent)
+        z0 = random_normal((len(target), self.latent_dim), self._generator(x.device), x)  # (R*B, latent)
         z, velocity = z0.clone(), torch.zeros_like(z0)
         with torch.enable_grad():  # also inside the harness's no_grad prediction
             for _ in range(self.steps):
