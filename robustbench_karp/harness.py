@@ -325,8 +325,10 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
 def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train_callbacks: list | None = None,
                    on_batch: Callable[[int], None] | None = None, on_start: Callable[[int], None] | None = None,
                    prepared: tuple | None = None, plan: Plan | None = None,
-                   sweep: list[dict[str, Any]] | None = None, reporter=None) -> dict[str, Any]:
+                   sweep: list[dict[str, Any]] | None = None, reporter=None) -> dict[str, Any] | None:
     """Evaluate, run the sanity checks, build the record, append it to the store once complete, return it.
+
+    Under torchrun only rank 0 gathers, writes and returns the record; the other ranks return None.
 
     prepared: a model from prepare() that nothing else has used yet (None: prepare one now).
     sweep: the records of smaller eps of the same sweep, for the monotonicity check.
