@@ -214,6 +214,8 @@ def add_publishing(sub) -> None:
         p.add_argument("--merge", action="store_true",
                        help="keep the entries already published there that this store has no records for "
                             "(a site built from several stores); the store's records replace the rest")
+        p.add_argument("--examples", type=Path, default=None, metavar="DIR",
+                       help="the `evaluate --save-examples` folder: each entry with a grid there links to it")
     ext = lb_sub.add_parser("add-external", help="import RobustBench model_info JSON files as external entries")
     ext.add_argument("files", type=Path, nargs="+", metavar="FILE",
                      help="model_info/<dataset>/<Linf|L2>/<model id>.json (a re-import replaces the entry's row)")

@@ -9,6 +9,7 @@ import datetime
 import difflib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -205,11 +206,25 @@ def _build(args) -> int:
         for entry_id, record_ids in dropped.items():
             print(f"warning: entry {entry_id}: published record(s) {', '.join(record_ids)} are not in this store; "
                   "the rebuilt entry leaves them out", file=sys.stderr)
-    written = render_site(entries, Path(out))
+    written = render_site(entries, Path(out), examples=example_grids(entries, args.examples) if args.examples else None)
     not_reproducible = sum(1 for e in entries if not e["reproducible"] and not e["external"])
     print(f"wrote {len(written)} files for {len(entries)} entries to {out}"
           + (f" ({not_reproducible} not reproducible: checkpoint missing)" if not_reproducible else ""))
     return 0
+
+
+def example_grids(entries: list[dict], folder: Path) -> dict[str, bytes]:
+    """entry id -> the PNG grid `evaluate --save-examples` wrote for one of its records (its last attack's)."""
+    grids = {}
+    for e in entries:
+        for record in e.get("records") or []:
+            pngs = {p.stem: p for p in (Path(folder) / record["id"]).glob("*.png")}
+            order = [re.sub(r"[^A-Za-z0-9._-]", "_", name) for name in record.get("attack_order") or []]
+            chosen = next((pngs[n] for n in reversed(order) if n in pngs), None) or next(iter(sorted(pngs.values())), None)
+            if chosen is not None:
+                grids[e["entry_id"]] = chosen.read_bytes()
+                break
+    return grids
 
 
 def _closest(record_id: str, ids: list[str]) -> str:

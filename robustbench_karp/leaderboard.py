@@ -484,7 +484,7 @@ def merge_entries(published: list[dict[str, Any]], fresh: list[dict[str, Any]]
     return sorted(by_id.values(), key=_rank_key), dropped
 
 
-def render_site(entries: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+def render_site(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str, bytes] | None = None) -> list[Path]:
     """Write the leaderboard site into out_dir and return the paths written.
 
     entries/<entry_id>.json, README.md (tabulate), results.csv (pandas), index.html (self-contained)
@@ -494,6 +494,7 @@ def render_site(entries: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """
     if not entries:
         raise ValueError("no entries to publish: run `karp-robust evaluate` or `karp-robust compare` first")
+    entries = with_examples(entries, Path(out_dir), examples or {})
     ids = [e["entry_id"] for e in entries]
     if len(set(ids)) != len(ids):
         raise ValueError("render_site: duplicate entry ids (pass the output of build_entries once)")
@@ -504,11 +505,26 @@ def render_site(entries: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     files["results.csv"] = render_csv(entries).encode()
     files["index.html"] = render_html(INTRO, tables, COLUMNS, figs).encode()
     files.update({path: png for path, _, png in figs})
+    files.update({e["examples"]: (examples or {}).get(e["entry_id"]) or (Path(out_dir) / e["examples"]).read_bytes()
+                  for e in entries if e.get("examples")})
     written = []
     for rel, content in files.items():
         atomic_write_bytes(Path(out_dir) / rel, lambda f, c=content: f.write(c))
         written.append(Path(out_dir) / rel)
-    for pattern in ("entries/*.json", "curves/*.png"):
+    for pattern in ("entries/*.json", "curves/*.png", "examples/*.png"):
         for stale in set(Path(out_dir).glob(pattern)) - set(written):
             stale.unlink()
     return written
+
+
+def with_examples(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str, bytes]) -> list[dict[str, Any]]:
+    """Entries with "examples" (examples/<entry id>.png, an `evaluate --save-examples` grid) where one is given
+    now or already published in out_dir; without the field elsewhere."""
+    out = []
+    for e in entries:
+        e = {k: v for k, v in e.items() if k != "examples"}
+        path = f"examples/{e['entry_id']}.png"
+        if e["entry_id"] in examples or (out_dir / path).is_file():
+            e["examples"] = path
+        out.append(e)
+    return out

@@ -151,7 +151,8 @@ def boards(ranked_entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "partial": " · partial evaluations (no protocol run: robust accuracy is an upper bound, not ranked)"}[tier]
         legend = _legend(ranked, codes)
         rows = [{"entry_id": e["entry_id"], "flags": e["flags"], "reproducibility": e["reproducibility"],
-                 "link": _web_link(e), "cells": _cells(rank, e, codes, ranked=tier != "partial")}
+                 "link": _web_link(e), "examples": e.get("examples"),
+                 "cells": _cells(rank, e, codes, ranked=tier != "partial")}
                 for rank, e in enumerate(ranked, start=1)]
         out.append({
             "id": f"board-{key}", "table_id": f"table-{key}", "dataset": dataset, "norm": norm, "eps": eps, "tier": tier,
@@ -271,6 +272,8 @@ def _table(board: dict[str, Any], columns: list[tuple[str, str]]) -> list[str]:
             if name == "flags" and row["flags"]:  # the codes; the full text as a tooltip and in the legend
                 attrs += f' title="{html.escape(chr(10).join(row["flags"]))}"'
                 shown = f"\u26a0 {shown}"
+            if name == "entry id" and row.get("examples"):  # the evaluate --save-examples grid of this entry
+                shown += f' <a class="examples" href="{html.escape(row["examples"])}">examples</a>'
             if name == "defense" and row["link"]:
                 shown = f'<a href="{html.escape(row["link"])}" rel="noopener noreferrer">{shown}</a>'
             cells.append(f"<td{attrs}>{shown}</td>")

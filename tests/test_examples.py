@@ -38,6 +38,16 @@ def test_save_examples_writes_a_grid_and_true_adversarial_points(karp_home, digi
     assert torch.equal(test.batch(index)[0], x) and torch.equal(test.batch(index)[1], y)
     assert isinstance(digits_model, Classifier) and Path(folder).is_dir()
 
+    # The leaderboard page links each entry's grid (its last attack's) when given the folder.
+    site = tmp_path / "site"
+    assert main(["leaderboard", "build", "--out", str(site), "--examples", str(out)]) == 0
+    (entry,) = [json.loads(p.read_text()) for p in (site / "entries").glob("*.json")]
+    assert entry["examples"] == f"examples/{entry['entry_id']}.png"
+    assert (site / entry["examples"]).read_bytes() == (folder / "pgd.png").read_bytes()
+    assert f'<a class="examples" href="examples/{entry["entry_id"]}.png">examples</a>' in (site / "index.html").read_text()
+    assert main(["leaderboard", "build", "--out", str(site)]) == 0  # a rebuild without the folder keeps it
+    assert (site / entry["examples"]).is_file() and 'class="examples"' in (site / "index.html").read_text()
+
 
 def test_perturbation_display_maps_the_ball_onto_the_grey_scale():
     delta = torch.tensor([-0.1, 0.0, 0.1]).view(3, 1, 1, 1)
