@@ -204,8 +204,12 @@ def test_python_evaluation_becomes_a_reproducible_record(karp_home, my_net_weigh
 
 
 def test_targeted_dlr_attacks_need_four_classes():
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
-    x, y = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 2, 0])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        x = torch.rand(4, 1, 4, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every point starts correct, so the attack does run
     for attack in ("apgd-t", "autoattack"):
         with pytest.raises(ValueError, match="at least 4 classes.*this one has 3"):
             evaluate(model, x, y, attacks=[attack], eps=0.1, device="cpu")
