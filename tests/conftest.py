@@ -7,11 +7,13 @@ KARP_REQUIRE_TEST_DATA=1, which turns a missing directory into a failure instead
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from robustbench_karp.data import DATASETS, load_split
@@ -102,3 +104,48 @@ def mnist_model(mnist_dir):
 @pytest.fixture(scope="session")
 def mnist_test(mnist_dir):
     return load_split(DATASETS.get("mnist"), train=False, data_dir=mnist_dir, download=False)
+
+
+# --- small models shared by the attack and defense tests ------------------------------------------------------------
+
+def seeded_mlp(seed: int, hidden: int) -> nn.Module:
+    """(B, 1, 8, 8) -> (B, 10) logits; weights drawn from a torch.Generator (the global RNG is left as it was)."""
+    with torch.random.fork_rng():  # nn.Linear's own init draws from the global RNG
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in (model[1], model[3]):
+            bound = 1 / math.sqrt(layer.in_features)
+            layer.weight.copy_((2 * torch.rand(layer.weight.shape, generator=gen) - 1) * bound)
+            layer.bias.copy_((2 * torch.rand(layer.bias.shape, generator=gen) - 1) * bound)
+    return model
+
+
+class Quantize(nn.Module):
+    """A non-differentiable purifier: pixels rounded to `levels` grey levels (input gradient zero almost everywhere)."""
+
+    def __init__(self, levels: int):
+        super().__init__()
+        self.levels = levels
+
+    def forward(self, x):
+        return torch.round(x * self.levels) / self.levels
+
+
+class Purified(nn.Module):
+    """The purifier protocol of bpda-pgd and transfer-pgd: forward is classifier(preprocess(x))."""
+
+    def __init__(self, preprocess: nn.Module, classifier: nn.Module):
+        super().__init__()
+        self.preprocess, self.classifier = preprocess, classifier
+
+    def forward(self, x):
+        return self.classifier(self.preprocess(x))
+
+
+@pytest.fixture(scope="module")
+def module_karp_home(tmp_path_factory):
+    """A temporary KARP_HOME for a whole test module (generators trained by attacks never land in ~/.cache)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KARP_HOME", str(tmp_path_factory.mktemp("karp-home")))
+        yield

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import Purified, Quantize
 from torch import nn
 from torch.nn import functional as F
 
@@ -11,26 +12,6 @@ from robustbench_karp.attacks.eot import eot_objective
 from robustbench_karp.attacks.pgd import PGD
 from robustbench_karp.engine import predict
 from robustbench_karp.threat import ThreatModel, check_budget
-
-
-class Quantize(nn.Module):
-    """A non-differentiable purifier: rounds pixels to `levels` grey levels (gradient zero almost everywhere)."""
-
-    def __init__(self, levels: int = 4):
-        super().__init__()
-        self.levels = levels
-
-    def forward(self, x):
-        return torch.round(x * self.levels) / self.levels
-
-
-class Purified(nn.Module):
-    def __init__(self, preprocess: nn.Module, classifier: nn.Module):
-        super().__init__()
-        self.preprocess, self.classifier = preprocess, classifier
-
-    def forward(self, x):
-        return self.classifier(self.preprocess(x))
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +26,7 @@ def accuracy(model, x, y) -> float:
 
 def test_bpda_breaks_a_non_differentiable_purifier_that_stops_pgd(digits_model, batch):
     x, y = batch
-    defended = Purified(Quantize(), digits_model).eval()
+    defended = Purified(Quantize(4), digits_model).eval()
     threat = ThreatModel("linf", 0.2)
     clean = accuracy(defended, x, y)
     plain = PGD(steps=10)(defended, x, y, threat, torch.Generator().manual_seed(0))
@@ -58,7 +39,7 @@ def test_bpda_breaks_a_non_differentiable_purifier_that_stops_pgd(digits_model, 
 
 def test_bpda_gradient_is_nonzero_where_the_true_gradient_vanishes(digits_model, batch):
     x, y = batch
-    defended = Purified(Quantize(), digits_model).eval()
+    defended = Purified(Quantize(4), digits_model).eval()
     x = x.clone().requires_grad_(True)
     (true_grad,) = torch.autograd.grad(F.cross_entropy(defended(x), y), x)
     (bpda_grad,) = torch.autograd.grad(F.cross_entropy(straight_through(defended)(x), y), x)
@@ -116,7 +97,7 @@ def test_transfer_attacks_the_classifier_and_needs_one(digits_model, batch):
     x, y = batch
     threat = ThreatModel("linf", 0.1)
     attack = build_attack("transfer-pgd", {"steps": 5})
-    defended = Purified(Quantize(), digits_model)
+    defended = Purified(Quantize(4), digits_model)
     x_adv = attack(defended, x, y, threat, torch.Generator().manual_seed(0))
     expected = PGD(steps=5, early_stop=False)(digits_model, x, y, threat, torch.Generator().manual_seed(0))
     assert torch.equal(x_adv, expected)

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import pytest
 import torch
 import torchattacks
-from conftest import quick_train
+from conftest import Purified, Quantize, quick_train, seeded_mlp
 from torch import nn
 from torch.nn import functional as F
 
@@ -58,39 +58,7 @@ RANDOMIZED = {"pgd": {"steps": 2}, "eot-pgd": {"steps": 2, "samples": 2}, "bpda-
               "autoattack": {"steps": 2, "square_queries": 20}, "torchattacks:PGD": {"steps": 2}}
 
 
-def seeded_mlp(seed: int, hidden: int = 64) -> nn.Module:
-    """(B, 1, 8, 8) -> (B, 10) logits; weights drawn from a torch.Generator (the global RNG is left as it was)."""
-    with torch.random.fork_rng():  # nn.Linear's own init draws from the global RNG
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in (model[1], model[3]):
-            bound = 1 / math.sqrt(layer.in_features)
-            layer.weight.copy_((2 * torch.rand(layer.weight.shape, generator=gen) - 1) * bound)
-            layer.bias.copy_((2 * torch.rand(layer.bias.shape, generator=gen) - 1) * bound)
-    return model
-
-
-class Quantize(nn.Module):
-    """A non-differentiable purifier: pixels rounded to `levels` grey levels (input gradient zero almost everywhere)."""
-
-    def __init__(self, levels: int = 8):
-        super().__init__()
-        self.levels = levels
-
-    def forward(self, x):
-        return torch.round(x * self.levels) / self.levels
-
-
-class Purified(nn.Module):
-    """The purifier protocol of bpda-pgd and transfer-pgd: forward is classifier(preprocess(x))."""
-
-    def __init__(self, preprocess: nn.Module, classifier: nn.Module):
-        super().__init__()
-        self.preprocess, self.classifier = preprocess, classifier
-
-    def forward(self, x):
-        return self.classifier(self.preprocess(x))
+pytestmark = pytest.mark.usefixtures("module_karp_home")  # AdvGAN's generator lands there
 
 
 class Noisy(nn.Module):
@@ -104,25 +72,17 @@ class Noisy(nn.Module):
         return self.inner(x + self.sigma * torch.randn(x.shape, generator=self.gen))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def isolated_store(tmp_path_factory):
-    """AdvGAN's generator lands in a temporary KARP_HOME, never in ~/.cache."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KARP_HOME", str(tmp_path_factory.mktemp("karp-home")))
-        yield
-
-
 @pytest.fixture(scope="module")
 def mlp(digits):
     """An undefended MLP trained on the digits in about a second: ~96% on the first 100 test images."""
     train, _ = digits
     x, y = train.batch(torch.arange(len(train)))
-    return quick_train(seeded_mlp(0), x, y, epochs=10, lr=5e-3, batch_size=128)
+    return quick_train(seeded_mlp(0, hidden=64), x, y, epochs=10, lr=5e-3, batch_size=128)
 
 
 @pytest.fixture(scope="module")
 def models(mlp):
-    return {"plain": mlp, "noisy": Noisy(mlp).eval(), "quantized": Purified(Quantize(), mlp).eval()}
+    return {"plain": mlp, "noisy": Noisy(mlp).eval(), "quantized": Purified(Quantize(8), mlp).eval()}
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ options to run in seconds are listed in FAST_OPTIONS. Every attack is bound to a
 
 import pytest
 import torch
+from conftest import Purified
 from torch import nn
 
 from robustbench_karp.attacks import ATTACKS, build_attack
@@ -34,24 +35,7 @@ def make(name):
     return build_attack(name, FAST_OPTIONS.get(name, {})).bind(RunContext(dataset="digits", model="smallcnn", seed=0))
 
 
-class Purified(nn.Module):
-    """The purifier protocol around a plain classifier (identity purifier)."""
-
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.preprocess = nn.Identity()
-        self.classifier = classifier
-
-    def forward(self, x):
-        return self.classifier(self.preprocess(x))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def isolated_store(tmp_path_factory):
-    """Generators trained by attacks land in a temporary KARP_HOME, never in ~/.cache."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("KARP_HOME", str(tmp_path_factory.mktemp("karp-home")))
-        yield
+pytestmark = pytest.mark.usefixtures("module_karp_home")  # generators trained by attacks land there
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +51,7 @@ def test_attack_contract(name, threat, digits_model, batch):
     x, y = batch
     x0 = x.clone()
     attack = make(name)
-    model = Purified(digits_model) if name in PURIFIER_PROTOCOL else digits_model
+    model = Purified(nn.Identity(), digits_model) if name in PURIFIER_PROTOCOL else digits_model
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.25)  # a stale .grad the attack must not touch
     rng_before = torch.get_rng_state()

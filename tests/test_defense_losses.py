@@ -11,11 +11,9 @@ EXPECTED: until it does, its test fails and names it.
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from conftest import quick_train
+from conftest import quick_train, seeded_mlp
 from torch import nn
 from torch.nn import functional as F
 
@@ -26,19 +24,6 @@ EPS = 0.2
 SEED = 7
 N = 16
 OPTIONS = {"defense-gan": {"base": "pgd-at"}}  # defense-gan's classifier is trained by its base's loss
-
-
-def seeded_mlp(seed: int, hidden: int = 32) -> nn.Module:
-    """(B, 1, 8, 8) -> (B, 10) logits; weights drawn from a torch.Generator (the global RNG is left as it was)."""
-    with torch.random.fork_rng():  # nn.Linear's own init draws from the global RNG
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in (model[1], model[3]):
-            bound = 1 / math.sqrt(layer.in_features)
-            layer.weight.copy_((2 * torch.rand(layer.weight.shape, generator=gen) - 1) * bound)
-            layer.bias.copy_((2 * torch.rand(layer.bias.shape, generator=gen) - 1) * bound)
-    return model
 
 
 class Spy(nn.Module):
@@ -59,7 +44,7 @@ def model(digits):
     2.8), not so sure that MART's (1 - p_y) weight vanishes."""
     train, _ = digits
     x, y = train.batch(torch.arange(512))
-    return quick_train(seeded_mlp(0), x, y, epochs=4, lr=5e-3, batch_size=32)
+    return quick_train(seeded_mlp(0, hidden=32), x, y, epochs=4, lr=5e-3, batch_size=32)
 
 
 @pytest.fixture(scope="module")
