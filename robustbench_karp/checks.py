@@ -10,7 +10,7 @@ and AutoAttack's checks. Checks on one record (run_checks, after every evaluatio
 - the model's outputs differ on the same input (randomness) and no EOT attack was run;
 - the model returns probabilities instead of logits;
 - an adaptive attack (BPDA/EOT/transfer) finds much less robustness than the plain ones (obfuscated gradients).
-The train-mode check lives in the engine. `entry_flags` compares attacks across records.
+The train-mode check lives in the engine; `leaderboard.entry_flags` compares attacks across records.
 """
 
 from __future__ import annotations
@@ -118,10 +118,3 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: EvalR
                    "the defense relies on obfuscated gradients")
     return out
 
-
-def entry_flags(per_attack: dict[str, float], single_step: set[str], multi_step: set[str]) -> list[str]:
-    """Across records of one leaderboard entry: a multi-step attack weaker than a single-step one."""
-    return [f"{m} accuracy {per_attack[m]:.4f} is above {s} accuracy {per_attack[s]:.4f}: the multi-step attack is "
-            "weaker than the single-step one (gradient masking?)"
-            for m in sorted(multi_step & set(per_attack)) for s in sorted(single_step & set(per_attack))
-            if per_attack[m] > per_attack[s]]

@@ -270,7 +270,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     from robustbench_karp import commands, progress
-    from robustbench_karp.distributed import leave_process_group
 
     ok = False
     try:
@@ -293,5 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"karp-robust: error: {message}", file=sys.stderr)
         return code
     finally:
-        leave_process_group(ok)
+        if "torch.distributed" in sys.modules:  # a command that never imported torch joined no process group
+            from robustbench_karp.distributed import leave_process_group
+
+            leave_process_group(ok)
 

@@ -15,10 +15,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from robustbench_karp.attacks import ATTACKS, build_attack
-from robustbench_karp.checks import entry_flags
 from robustbench_karp.cli_progress import EvalProgress, TqdmTraining
-from robustbench_karp.defenses import DEFENSES
 from robustbench_karp.store import ResultsStore, atomic_write_text, resolve_path
 
 
@@ -27,15 +24,10 @@ def _exists(path: str) -> bool:
 
 
 def _entries_with_flags(records: list[dict]) -> list[dict]:
-    """Leaderboard entries, with the cross-record check (multi-step weaker than single-step) added to flags."""
+    """Leaderboard entries (their flags include the cross-record check: a multi-step attack weaker than a single-step one)."""
     from robustbench_karp.leaderboard import build_entries
 
-    entries = build_entries(records, checkpoint_exists=_exists)
-    single = {n for n in ATTACKS.names() if getattr(ATTACKS.get(n), "single_step", False)}
-    multi = set(ATTACKS.names()) - single - {n for n in ATTACKS.names() if getattr(ATTACKS.get(n), "black_box", False)}
-    for entry in entries:
-        entry["flags"] = sorted(set(entry["flags"]) | set(entry_flags(entry["per_attack"], single, multi)))
-    return entries
+    return build_entries(records, checkpoint_exists=_exists)
 
 
 def parse_compare_options(items: list[str]) -> dict[str, dict[str, str]]:
@@ -51,7 +43,9 @@ def parse_compare_options(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def cmd_compare(args) -> int:
+    from robustbench_karp.attacks import build_attack
     from robustbench_karp.commands import train_limit
+    from robustbench_karp.defenses import DEFENSES
     from robustbench_karp.harness import EvalRequest, plan_evaluation, prepare, run_evaluation
 
     defenses = [d.strip() for d in args.defenses.split(",") if d.strip()]

@@ -12,37 +12,43 @@ from dataclasses import asdict
 
 from tabulate import tabulate
 
-from robustbench_karp.attacks import ATTACKS, build_attack
-from robustbench_karp.attacks.torchattacks_adapter import torchattacks_names
 from robustbench_karp.cli_progress import (
     EvalProgress,
     TqdmTraining,
     tqdm_progress,  # noqa: F401 (cli.main draws library progress with it)
 )
-from robustbench_karp.data import DATASETS, DataUnavailable
-from robustbench_karp.defenses import DEFENSES
-from robustbench_karp.models import MODELS
 from robustbench_karp.registry import UnknownName
 from robustbench_karp.store import CheckpointError, atomic_write_bytes
-from robustbench_karp.threat import BudgetViolation
 
+# Commands that need no model (list, leaderboard, records, --help) never import torch: the registries,
+# data and training modules are imported inside the commands that use them.
 EXIT_USAGE, EXIT_FAILED, EXIT_BUDGET = 2, 1, 3
+
+
+def _loaded(module: str, name: str) -> type:
+    """An exception class from a module, if that module was imported (else no exception can be one)."""
+    return getattr(sys.modules.get(module), name, _NeverRaised)
+
+
+class _NeverRaised(Exception):
+    pass
 
 
 def describe_error(e: Exception) -> tuple[int, str]:
     """(exit code, one-line message) for an exception that reached the CLI."""
-    from robustbench_karp.train import ResumeError, TrainingDiverged
-
-    if isinstance(e, BudgetViolation):
+    if isinstance(e, _loaded("robustbench_karp.threat", "BudgetViolation")):
         return EXIT_BUDGET, f"an attack left the threat model: {e}"
-    if isinstance(e, TrainingDiverged):
+    if isinstance(e, _loaded("robustbench_karp.train", "TrainingDiverged")):
         return EXIT_FAILED, str(e)
-    if isinstance(e, (UnknownName, ValueError, CheckpointError, DataUnavailable, ResumeError, FileNotFoundError)):
+    usage = (UnknownName, ValueError, CheckpointError, FileNotFoundError,
+             _loaded("robustbench_karp.data", "DataUnavailable"), _loaded("robustbench_karp.train", "ResumeError"))
+    if isinstance(e, usage):
         return EXIT_USAGE, str(e).replace("\n", " ")
     return EXIT_FAILED, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def parse_attacks(args) -> list:
+    from robustbench_karp.attacks import build_attack
     from robustbench_karp.attacks.torchattacks_adapter import TorchAttack, option_name
 
     specs = [list(a) for a in (args.attacks or [])]
@@ -71,6 +77,7 @@ def parse_attacks(args) -> list:
 def _has_option(name: str, key: str) -> bool:
     import dataclasses
 
+    from robustbench_karp.attacks import ATTACKS
     from robustbench_karp.attacks.torchattacks_adapter import option_name
 
     if name.startswith("torchattacks:"):
@@ -85,6 +92,8 @@ def train_limit() -> float:
 
 
 def cmd_evaluate(args) -> int:
+    from robustbench_karp.data import DATASETS
+    from robustbench_karp.defenses import DEFENSES
     from robustbench_karp.harness import EvalRequest, prepare, run_evaluation
     from robustbench_karp.protocols import get_protocol
     from robustbench_karp.sources import parse_model
@@ -149,8 +158,10 @@ def print_record(record: dict) -> None:
 def cmd_train(args) -> int:
     import os
 
+    from robustbench_karp.data import DATASETS
     from robustbench_karp.engine import resolve_device
     from robustbench_karp.harness import checkpoint_path
+    from robustbench_karp.models import MODELS
     from robustbench_karp.train import ResumeError, fit, interrupted_epoch, make_train_config
     from robustbench_karp.train_logs import TensorBoardCallback
 
@@ -213,21 +224,27 @@ def _copy(src, dst) -> None:
 
 
 def cmd_list(args) -> int:
-    print("models:   " + ", ".join(MODELS.names()))
+    from robustbench_karp.catalog import facts
+
+    known = facts()  # from KARP_HOME's cache once computed: no torch import
+    print("models:   " + ", ".join(known["models"]))
     print("          also robustbench:<ModelID>, path/to/file.py:factory, torchvision:<name>")
-    rows = [[n, DATASETS.get(n).default_eps["linf"], DATASETS.get(n).default_eps["l2"]] for n in DATASETS.names()]
-    print("datasets: " + ", ".join(DATASETS.names()))
+    rows = [[name, eps["linf"], eps["l2"]] for name, eps in sorted(known["datasets"].items())]
+    print("datasets: " + ", ".join(sorted(known["datasets"])))
     print(tabulate(rows, headers=["dataset", "linf eps", "l2 eps"], tablefmt="github", floatfmt=".6g"))
-    print("attacks:  " + ", ".join(ATTACKS.names()))
-    print("          torchattacks:<Class> for " + ", ".join(torchattacks_names()))
-    print("defenses: " + ", ".join(DEFENSES.names()))
+    print("attacks:  " + ", ".join(known["attacks"]))
+    print("          torchattacks:<Class> for " + ", ".join(known["torchattacks"]))
+    print("defenses: " + ", ".join(sorted(known["defenses"])))
     return 0
 
 
 def run(args: argparse.Namespace) -> int:
-    from robustbench_karp import cli_data, cli_publish, cli_records
+    import importlib
 
-    commands = {"evaluate": cmd_evaluate, "train": cmd_train, "list": cmd_list, "compare": cli_publish.cmd_compare,
-                "leaderboard": cli_publish.cmd_leaderboard, "reproduce": cli_publish.cmd_reproduce,
-                "records": cli_records.cmd_records, "data": cli_data.cmd_data}
-    return commands[args.command](args)
+    where = {"compare": "cli_publish.cmd_compare", "leaderboard": "cli_publish.cmd_leaderboard",
+             "reproduce": "cli_publish.cmd_reproduce", "records": "cli_records.cmd_records", "data": "cli_data.cmd_data"}
+    local = {"evaluate": cmd_evaluate, "train": cmd_train, "list": cmd_list}
+    if args.command in local:
+        return local[args.command](args)
+    module, name = where[args.command].split(".")  # imported only for its own command: `list` stays torch-free
+    return getattr(importlib.import_module(f"robustbench_karp.{module}"), name)(args)

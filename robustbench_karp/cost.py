@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where passes are counted: the leaderboard's entry_cost needs none
+    from torch import nn
 
 
 @dataclass
@@ -34,6 +34,8 @@ class Passes:
 
 def counted_network(model: nn.Module) -> nn.Module:
     """The network whose passes count: a purifier's classifier, else the model itself."""
+    from torch import nn
+
     classifier = getattr(model, "classifier", None)
     return classifier if isinstance(classifier, nn.Module) else model
 
@@ -44,6 +46,8 @@ def count_passes(model: nn.Module, on_pass: Callable[[int], None] | None = None)
 
     on_pass(forward passes so far) after each forward pass: progress within an attack, at no cost.
     """
+    import torch
+
     passes = Passes()
 
     def on_forward(module: nn.Module, inputs: tuple, output) -> None:

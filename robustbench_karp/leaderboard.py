@@ -11,7 +11,6 @@ Same entries in, byte-identical files out: no clock, no randomness, no environme
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -21,11 +20,10 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from robustbench_karp import catalog
 from robustbench_karp.cost import entry_cost
-from robustbench_karp.defenses import DEFENSES
 from robustbench_karp.leaderboard_html import COLUMNS, boards, curve_png, eps_label, render_html, slug
 from robustbench_karp.leaderboard_import import import_robustbench
-from robustbench_karp.protocols import satisfied
 from robustbench_karp.store import atomic_write_bytes, config_hash
 
 __all__ = ["wilson_interval", "build_entries", "curves", "render_site", "load_published", "merge_entries",
@@ -208,11 +206,8 @@ def training_label(record: dict[str, Any]) -> str:
     defense = train.get("defense")
     options = dict(defense) if isinstance(defense, dict) else {"name": defense}  # some configs name it only
     name = options.pop("name", None)
-    parts = []
-    if name in DEFENSES.names():
-        defaults = {f.name: f.default for f in dataclasses.fields(DEFENSES.get(name))
-                    if f.default is not dataclasses.MISSING}
-        parts = [f"{k}={v}" for k, v in sorted(options.items()) if k in defaults and defaults[k] != v]
+    defaults = catalog.facts()["defenses"].get(name, {})
+    parts = [f"{k}={v}" for k, v in sorted(options.items()) if k in defaults and defaults[k] != v]
     recipe = train.get("recipe") or {}
     amp, asked = record.get("train_amp"), recipe.get("amp")
     if amp and asked and amp != asked:
@@ -252,7 +247,7 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exi
         "record_ids": [r["id"] for r in chosen + subset], "left_out_record_ids": [r["id"] for r in left_out],
         "seeds": sorted({r["seed"] for r in chosen if r.get("seed") is not None}),
         "versions": {r["id"]: r.get("versions") or {} for r in chosen},
-        "flags": sorted({str(w) for r in records for w in r.get("warnings") or []}),
+        "flags": sorted({str(w) for r in records for w in r.get("warnings") or []} | set(entry_flags(_per_attack(chosen)))),
         "external": reproducibility == "external", "tool": next((r.get("tool") for r in chosen if r.get("tool")), None),
         "reproducible": reproducibility == "yes", "reproducibility": reproducibility, "notes": notes,
         **{field: chosen[0].get(field) for field in ABOUT_FIELDS},
@@ -263,7 +258,19 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exi
 
 def entry_protocols(chosen: list[dict[str, Any]], defense: dict[str, Any] | None) -> list[str]:
     """The protocols the union of the records' attacks covers, on the entry's own test points."""
-    return satisfied([c for r in chosen for c in r.get("attacks") or [] if isinstance(c, dict)], defense)
+    return catalog.covered([c for r in chosen for c in r.get("attacks") or [] if isinstance(c, dict)],
+                           catalog.protocol_requirements(defense))
+
+
+def entry_flags(per_attack: dict[str, float]) -> list[str]:
+    """Across the records of one entry: a multi-step attack weaker than a single-step one (gradient masking?)."""
+    facts = catalog.facts()
+    single = set(facts["single_step"])
+    multi = set(facts["attacks"]) - single - set(facts["black_box"])
+    return [f"{m} accuracy {per_attack[m]:.4f} is above {s} accuracy {per_attack[s]:.4f}: the multi-step attack is "
+            "weaker than the single-step one (gradient masking?)"
+            for m in sorted(multi & set(per_attack)) for s in sorted(single & set(per_attack))
+            if per_attack[m] > per_attack[s]]
 
 
 # What an imported record says about its model, shown beside it; None for our own entries.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from robustbench_karp.attacks import Attack, build_attack
+from robustbench_karp.catalog import compute_requirements, covered
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.registry import Registry
 
@@ -61,20 +62,6 @@ def get_protocol(name: str) -> Protocol:
     return protocol
 
 
-def _canonical(config: dict[str, Any]) -> tuple:
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in config.items()))
-
-
 def satisfied(attack_configs: Iterable[dict[str, Any]], defense: dict[str, Any] | None) -> list[str]:
     """Labels of the protocols whose every required attack (with its exact options) is among attack_configs."""
-    have = {_canonical(c) for c in attack_configs}
-    out = []
-    for name in PROTOCOLS.names():
-        protocol = PROTOCOLS.get(name)
-        try:
-            required = protocol.required_configs(defense)
-        except (KeyError, ValueError):  # a defense this version does not know: it cannot be judged
-            continue
-        if all(_canonical(c) in have for c in required):
-            out.append(protocol.label)
-    return out
+    return covered(attack_configs, compute_requirements(defense))

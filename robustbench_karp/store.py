@@ -30,8 +30,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 log = logging.getLogger(__name__)
 
 
@@ -106,6 +104,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     """torch.save, atomically. payload holds only tensors and plain types (weights_only-loadable)."""
+    import torch  # here: the store's records and paths must not import torch (karp-robust list, leaderboard build)
+
     atomic_write_bytes(path, lambda f: torch.save(payload, f))
 
 
@@ -123,6 +123,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if head.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
         raise CheckpointError(f"checkpoint {path} is an HTML page, not a PyTorch file (a failed download, such as "
                               "Google Drive's confirmation page): download it again")
+    import torch
+
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle refused by weights_only, ...

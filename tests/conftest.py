@@ -7,8 +7,11 @@ KARP_REQUIRE_TEST_DATA=1, which turns a missing directory into a failure instead
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Training on demand refuses past an estimated 10 minutes; a slow CI machine must not trip it. The
 # tests of the limit set it themselves.
 os.environ.setdefault("KARP_TRAIN_LIMIT_SECONDS", "1e9")
+# The suite never touches the user's store (~/.cache/karp-robust): it gets its own KARP_HOME, removed at exit.
+os.environ["KARP_HOME"] = tempfile.mkdtemp(prefix="karp-tests-")
+atexit.register(shutil.rmtree, os.environ["KARP_HOME"], True)
 
 
 @pytest.fixture

@@ -1,0 +1,171 @@
+"""What the registries hold, for commands that need no model, without importing torch.
+
+    from robustbench_karp import catalog
+    catalog.facts()["attacks"]                       # ['advgan', 'autoattack', ...]
+    catalog.protocol_requirements({"name": "pgd-at", "steps": 5})   # {'standard/1': [attack config, ...]}
+
+`karp-robust list` and `leaderboard build` must answer in well under 2 s, and importing torch
+alone takes about 2 s on a busy 2-core machine. The facts they need (registered names, each
+dataset's default eps, each defense's option defaults, which attack configs a protocol requires of
+a defense) are computed once by the real registries, which import torch, and kept in
+KARP_HOME/cache/catalog.json. The cache is keyed by a fingerprint of every source file of the
+package (name, size, mtime) and of the installed torch and torchattacks versions; a stale,
+unreadable or missing cache is recomputed. There is no second list to keep in step: adding an
+attack is still one file plus one import line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from robustbench_karp.store import atomic_write_text, karp_home
+
+log = logging.getLogger(__name__)
+SCHEMA = 1
+_PACKAGES = ("robustbench_karp", "robustbench_karp.attacks", "robustbench_karp.defenses")
+
+
+def cache_path() -> Path:
+    return karp_home() / "cache" / "catalog.json"
+
+
+def fingerprint() -> str:
+    """sha256 over the package's source files (path, size, mtime) and the torch/torchattacks versions."""
+    h = hashlib.sha256(f"catalog/{SCHEMA}".encode())
+    for package in _PACKAGES:
+        spec = importlib.util.find_spec(package)  # locates the package; imports only its parent
+        for folder in sorted(spec.submodule_search_locations or []):
+            for path in sorted(Path(folder).rglob("*.py")):
+                stat = path.stat()
+                h.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    for dist in ("torch", "torchattacks"):
+        try:
+            h.update(f"{dist}={metadata.version(dist)}\n".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{dist}=none\n".encode())
+    return h.hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """A value as the cache (JSON) holds it, so that cached and fresh answers compare equal."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def compute_facts() -> dict[str, Any]:
+    """The facts, from the registries themselves (imports torch)."""
+    import dataclasses
+
+    from robustbench_karp.attacks import ATTACKS
+    from robustbench_karp.attacks.torchattacks_adapter import torchattacks_names
+    from robustbench_karp.data import DATASETS
+    from robustbench_karp.defenses import DEFENSES
+    from robustbench_karp.models import MODELS
+
+    attacks = ATTACKS.names()
+    return _plain({
+        "models": MODELS.names(),
+        "datasets": {name: dict(DATASETS.get(name).default_eps) for name in DATASETS.names()},
+        "attacks": attacks,
+        "single_step": [a for a in attacks if getattr(ATTACKS.get(a), "single_step", False)],
+        "black_box": [a for a in attacks if getattr(ATTACKS.get(a), "black_box", False)],
+        "torchattacks": torchattacks_names(),
+        "defenses": {name: {f.name: f.default for f in dataclasses.fields(DEFENSES.get(name))
+                            if f.default is not dataclasses.MISSING}
+                     for name in DEFENSES.names()},
+    })
+
+
+def compute_requirements(defense: dict[str, Any] | None) -> dict[str, list[dict[str, Any]] | None]:
+    """protocol label -> the attack configs a record of this defense config must hold (imports torch).
+
+    None for a protocol that cannot judge the defense (a defense or option this version does not know).
+    """
+    from robustbench_karp.protocols import PROTOCOLS
+
+    out: dict[str, list[dict[str, Any]] | None] = {}
+    for name in PROTOCOLS.names():
+        protocol = PROTOCOLS.get(name)
+        try:
+            out[protocol.label] = protocol.required_configs(defense)
+        except (KeyError, ValueError):
+            out[protocol.label] = None
+    return _plain(out)
+
+
+class _Cache:
+    """KARP_HOME/cache/catalog.json, read once per process; rewritten (atomically) when it learns something."""
+
+    def __init__(self):
+        self.fingerprint: str | None = None
+        self.data: dict[str, Any] | None = None
+
+    def load(self) -> dict[str, Any]:
+        current = fingerprint()
+        if self.data is not None and self.fingerprint == current:
+            return self.data
+        try:
+            data = json.loads(cache_path().read_text())
+            if data.get("fingerprint") != current or not isinstance(data.get("facts"), dict):
+                raise ValueError("stale")
+        except (OSError, ValueError, AttributeError):
+            data = {"fingerprint": current, "facts": None, "requirements": {}}
+        data.setdefault("requirements", {})
+        self.fingerprint, self.data = current, data
+        return data
+
+    def save(self) -> None:
+        try:
+            atomic_write_text(cache_path(), json.dumps(self.data, sort_keys=True))
+        except OSError as e:  # a read-only KARP_HOME: answers are computed each time, nothing breaks
+            log.debug("catalog cache not written: %s", e)
+
+
+_cache = _Cache()
+
+
+def facts() -> dict[str, Any]:
+    """Registered models, datasets (with their default eps), attacks (single-step, black-box), torchattacks
+    classes, and defenses with their option defaults."""
+    data = _cache.load()
+    if data["facts"] is None:
+        data["facts"] = compute_facts()
+        _cache.save()
+    return data["facts"]
+
+
+def protocol_requirements(defense: dict[str, Any] | None) -> dict[str, list[dict[str, Any]] | None]:
+    """protocol label -> the attack configs a record of this defense config must hold (cached per config)."""
+    data = _cache.load()
+    key = json.dumps(defense, sort_keys=True, default=str)
+    if key not in data["requirements"]:
+        data["requirements"][key] = compute_requirements(defense)
+        _cache.save()
+    return data["requirements"][key]
+
+
+def _canonical(config: dict[str, Any]) -> str:
+    """One attack config as a comparable string: keys sorted, tuples as lists, 100.0 as 100."""
+    def number(value: Any) -> Any:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, list):
+            return [number(v) for v in value]
+        if isinstance(value, dict):
+            return {k: number(v) for k, v in value.items()}
+        return value
+
+    return json.dumps(number(_plain(config)), sort_keys=True)
+
+
+def covered(attack_configs: Iterable[dict[str, Any]], requirements: dict[str, list[dict[str, Any]] | None]) -> list[str]:
+    """Labels of the protocols whose every required attack (with its exact options) is among attack_configs."""
+    have = {_canonical(c) for c in attack_configs}
+    return [label for label, required in sorted(requirements.items())
+            if required is not None and all(_canonical(c) in have for c in required)]
