@@ -36,6 +36,9 @@ class Attack:
     black_box: typing.ClassVar[bool] = False  # uses only the model's outputs
     adaptive: typing.ClassVar[bool] = False  # built to get through preprocessing defenses (BPDA, EOT, transfer)
     eot: typing.ClassVar[bool] = False  # averages gradients over the model's randomness
+    # Whether every pass through the network goes through robustbench_karp.physical, so that the engine
+    # may cut a logical batch into smaller physical pieces on out-of-memory without changing a number.
+    splits: typing.ClassVar[bool] = False
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError

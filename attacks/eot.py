@@ -58,6 +58,7 @@ def eot_objective(forward: Forward, y: torch.Tensor, loss: str, samples: int) ->
 @register("eot-pgd")
 @dataclass(frozen=True)
 class EOTPGD(Attack):
+    splits = True  # every pass goes through ascend's physical pieces
     adaptive: ClassVar[bool] = True
     eot: ClassVar[bool] = True
     steps: int = 50

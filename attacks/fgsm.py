@@ -24,6 +24,7 @@ from robustbench_karp.threat import ThreatModel, ascend
 @dataclass(frozen=True)
 class FGSM(Attack):
     single_step = True
+    splits = True  # every pass goes through ascend's physical pieces
     loss: str = "ce"
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:

@@ -23,12 +23,14 @@ from dataclasses import dataclass
 import torch
 
 from robustbench_karp.attacks.base import Attack, check_positive, register, untargeted_objective
+from robustbench_karp.physical import pieces
 from robustbench_karp.threat import Objective, ThreatModel, ascend
 
 
 @register("pgd")
 @dataclass(frozen=True)
 class PGD(Attack):
+    splits = True  # every pass goes through ascend's physical pieces
     steps: int = 50
     step_size: float | None = None
     restarts: int = 1
@@ -70,8 +72,9 @@ def restarted_ascent(make_objective: Callable[[torch.Tensor], Objective], x: tor
         if restart == restarts - 1:
             break
         if not early_stop:
-            with torch.no_grad():
-                _, done = objective(found, torch.arange(len(found), device=x.device))
+            with torch.no_grad():  # in physical pieces when memory asks (robustbench_karp.physical)
+                positions = torch.arange(len(found), device=x.device)
+                done = torch.cat([objective(found[rows], positions[rows])[1] for rows in pieces(len(found))])
         todo = todo[~done]
         if not len(todo):
             break

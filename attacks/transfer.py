@@ -41,6 +41,7 @@ from robustbench_karp.threat import ThreatModel
 @register("transfer-pgd")
 @dataclass(frozen=True)
 class TransferPGD(Attack):
+    splits = True  # every pass goes through ascend's physical pieces
     steps: int = 50
     step_size: float | None = None
     restarts: int = 1

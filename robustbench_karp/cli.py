@@ -51,6 +51,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+LOGICAL_BATCH = 500
+BATCH_HELP = ("the logical batch (part of the config: batch b draws its randomness from the seed and b); on out of GPU "
+              "memory each batch reruns in physical pieces of half the rows, which changes no number. auto (the "
+              f"default) is {LOGICAL_BATCH}")
+
+
+def logical_batch(text: str) -> int:
+    """--batch-size: a positive integer, or 'auto' (the default logical batch; memory is handled by halving)."""
+    return LOGICAL_BATCH if text == "auto" else positive_int(text)
+
+
 def number(text: str) -> float:
     from robustbench_karp.attacks.base import parse_number
 
@@ -150,7 +161,7 @@ def add_evaluate(sub) -> None:
     ev.add_argument("--eps", type=eps_list, default=None, help="radius in pixel units (8/255); a list sweeps eps")
     ev.add_argument("--n-examples", type=positive_int, default=None,
                     help="evaluate the first N test points (default: 1000, 5000 on imagenet, or the whole split if smaller)")
-    ev.add_argument("--batch-size", type=positive_int, default=500)
+    ev.add_argument("--batch-size", type=logical_batch, default=LOGICAL_BATCH, metavar="N|auto", help=BATCH_HELP)
     ev.add_argument("--protocol", default=None, metavar="NAME",
                     help="a named, versioned attack set (standard: AutoAttack plus the defense's adaptive attacks); "
                          "--attack adds to it")
@@ -197,7 +208,7 @@ def add_publishing(sub) -> None:
     cmp.add_argument("--attack-arg", action="append", default=[], metavar="ATTACK.KEY=VALUE", help="e.g. pgd.steps=50")
     cmp.add_argument("--eps", type=single_eps, default=None)
     cmp.add_argument("--n-examples", type=positive_int, default=None)
-    cmp.add_argument("--batch-size", type=positive_int, default=500)
+    cmp.add_argument("--batch-size", type=logical_batch, default=LOGICAL_BATCH, metavar="N|auto", help=BATCH_HELP)
     cmp.add_argument("--protocol", default=None, metavar="NAME", help="also run this protocol (e.g. standard) per defense")
     cmp.add_argument("--train", action="store_true",
                      help="train missing checkpoints even when that is estimated to take over 10 minutes")

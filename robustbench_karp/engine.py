@@ -30,6 +30,7 @@ from torch import nn
 
 from robustbench_karp.attacks import Attack, build_attack
 from robustbench_karp.cost import attack_cost, count_passes
+from robustbench_karp.physical import OutOfMemory, forward_rows, is_randomized, physical_rows, row_limit
 from robustbench_karp.threat import ThreatModel, check_budget
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ def eval_mode(model: nn.Module) -> Iterator[bool]:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(1)
+    return forward_rows(lambda rows: model(rows).argmax(1), x)  # in physical pieces when memory asks
 
 
 def as_attack(spec) -> Attack:
@@ -144,7 +145,14 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list
             forward, backward = passes.forward, passes.backward
             if reporter is not None:
                 reporter.attack(name, len(idx))
-            x_adv = attack(model, x[idx], y[idx], threat, gen)
+            try:
+                x_adv = attack(model, x[idx], y[idx], threat, gen)
+            except torch.OutOfMemoryError:
+                if not attack.splits:
+                    raise OutOfMemory(f"out of device memory in {name} on {len(idx)} points: its passes cannot be cut "
+                                      "into smaller pieces without changing its random draws; pass a smaller "
+                                      "--batch-size (a new config, with its own id)") from None
+                raise
             used["attacked"] = len(idx)  # the attack's own passes, not the engine's predict below
             used["forward"] = passes.forward - forward
             used["backward"] = passes.backward - backward
@@ -158,6 +166,36 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list
         spent[name] = used
     return BatchOutcome(clean.cpu().tolist(), still.cpu().tolist(), after, spent,
                         passes.forward - forward0, passes.backward - backward0)
+
+
+def attack_in_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list[tuple[str, Attack]],
+                     threat: ThreatModel, gen: torch.Generator, passes, reporter=None) -> BatchOutcome:
+    """attack_batch; on out of device memory, the batch again from the same generator state in physical pieces
+    of half the rows (then a quarter, ...): the same numbers, less memory (robustbench_karp.physical)."""
+    state, rows = gen.get_state(), row_limit()
+    while True:
+        try:
+            with physical_rows(rows):
+                return attack_batch(model, x, y, named, threat, gen, passes, reporter)
+        except torch.OutOfMemoryError as e:
+            failed = (str(e).strip().splitlines() or ["out of memory"])[0]
+        # out of the except block: the failed attempt's tensors, which its traceback holds, are freed first
+        rows = _fewer_rows(rows or len(x), model, failed)
+        gen.set_state(state)
+        if x.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _fewer_rows(rows: int, model: nn.Module, failed: str) -> int:
+    if is_randomized(model):
+        raise OutOfMemory("out of device memory, and the model draws its own randomness per row of its input, so "
+                          "smaller pieces would change its draws: pass a smaller --batch-size (a new config, with its "
+                          f"own id) [{failed}]")
+    if rows <= 1:
+        raise OutOfMemory(f"out of device memory with one row at a time [{failed}]")
+    log.warning("out of device memory with %d rows at once: running the batch again in pieces of %d rows "
+                "(the numbers do not change)", rows, rows // 2)
+    return rows // 2
 
 
 def combine(outcomes: list[BatchOutcome], names: list[str], elapsed: float, device: torch.device,
@@ -203,7 +241,7 @@ def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, 
         for b, x, y in batches:
             if reporter is not None:
                 reporter.batch(b)
-            outcome = attack_batch(model, x.to(device), y.to(device), named, threat, gen_of(b), passes, reporter)
+            outcome = attack_in_memory(model, x.to(device), y.to(device), named, threat, gen_of(b), passes, reporter)
             release_memory()
             on_outcome(b, outcome)
     return warnings

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from robustbench_karp.physical import loss_and_grad, pieces
+
 Objective = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
 BUDGET_TOLERANCE = 1e-6
 
@@ -140,10 +142,7 @@ def ascend(
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)  # (b,) rows not yet done
     x_adv, x_ref = out.clone(), x
     for step in range(steps):
-        x_adv.requires_grad_(True)
-        loss, done = objective(x_adv, idx)
-        (g,) = torch.autograd.grad(loss.sum(), x_adv)
-        x_adv = x_adv.detach()
+        done, g = loss_and_grad(objective, x_adv, idx)  # in physical pieces when memory asks (physical.py)
         if stop_when_done and done is not None:
             newly = done & active  # (b,) first adversarial iterate: keep it
             rows = newly.view(-1, *([1] * (x.dim() - 1)))
@@ -163,7 +162,8 @@ def ascend(
     out[idx] = x_adv
     if stop_when_done and final_check and len(idx):  # the last iterate is only checked when asked (restarts)
         with torch.no_grad():
-            _, done = objective(x_adv, idx)
+            dones = [objective(x_adv[rows], idx[rows])[1] for rows in pieces(len(idx))]
+        done = None if dones[0] is None else torch.cat(dones)
         if done is not None:
             done_all[idx[done]] = True
     return out, done_all
