@@ -253,8 +253,17 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
                   "weights_sha256": weights,
                   "defense_weights_sha256": None if model is classifier else weights_sha256(model),
                   "train_config": stored, "train_conditions": payload.get("conditions"),
-                  "train_amp": payload.get("amp")}  # the precision it really trained in (bf16 needs bf16 units)
+                  "train_amp": payload.get("amp"),  # the precision it really trained in (bf16 needs bf16 units)
+                  "train_outcome": train_outcome(payload)}
     return model.to(device).eval(), provenance, device
+
+
+def train_outcome(payload: dict) -> dict | None:
+    """How the checkpoint's training ended: epochs run, the epoch whose weights were kept, a catastrophic-overfitting stop."""
+    if "epochs_completed" not in payload:
+        return None  # a checkpoint from elsewhere
+    return {"epochs_completed": payload["epochs_completed"], "selected_epoch": payload.get("selected_epoch"),
+            "stopped_early": bool(payload.get("stopped_early"))}
 
 
 def _external_classifier(req: EvalRequest, source, spec, defense):

@@ -200,7 +200,8 @@ def training_label(record: dict[str, Any]) -> str:
 
     'init=prior, 10 ep' tells two fgsm-at checkpoints apart; "" for a record without a training config.
     The precision shows only where the checkpoint was trained in another precision than its recipe asked
-    for ('fp32 (no bf16)': a bf16 recipe on a device without bf16 units).
+    for ('fp32 (no bf16)': a bf16 recipe on a device without bf16 units). A training stopped for
+    catastrophic overfitting says where it stopped and which epoch's weights it kept.
     """
     train = record.get("train_config") or {}
     defense = train.get("defense")
@@ -212,7 +213,10 @@ def training_label(record: dict[str, Any]) -> str:
     amp, asked = record.get("train_amp"), recipe.get("amp")
     if amp and asked and amp != asked:
         parts.append("fp32 (no bf16)" if amp == "none" else amp)
-    epochs = recipe.get("epochs")
+    epochs, outcome = recipe.get("epochs"), record.get("train_outcome") or {}
+    if epochs and outcome.get("stopped_early"):  # say so: the recipe's epochs were not what produced the weights
+        return ", ".join(parts + [f"stopped at ep {outcome['epochs_completed']} of {epochs} (catastrophic "
+                                  f"overfitting), kept ep {outcome['selected_epoch']}"])
     return ", ".join(parts + ([f"{epochs} ep"] if epochs else []))
 
 

@@ -77,7 +77,8 @@ def evaluate_and_store(model: nn.Module, *, dataset: str, model_name: str | None
                   "model_source": record_source, "model_file": model_file,
                   "checkpoint": portable_path(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
                   "weights_sha256": weights_sha256(classifier), "defense_weights_sha256": None,
-                  "train_config": None, "train_conditions": None, "train_amp": None}
+                  "train_config": None, "train_conditions": None, "train_amp": None,
+                  "train_outcome": None}
     req = EvalRequest(model=model_name, dataset=spec.name, attacks=[as_attack(a) for a in attacks], norm=norm, eps=eps,
                       n_examples=n_examples, seed=seed, batch_size=batch_size, device=str(dev), data_dir=data_dir,
                       download=download)

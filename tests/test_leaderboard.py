@@ -231,6 +231,12 @@ def test_training_label_and_one_curve_per_checkpoint():
     fp32 = {**bf16, "id": "h" * 16, "checkpoint_sha256": "h" * 64, "train_amp": "none"}
     labels = {e["weights"][5]: e["training"] for e in build_entries([{**bf16, "train_amp": "bf16"}, fp32], exists)}
     assert labels == {"g": "10 ep", "h": "fp32 (no bf16), 10 ep"}  # the same recipe, trained without bf16 units
+    stopped = {**fgsm_record("i" * 16, "i", 0.3, 0, {"init": "prior"}, 12),
+               "train_outcome": {"epochs_completed": 4, "selected_epoch": 2, "stopped_early": True}}
+    finished = {**fgsm_record("j" * 16, "j", 0.3, 0, {}, 12),
+                "train_outcome": {"epochs_completed": 12, "selected_epoch": 11, "stopped_early": False}}
+    labels = {e["weights"][5]: e["training"] for e in build_entries([stopped, finished], exists)}
+    assert labels == {"i": "init=prior, stopped at ep 4 of 12 (catastrophic overfitting), kept ep 2", "j": "12 ep"}
 
 
 @pytest.fixture(scope="module")

@@ -157,6 +157,7 @@ def test_train_command_then_evaluate_uses_that_checkpoint(karp_home, tmp_path, c
     assert record["checkpoint_sha256"] == file_sha256(stored[0]) and record["defense"] == "fgsm-at"
     assert "-fp32-" in stored[0].name  # the name says the precision it trained in
     assert record["train_config"]["recipe"]["epochs"] == 2
+    assert record["train_outcome"]["epochs_completed"] == 2 and record["train_outcome"]["selected_epoch"] in (1, 2)
     assert main(args) == 0 and "already trained" in capsys.readouterr().out  # no silent retraining
     assert len(ResultsStore().records()) == 1
 
