@@ -1,5 +1,6 @@
 """The DEVICE paths in one short script: AMP bf16 + channels-last training, DDP over NCCL under torchrun,
-evaluation and reproduction on the GPU, and PGD throughput against torchattacks.
+evaluation and reproduction on the GPU, a batch in physical pieces (the out-of-memory path), and PGD-40 and
+AutoAttack time against torchattacks.
 
     python benchmarks/gpu_check.py --data-dir /path/with/MNIST/raw --out results.json
 
@@ -21,10 +22,12 @@ from pathlib import Path
 import torch
 import torchattacks
 
+from robustbench_karp.attacks.autoattack import AutoAttack
 from robustbench_karp.attacks.pgd import PGD
 from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.engine import predict, run_attacks
 from robustbench_karp.harness import EvalRequest, new_model, run_evaluation
+from robustbench_karp.physical import physical_rows
 from robustbench_karp.store import load_checkpoint
 from robustbench_karp.threat import ThreatModel
 from robustbench_karp.train import fit, make_train_config
@@ -116,7 +119,36 @@ def eval_checks(data_dir: Path, home: Path) -> dict:
                                "clean_diff": abs(first["clean_accuracy"] - second["clean_accuracy"]),
                                "warnings": first["warnings"]}
     print(f"reproduce on gpu: {out['reproduce_on_gpu']}", flush=True)
+    with physical_rows(64):  # what an out-of-memory rerun does: passes in pieces, the same draws
+        pieces = run_evaluation(req)
+    out["physical_pieces_on_gpu"] = {key: pieces[key] == first[key] for key in ("id", "clean_mask", "robust_mask")}
+    print(f"physical pieces of 64 rows on gpu, equal to the whole batch: {out['physical_pieces_on_gpu']}", flush=True)
+    out["autoattack_fgsm-at"] = autoattack_time(home, test, indices[:500])
+    print(f"autoattack fgsm-at: {out['autoattack_fgsm-at']}", flush=True)
     return out
+
+
+def autoattack_time(home: Path, test, indices, batch_size: int = 500) -> dict:
+    """AutoAttack standard (eps 0.3) through our engine vs torchattacks.AutoAttack, on the fgsm-at model."""
+    model = new_model("smallcnn", "mnist")
+    model.load_state_dict(load_checkpoint(home / "fgsm-at.pt")["state_dict"])
+    model = model.to(DEVICE).eval()
+    threat = ThreatModel("linf", 0.3)
+    sync()
+    start = time.perf_counter()
+    batches = ((x, y) for _, x, y in test.batches(indices, batch_size))
+    ours = run_attacks(model, batches, [AutoAttack()], threat, torch.Generator(device=DEVICE).manual_seed(0),
+                       DEVICE).robust_accuracy
+    sync()
+    t_ours, start, correct = time.perf_counter() - start, time.perf_counter(), 0
+    attack = torchattacks.AutoAttack(model, norm="Linf", eps=0.3, version="standard", n_classes=10, seed=0)
+    for _, x, y in test.batches(indices, batch_size):
+        x, y = x.to(DEVICE), y.to(DEVICE)
+        correct += int((predict(model, attack(x, y)) == y).sum())
+    sync()
+    t_ref = time.perf_counter() - start
+    return {"ours_s": t_ours, "torchattacks_s": t_ref, "time_ratio": t_ours / t_ref, "ours_acc": ours,
+            "torchattacks_acc": correct / len(indices), "n": len(indices)}
 
 
 def main() -> None:
