@@ -134,6 +134,8 @@ def test_page_rows_sorting_and_plots(browser, tmp_path):
 
 
 def test_skip_reason_names_the_missing_binary(monkeypatch, tmp_path):
+    (tmp_path / "present-chromium").write_bytes(b"")  # whether or not this machine has chromium
+    monkeypatch.setitem(globals(), "CHROMIUM", tmp_path / "present-chromium")
     monkeypatch.setitem(globals(), "CHROMEDRIVER", tmp_path / "chromedriver")
     assert browser_missing() == f"{tmp_path / 'chromedriver'} not found (apt-get install chromium-driver)"
     monkeypatch.setitem(globals(), "CHROMIUM", tmp_path / "chromium")
