@@ -230,3 +230,30 @@ def test_n_fgsm_trains_outside_the_eps_ball_but_inside_0_1(model, batch):
     assert (distance > EPS + 1e-3).any(), "n-fgsm projected its training point onto the eps-ball"
     assert (distance <= 3 * EPS + 1e-6).all() and point.min() >= 0 and point.max() <= 1
 
+
+
+class Sure(nn.Module):
+    """The model with its logits scaled up: confident, so that softmax probabilities sit at 1 in bf16."""
+
+    def __init__(self, model: nn.Module, scale: float):
+        super().__init__()
+        self.model, self.scale = model, scale
+
+    def forward(self, x):
+        return self.scale * self.model(x)
+
+
+def test_mart_loss_keeps_float32_precision_under_bf16_autocast(model, batch):
+    """MART's MNIST recipe trains in bf16 autocast. Its boosted CE takes log(1.0001 - p): in bf16, 1.0001 is 1,
+    and on confidently wrong points the loss grew by 8% here (a real MNIST run fell to chance in one epoch)."""
+    x, _ = batch
+    sure = Sure(model, 30.0)
+    with torch.no_grad():
+        wrong = (sure(x).argmax(1) + 1) % 10  # every point confidently misclassified
+    defense = build_defense("mart", {})
+    losses = []
+    for bf16 in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = defense.loss(sure, x, wrong, ThreatModel("linf", EPS), torch.Generator().manual_seed(SEED))
+        losses.append(loss.float().item())
+    assert abs(losses[1] - losses[0]) <= 0.01 * abs(losses[0]), losses
