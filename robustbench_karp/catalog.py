@@ -140,6 +140,17 @@ def facts() -> dict[str, Any]:
     return data["facts"]
 
 
+def warm() -> None:
+    """Fill a stale cache when the registries are already imported (after evaluate, train, ...), so that a
+    following `list` or `leaderboard build` needs no torch import. A no-op otherwise: never imports torch."""
+    import sys
+
+    needed = ("robustbench_karp.attacks", "robustbench_karp.defenses", "robustbench_karp.models",
+              "robustbench_karp.data", "robustbench_karp.protocols")
+    if all(name in sys.modules for name in needed):
+        facts()
+
+
 def protocol_requirements(defense: dict[str, Any] | None) -> dict[str, list[dict[str, Any]] | None]:
     """protocol label -> the attack configs a record of this defense config must hold (cached per config)."""
     data = _cache.load()

@@ -287,6 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         with progress.use(commands.tqdm_progress):  # library loops (GAN training, ...) get progress bars
             code = commands.run(args)
         ok = code == 0
+        if ok:
+            from robustbench_karp import catalog
+
+            catalog.warm()  # the registries are loaded now: the next `list` starts without torch
         return code
     except KeyboardInterrupt as e:
         if str(e):  # training says which epoch is saved

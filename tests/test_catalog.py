@@ -102,3 +102,15 @@ def test_list_and_leaderboard_build_skip_torch_once_cached_with_the_same_output(
     assert [p.relative_to(tmp_path / "cold") for p in cold] == [p.relative_to(tmp_path / "warm") for p in warm]
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(cold, warm) if a.is_file())
     assert "standard/1" in (tmp_path / "warm" / "README.md").read_text()  # protocols were judged, not skipped
+
+
+def test_warm_fills_the_cache_only_when_the_registries_are_loaded(fresh_catalog):
+    # in this process the registries are imported (as after evaluate or train): warm writes the facts
+    assert not catalog.cache_path().exists()
+    catalog.warm()
+    assert json.loads(catalog.cache_path().read_text())["facts"] == catalog.compute_facts()
+    # a command that loaded nothing (records list) leaves the cache alone and never imports torch for it
+    catalog.cache_path().unlink()
+    done = _run(["records", "list"], fresh_catalog, no_torch=True)
+    assert done.returncode == 0, done.stderr
+    assert not catalog.cache_path().exists()
