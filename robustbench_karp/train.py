@@ -288,6 +288,15 @@ def _measure(model: nn.Module, data: ImageSet, val_idx: torch.Tensor, guard_idx:
     return out
 
 
+def _warn_if_at_chance(history: list[dict[str, Any]], epoch: int, classes: int) -> None:
+    """A training that fell to chance (a diverged loss that stayed finite) is kept, but never silently."""
+    clean = next((h.get("val_clean_accuracy") for h in history if h.get("epoch") == epoch), None)
+    if clean is not None and clean < 1.5 / classes:
+        log.warning("the kept weights (epoch %d) classify the validation split at chance (clean accuracy %.3f, chance "
+                    "%.3f): this training failed, and evaluating its checkpoint measures nothing", epoch, clean,
+                    1 / classes)
+
+
 def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device: torch.device | None = None,
         download: bool = True, resume: bool = False, callbacks: list[Callback] | None = None) -> dict[str, Any]:
     """Train config's model with config's defense; write the final checkpoint atomically to `out`.
@@ -350,6 +359,7 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
                "state_dict": state.best_state if use_best else evaluated.state_dict(),
                "epochs_completed": state.epoch, "selected_epoch": state.best_epoch if use_best else state.epoch,
                "stopped_early": state.stopped_early, "train_seconds": state.train_seconds, "history": state.history}
+    _warn_if_at_chance(state.history, payload["selected_epoch"], DATASETS.get(config.dataset).num_classes)
     if env.main:
         save_checkpoint(out, payload)
         if not os.environ.get("KARP_KEEP_RESUME_STATE"):  # kept only to inspect it (the DDP test reads its memory)

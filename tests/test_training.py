@@ -302,3 +302,23 @@ def test_training_syncs_with_the_host_once_per_log_interval(monkeypatch):
     log_points = -(-60 // train_module.LOG_EVERY)  # 3: steps 25, 50 and 60
     assert calls["n"] <= log_points + 2  # one NaN vote per log point, then the epoch's loss and accuracy
     assert 0 < metrics["train_loss"] < 10 and 0 <= metrics["train_accuracy"] <= 1
+
+
+def test_a_training_that_falls_to_chance_says_so(tmp_path, monkeypatch, caplog):
+    """A loss that explodes but stays finite (MART in bf16 did) leaves a chance-level model: it is kept, with a warning."""
+    real = Standard.loss
+
+    def exploding(self, model, x, y, threat, gen):
+        loss, logits = real(self, model, x, y, threat, gen)
+        return -1e3 * loss, logits  # ascends the loss: finite, and the model unlearns the labels
+
+    monkeypatch.setattr(Standard, "loss", exploding)
+    with caplog.at_level("WARNING", logger="robustbench_karp.train"):
+        payload = fit(digits_config("standard", epochs=1), tmp_path / "c.pt")
+    assert payload["history"][-1]["val_clean_accuracy"] < 0.15
+    assert "classify the validation split at chance" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(Standard, "loss", real)
+    with caplog.at_level("WARNING", logger="robustbench_karp.train"):
+        payload = fit(digits_config("standard", epochs=2), tmp_path / "ok.pt")
+    assert payload["history"][-1]["val_clean_accuracy"] > 0.5 and "chance" not in caplog.text
