@@ -28,7 +28,7 @@ from typing import Any
 from robustbench_karp.store import atomic_write_text, karp_home
 
 log = logging.getLogger(__name__)
-SCHEMA = 1
+SCHEMA = 2
 _PACKAGES = ("robustbench_karp", "robustbench_karp.attacks", "robustbench_karp.defenses")
 
 
@@ -63,7 +63,7 @@ def compute_facts() -> dict[str, Any]:
     import dataclasses
 
     from robustbench_karp.attacks import ATTACKS
-    from robustbench_karp.attacks.torchattacks_adapter import torchattacks_names
+    from robustbench_karp.attacks.torchattacks_adapter import NORMS, torchattacks_names
     from robustbench_karp.data import DATASETS
     from robustbench_karp.defenses import DEFENSES
     from robustbench_karp.models import MODELS
@@ -76,6 +76,7 @@ def compute_facts() -> dict[str, Any]:
         "single_step": [a for a in attacks if getattr(ATTACKS.get(a), "single_step", False)],
         "black_box": [a for a in attacks if getattr(ATTACKS.get(a), "black_box", False)],
         "torchattacks": torchattacks_names(),
+        "torchattacks_norms": {n: list(NORMS[n]) if n in NORMS else None for n in torchattacks_names()},
         "defenses": {name: {f.name: f.default for f in dataclasses.fields(DEFENSES.get(name))
                             if f.default is not dataclasses.MISSING}
                      for name in DEFENSES.names()},
@@ -132,7 +133,7 @@ _cache = _Cache()
 
 def facts() -> dict[str, Any]:
     """Registered models, datasets (with their default eps), attacks (single-step, black-box), torchattacks
-    classes, and defenses with their option defaults."""
+    classes (with the norm each attacks and whether it is bounded), and defenses with their option defaults."""
     data = _cache.load()
     if data["facts"] is None:
         data["facts"] = compute_facts()

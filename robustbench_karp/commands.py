@@ -223,6 +223,33 @@ def _copy(src, dst) -> None:
     print(f"copied to {dst}")
 
 
+def torchattacks_lines(norms: dict[str, list | None]) -> list[str]:
+    """`list`'s torchattacks classes, grouped by the threat model they can run under (the adapter's NORMS)."""
+    groups: dict[str, list[str]] = {}
+    for name, entry in sorted(norms.items()):
+        norm, bounded = entry if entry else ("not in the adapter's table", False)
+        if norm in ("Linf", "L2"):
+            key = f"--norm {norm.lower()}"
+            name += "" if bounded else "*"
+        elif norm.startswith("its `norm`"):
+            key = "--norm linf or l2"
+        elif norm == "any":
+            key = "any norm"
+        else:
+            key = "refused"
+            name += f" ({norm})"
+        groups.setdefault(key, []).append(name)
+    lines = ["torchattacks:<Class>, by the threat model each can run under:"]
+    for key in ("--norm linf", "--norm l2", "--norm linf or l2", "any norm"):
+        if key in groups:
+            lines.append(f"  {key}: " + ", ".join(groups[key]))
+    if any(n.endswith("*") for n in groups.get("--norm l2", []) + groups.get("--norm linf", [])):
+        lines.append("  (* minimum-norm attacks: their output is projected onto the run's eps-ball)")
+    if "refused" in groups:
+        lines.append("  refused, no threat model here for their norm: " + ", ".join(groups["refused"]))
+    return lines
+
+
 def cmd_list(args) -> int:
     from robustbench_karp.catalog import facts
 
@@ -233,7 +260,8 @@ def cmd_list(args) -> int:
     print("datasets: " + ", ".join(sorted(known["datasets"])))
     print(tabulate(rows, headers=["dataset", "linf eps", "l2 eps"], tablefmt="github", floatfmt=".6g"))
     print("attacks:  " + ", ".join(known["attacks"]))
-    print("          torchattacks:<Class> for " + ", ".join(known["torchattacks"]))
+    for line in torchattacks_lines(known["torchattacks_norms"]):
+        print("          " + line)
     print("defenses: " + ", ".join(sorted(known["defenses"])))
     return 0
 

@@ -188,3 +188,19 @@ def test_list_shows_every_registry(capsys):
     out = capsys.readouterr().out
     for name in ["smallcnn", "wrn-28-10", "stn", "digits", "svhn", "autoattack", "torchattacks:<Class>", "trades"]:
         assert name in out
+
+
+def test_list_groups_torchattacks_classes_by_the_norm_they_can_run_under(capsys):
+    from robustbench_karp.attacks.torchattacks_adapter import ANY, BY_ARGUMENT, NORMS, torchattacks_names
+
+    assert main(["list"]) == 0
+    lines = {line.split(":")[0].strip(): line.split(":", 1)[1] for line in capsys.readouterr().out.splitlines()
+             if line.strip().startswith(("--norm", "refused", "any norm"))}
+    names = {key: [n.strip().split(" ")[0].rstrip("*") for n in value.split(", ")] for key, value in lines.items()}
+    assert sorted(n for group in names.values() for n in group) == torchattacks_names()  # each class once
+    assert {"PGDL2", "CW"} <= set(names["--norm l2"]) and "PGD" in names["--norm linf"]
+    assert "CW*" in lines["--norm l2"] and "PGDL2*" not in lines["--norm l2"]  # minimum-norm ones are marked
+    assert "APGD" in names["--norm linf or l2"]
+    refused = [n for n in torchattacks_names() if NORMS[n][0] not in ("Linf", "L2", ANY, BY_ARGUMENT)]
+    assert sorted(names["refused, no threat model here for their norm"]) == sorted(refused) and "JSMA (L0)" in lines[
+        "refused, no threat model here for their norm"]
