@@ -19,6 +19,9 @@ from robustbench_karp.physical import loss_and_grad, pieces
 
 Objective = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
 BUDGET_TOLERANCE = 1e-6
+# An L2 norm sums d float32 squares: its rounding grows with eps and the image size. Our own projection at
+# eps 3 on 3x224x224 (ImageNet's L2 radius) measured up to 4.6e-6 above eps, at eps 10 1.6e-5.
+L2_RELATIVE_TOLERANCE = 1e-5
 
 
 class Norm(str, enum.Enum):
@@ -95,10 +98,15 @@ def check_budget(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> N
     if lo < 0.0 or hi > 1.0:
         raise BudgetViolation(f"adversarial batch leaves [0, 1]: range [{lo:.6g}, {hi:.6g}]")
     worst = threat.distance(x_adv, x).max().item() if len(x) else 0.0
-    if worst > threat.eps + BUDGET_TOLERANCE:
-        raise BudgetViolation(
-            f"perturbation {worst:.8g} exceeds {threat.norm.value} eps {threat.eps:.8g} (+{BUDGET_TOLERANCE})"
-        )
+    tolerance = budget_tolerance(threat)
+    if worst > threat.eps + tolerance:
+        raise BudgetViolation(f"perturbation {worst:.8g} exceeds {threat.norm.value} eps {threat.eps:.8g} (+{tolerance:.3g})")
+
+
+def budget_tolerance(threat: ThreatModel) -> float:
+    """How far above eps float32 rounding may put a projected point: 1e-6 for Linf (a clamp is exact up to
+    the rounding of x + delta), plus 1e-5 * eps for L2 (a norm accumulates rounding over every pixel)."""
+    return BUDGET_TOLERANCE + (L2_RELATIVE_TOLERANCE * threat.eps if threat.norm is Norm.L2 else 0.0)
 
 
 def ascend(

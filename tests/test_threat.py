@@ -48,6 +48,21 @@ def test_check_budget_raises_on_each_violation():
         check_budget(x + 0.26, x, l2)  # ||0.26 * ones(4)|| = 0.52
 
 
+def test_our_own_l2_projection_passes_the_budget_check_at_imagenet_scale():
+    """ImageNet's L2 radius is 3 over 3x224x224 pixels: float32 rounding of the norm put projected points up to
+    4.6e-6 above eps, past an absolute 1e-6. The check's L2 tolerance grows with eps; a real excess still fails."""
+    g = torch.Generator().manual_seed(0)
+    x = 0.25 + 0.5 * torch.rand(8, 3, 224, 224, generator=g)
+    threat = ThreatModel("l2", 3.0)
+    projected = threat.project(x + 0.1 * torch.randn(x.shape, generator=g), x)
+    check_budget(projected, x, threat)
+    delta = projected - x
+    with pytest.raises(BudgetViolation, match="exceeds"):
+        check_budget(x + delta * 1.001, x, threat)  # 0.1% outside: 3e-3 above eps
+    with pytest.raises(BudgetViolation, match="exceeds"):
+        check_budget(x + 0.1 + 2e-6, x, ThreatModel("linf", 0.1))  # Linf keeps its absolute 1e-6
+
+
 def test_negative_or_nan_eps_is_rejected():
     with pytest.raises(ValueError):
         ThreatModel("linf", -0.1)
