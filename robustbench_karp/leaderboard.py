@@ -201,9 +201,13 @@ def training_label(record: dict[str, Any]) -> str:
     'init=prior, 10 ep' tells two fgsm-at checkpoints apart; "" for a record without a training config.
     The precision shows only where the checkpoint was trained in another precision than its recipe asked
     for ('fp32 (no bf16)': a bf16 recipe on a device without bf16 units). A training stopped for
-    catastrophic overfitting says where it stopped and which epoch's weights it kept.
+    catastrophic overfitting says where it stopped and which epoch's weights it kept. A model loaded from
+    elsewhere (`robustbench:<ID>`, a file, torchvision) says so: it was not trained by a recipe here.
     """
     train = record.get("train_config") or {}
+    source = record.get("model_source")
+    if not train and isinstance(source, dict) and source.get("kind"):  # a zoo, file or torchvision model
+        return f"{source['kind']} weights, trained elsewhere"  # its 'standard' defense means: none added here
     defense = train.get("defense")
     options = dict(defense) if isinstance(defense, dict) else {"name": defense}  # some configs name it only
     name = options.pop("name", None)

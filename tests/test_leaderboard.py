@@ -237,6 +237,9 @@ def test_training_label_and_one_curve_per_checkpoint():
                 "train_outcome": {"epochs_completed": 12, "selected_epoch": 11, "stopped_early": False}}
     labels = {e["weights"][5]: e["training"] for e in build_entries([stopped, finished], exists)}
     assert labels == {"i": "init=prior, stopped at ep 4 of 12 (catastrophic overfitting), kept ep 2", "j": "12 ep"}
+    zoo = {**make_record("k" * 16, broken={}), "model": "robustbench:Carmon2019Unlabeled", "train_config": None,
+           "model_source": {"kind": "robustbench", "id": "Carmon2019Unlabeled", "threat_model": "Linf"}}
+    assert build_entries([zoo], exists)[0]["training"] == "robustbench weights, trained elsewhere"  # not 'standard'
 
 
 @pytest.fixture(scope="module")
