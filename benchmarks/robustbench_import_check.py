@@ -27,8 +27,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from robustbench_karp.cli import main as karp
-from robustbench_karp.leaderboard import load_published
 from robustbench_karp.leaderboard_export import THREAT_DIRS, export_robustbench
+from robustbench_karp.leaderboard_published import load_published
 
 
 def robustbench_reads(data: dict) -> tuple[float, float, float]:

@@ -154,7 +154,7 @@ def _add_external(args) -> int:
 
 def _find_entry(entry_id: str, site: Path | None) -> dict:
     """The entry of this id built from the store, else the one published in site."""
-    from robustbench_karp.leaderboard import load_published
+    from robustbench_karp.leaderboard_published import load_published
 
     entries = _entries_with_flags(ResultsStore().records())
     entries += load_published(site) if site is not None else []
@@ -180,7 +180,8 @@ def _export(args) -> int:
 
 
 def _build(args) -> int:
-    from robustbench_karp.leaderboard import load_published, merge_entries, render_site
+    from robustbench_karp.leaderboard import render_site
+    from robustbench_karp.leaderboard_published import load_published, merge_entries
 
     out = args.out or _default_leaderboard_dir()
     if out is None:

@@ -12,7 +12,6 @@ Same entries in, byte-identical files out: no clock, no randomness, no environme
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,12 @@ from tabulate import tabulate
 
 from robustbench_karp import catalog
 from robustbench_karp.cost import entry_cost
+from robustbench_karp.leaderboard_counts import accuracy_per_attack, attack_names, choose_set, wilson_interval, worst_case_counts
 from robustbench_karp.leaderboard_html import COLUMNS, boards, curve_png, eps_label, render_html, slug
 from robustbench_karp.leaderboard_import import import_robustbench
 from robustbench_karp.store import atomic_write_bytes, config_hash
 
-__all__ = ["wilson_interval", "build_entries", "curves", "render_site", "load_published", "merge_entries",
-           "import_robustbench", "eps_label"]
+__all__ = ["wilson_interval", "build_entries", "curves", "render_site", "import_robustbench", "eps_label"]
 
 # An entry is one (model, dataset, defense with every option, weights, norm, eps). "weights" is the
 # canonical state_dict hash (identity.weights_sha256); records from before it carry "file:<checkpoint sha256>".
@@ -35,30 +34,11 @@ GROUP_FIELDS = ("model", "dataset", "defense", "defense_config", "weights", "nor
 ENTRY_SCHEMA = 2
 REQUIRED_FIELDS = ("id", "model", "dataset", "defense", "norm", "eps", "clean_accuracy", "robust_accuracy")
 BULKY_FIELDS = ("indices",)  # kept out of the published provenance (the first n test points; masks stay, for reproduce)
-Z95 = 1.959964
 CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "status", "protocols", "model", "model_id", "defense",
                "training", "weights", "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low",
                "robust_ci_high", "robust_source", "n", "attacks", "seeds", "flags", "reproducible", "external", "link", "venue",
                "additional_data", "forward_passes", "grad_evals_per_point", "forward_passes_per_point", "wall_seconds",
                "devices", "record_ids"]
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of the proportion k/n (95% for the default z), as fractions.
-
-    Unlike the normal approximation it stays inside [0, 1] and does not collapse at k = 0 or k = n.
-    n = 0 carries no evidence, so the interval is the whole range.
-    """
-    if not 0 <= k <= n:
-        raise ValueError(f"wilson_interval: need 0 <= k <= n, got k={k}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # The exact bounds at k = 0 and k = n are 0 and 1; rounding would leave +-1e-17 there.
-    return (0.0 if k == 0 else max(0.0, center - half)), (1.0 if k == n else min(1.0, center + half))
 
 
 def _age(record: dict[str, Any]) -> tuple[bool, str]:
@@ -85,7 +65,7 @@ def record_weights(record: dict[str, Any]) -> str | None:
     return f"file:{record['checkpoint_sha256']}" if record.get("checkpoint_sha256") else None
 
 
-def _group_fields(record: dict[str, Any]) -> dict[str, Any]:
+def group_fields(record: dict[str, Any]) -> dict[str, Any]:
     defense = record.get("defense_config")
     return {"model": record.get("model"), "dataset": record.get("dataset"), "defense": record.get("defense"),
             "defense_config": defense if isinstance(defense, dict) else None, "weights": record_weights(record),
@@ -93,106 +73,7 @@ def _group_fields(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _group_key(record: dict[str, Any]) -> str:
-    return config_hash(_group_fields(record))
-
-
-def _combinable_sets(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Records that can be ANDed per example (masks on identical test points); the others stand alone."""
-    by_indices: dict[tuple[int, ...], list[dict[str, Any]]] = {}
-    alone = []
-    for r in records:
-        if r.get("robust_mask") and r.get("clean_mask") and r.get("indices") is not None:
-            by_indices.setdefault(tuple(r["indices"]), []).append(r)
-        else:
-            alone.append([r])
-    return list(by_indices.values()) + alone
-
-
-def _set_size(records: list[dict[str, Any]]) -> int:
-    first = records[0]
-    return len(first["indices"]) if first.get("robust_mask") else int(first.get("n_examples") or 0)
-
-
-def _choose_set(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(records the entry is computed from, records on a subset of its points, records left out).
-
-    The chosen set has the most points, then the most records, then the lowest robust accuracy
-    (a tie never goes to the favourable side). A record on a subset of those points still counts:
-    a point it broke is not robust (per-example worst case). Only records on other points are left out.
-    """
-    sets = _combinable_sets(records)
-    chosen = max(sets, key=lambda s: (_set_size(s), len(s), -min(r["robust_accuracy"] for r in s),
-                                      [r["id"] for r in s]))
-    points = set(chosen[0].get("indices") or []) if chosen[0].get("robust_mask") else set()
-    subset, left_out = [], []
-    for s_ in sets:
-        if s_ is chosen:
-            continue
-        inside = s_[0].get("robust_mask") and points and set(s_[0]["indices"]) <= points
-        (subset if inside else left_out).extend(s_)
-    return chosen, subset, left_out
-
-
-def _subset_mask(record: dict[str, Any], field: str, positions: dict[int, int], n: int) -> int:
-    """A subset record's mask on the chosen points: its own bits where it ran, 1 (no evidence) elsewhere."""
-    mask = (1 << n) - 1
-    for index, bit in zip(record["indices"], record[field]):
-        if bit == "0":
-            mask &= ~(1 << (n - 1 - positions[index]))
-    return mask
-
-
-def _and_masks(records: list[dict[str, Any]], field: str, n: int) -> int:
-    """The AND of the records' '0'/'1' masks, as an int whose bits are the test points."""
-    combined = (1 << n) - 1
-    for r in records:
-        mask = r[field]
-        if len(mask) != n or set(mask) - {"0", "1"}:
-            raise ValueError(f"record {r['id']}: {field} must be {n} characters of '0'/'1' (one per index)")
-        combined &= int(mask, 2)
-    return combined
-
-
-def _counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]] = ()) -> tuple[int, int, int, list[str]]:
-    """(correct clean, robust in the worst case, n, notes) of the chosen records and those on a subset of their points."""
-    first = chosen[0]
-    n = _set_size(chosen)
-    if not first.get("robust_mask"):  # an external or mask-less record: only its reported fractions
-        return round(first["clean_accuracy"] * n), round(first["robust_accuracy"] * n), n, []
-    if n == 0:
-        return 0, 0, 0, []
-    clean = _and_masks(chosen, "clean_mask", n)
-    robust = _and_masks(chosen, "robust_mask", n) & clean
-    positions = {index: i for i, index in enumerate(first["indices"])}
-    for r in subset:
-        robust &= _subset_mask(r, "robust_mask", positions, n)
-    notes = []
-    if len({r["clean_mask"] for r in chosen}) > 1:
-        notes.append("clean predictions differ between records (a randomized model?): clean accuracy is their AND")
-    if subset:
-        notes.append(f"record(s) {', '.join(r['id'] for r in subset)} ran on a subset of the {n} test points; "
-                     "the points they broke count as broken")
-    return clean.bit_count(), robust.bit_count(), n, notes
-
-
-def _per_attack(records: list[dict[str, Any]]) -> dict[str, float]:
-    """Accuracy after each attack; a cascade [a, b] gives 'a' and the cumulative 'a+b'. Repeats keep the worst."""
-    out: dict[str, float] = {}
-    for r in records:
-        per_attack = r.get("per_attack") or {}
-        order = list(r.get("attack_order") or per_attack)
-        for i, name in enumerate(order):
-            if name in per_attack:
-                label = "+".join(order[: i + 1])
-                out[label] = min(float(per_attack[name]), out.get(label, math.inf))
-    return dict(sorted(out.items()))
-
-
-def _attack_names(records: list[dict[str, Any]]) -> list[str]:
-    names: dict[str, None] = {}  # insertion-ordered set: first appearance, oldest record first
-    for r in records:
-        names.update(dict.fromkeys(r.get("attack_order") or r.get("per_attack") or []))
-    return list(names)
+    return config_hash(group_fields(record))
 
 
 def training_label(record: dict[str, Any]) -> str:
@@ -234,8 +115,8 @@ def _reproducibility(chosen: list[dict[str, Any]], checkpoint_exists: Callable[[
 def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]
            ) -> dict[str, Any]:
     records = sorted(records, key=lambda r: (_age(r), r["id"]))
-    chosen, subset, left_out = _choose_set(records)
-    k_clean, k_robust, n, notes = _counts(chosen, subset)
+    chosen, subset, left_out = choose_set(records)
+    k_clean, k_robust, n, notes = worst_case_counts(chosen, subset)
     if left_out:
         notes.append(f"worst case over the {len(chosen)} record(s) on the largest common set of {n} test points; "
                      f"left out (other test points): {', '.join(r['id'] for r in left_out)}")
@@ -251,11 +132,12 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exi
         "robust_accuracy": k_robust / n if masked and n else float(chosen[0]["robust_accuracy"]),
         "clean_ci": list(wilson_interval(k_clean, n)), "robust_ci": list(wilson_interval(k_robust, n)),
         "n": n, "k_clean": k_clean, "k_robust": k_robust,
-        "attacks": _attack_names(chosen + subset), "per_attack": _per_attack(chosen),
+        "attacks": attack_names(chosen + subset), "per_attack": accuracy_per_attack(chosen),
         "record_ids": [r["id"] for r in chosen + subset], "left_out_record_ids": [r["id"] for r in left_out],
         "seeds": sorted({r["seed"] for r in chosen if r.get("seed") is not None}),
         "versions": {r["id"]: r.get("versions") or {} for r in chosen},
-        "flags": sorted({str(w) for r in records for w in r.get("warnings") or []} | set(entry_flags(_per_attack(chosen)))),
+        "flags": sorted({str(w) for r in records for w in r.get("warnings") or []}
+                        | set(entry_flags(accuracy_per_attack(chosen)))),
         "external": reproducibility == "external", "tool": next((r.get("tool") for r in chosen if r.get("tool")), None),
         "reproducible": reproducibility == "yes", "reproducibility": reproducibility, "notes": notes,
         **{field: chosen[0].get(field) for field in ABOUT_FIELDS},
@@ -286,7 +168,7 @@ ABOUT_FIELDS = ("model_id", "link", "venue", "additional_data", "forward_passes"
 TIERS = {"ranked": 0, "external": 1, "partial": 2}
 
 
-def _rank_key(entry: dict[str, Any]) -> tuple:
+def rank_key(entry: dict[str, Any]) -> tuple:
     """Within a board (dataset, norm, eps): protocol entries first, by the worst case; partial ones never above them."""
     return (entry["dataset"], entry["norm"], entry["eps"], TIERS.get(entry.get("status", "partial"), 2),
             -entry["robust_accuracy"], -entry["clean_accuracy"], entry["model"], entry["defense"], entry["entry_id"])
@@ -314,10 +196,10 @@ def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[st
     fields: dict[str, dict[str, Any]] = {}
     for record in newest.values():  # grouped after the newest is chosen: a re-import with a new name moves its row
         key = _group_key(record)
-        fields[key] = _group_fields(record)
+        fields[key] = group_fields(record)
         groups.setdefault(key, {})[record["id"]] = record
     entries = [_entry(fields[key], list(by_id.values()), checkpoint_exists) for key, by_id in groups.items()]
-    return sorted(entries, key=_rank_key)
+    return sorted(entries, key=rank_key)
 
 
 def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
@@ -393,7 +275,7 @@ def render_csv(entries: list[dict[str, Any]]) -> str:
              "reproducible": e["reproducibility"], "record_ids": "; ".join(e["record_ids"]),
              "forward_passes": str(e["forward_passes"]) if e.get("forward_passes") else None,  # not 1.000000
              **_csv_cost(e.get("cost"))}
-            for e in sorted(entries, key=_rank_key)]
+            for e in sorted(entries, key=rank_key)]
     return pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(index=False, float_format="%.6f", lineterminator="\n")
 
 
@@ -416,89 +298,6 @@ def figures(entries: list[dict[str, Any]]) -> list[tuple[str, str, bytes]]:
     return out
 
 
-ENTRY_FIELDS = (*GROUP_FIELDS, "schema", "entry_id", "eps_label", "training", "protocols", "status", "clean_accuracy",
-                "robust_accuracy", "clean_ci", "robust_ci", "n", "k_clean", "k_robust", "attacks", "per_attack",
-                "record_ids", "left_out_record_ids", "seeds", "versions", "flags", "external", "tool", "reproducible",
-                "reproducibility", "notes", "records")
-LEGACY_GROUP_FIELDS = ("model", "dataset", "defense", "checkpoint_sha256", "norm", "eps")  # entry schema 1
-
-
-def migrate_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    """A schema-1 entry (grouped by checkpoint file sha256, no protocols) in today's schema.
-
-    Its numbers stay as published (its records' masks were not published then); the group gains
-    the defense's options and the weights identity ("file:<sha256>" for these records), and its
-    protocols are read off its records' attack configs. The entry id changes with the group.
-    """
-    chosen = [r for r in entry["records"] if r["id"] in set(entry["record_ids"])] or entry["records"]
-    fields = _group_fields({**chosen[0], "eps": entry["eps"]}) if chosen else {}
-    protocols = entry_protocols(chosen, fields.get("defense_config"))
-    status = "external" if entry.get("external") else ("ranked" if protocols else "partial")
-    out = {k: v for k, v in entry.items() if k != "checkpoint_sha256"}
-    if not entry.get("external"):  # its records predate weight identities: a re-run needs the checkpoint retrained
-        out["reproducible"], out["reproducibility"] = False, "retrain (`reproduce --train-missing`)"
-    return {**out, **fields, "schema": ENTRY_SCHEMA, "entry_id": config_hash(fields), "protocols": protocols,
-            "status": status}
-
-
-def load_published(out_dir: Path) -> list[dict[str, Any]]:
-    """The entries of a site render_site wrote into out_dir (entries/*.json), in today's schema; [] when there is none.
-
-    Each file is checked: a JSON object with every entry field, named by its entry id, and that id
-    the hash of its group (model, dataset, defense and options, weights, norm, eps). Entries of
-    an older schema are checked against their own rules, then migrated; entries published before
-    costs were recorded get theirs from their records. Any other file is an error.
-    """
-    entries = []
-    for path in sorted((Path(out_dir) / "entries").glob("*.json")):
-        try:
-            entry = json.loads(path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ValueError(f"published entry {path} is not valid JSON ({e})") from None
-        if not isinstance(entry, dict):
-            raise ValueError(f"published entry {path} is not a JSON object")
-        legacy = entry.get("schema") is None
-        group, required = (LEGACY_GROUP_FIELDS, [f for f in ENTRY_FIELDS if f not in ("schema", "protocols", "status",
-                                                                                       "defense_config", "weights")]
-                           ) if legacy else (GROUP_FIELDS, ENTRY_FIELDS)
-        missing = [f for f in (*group, *required) if f not in entry]
-        if missing:
-            raise ValueError(f"published entry {path} lacks {', '.join(dict.fromkeys(missing))}")
-        if not isinstance(entry["records"], list) or not all(isinstance(r, dict) and "id" in r for r in entry["records"]):
-            raise ValueError(f"published entry {path}: 'records' is not a list of records with ids")
-        expected = config_hash({f: entry[f] for f in group})
-        if entry["entry_id"] != path.stem or entry["entry_id"] != expected:
-            raise ValueError(f"published entry {path}: its id does not match its file name and its group "
-                             f"({', '.join(group)}) (expected {expected})")
-        entry = migrate_entry(entry) if legacy else entry
-        if "cost" not in entry:  # published before costs: wall time from its records (passes were not counted)
-            entry["cost"] = entry_cost([r for r in entry["records"] if r["id"] in set(entry["record_ids"])], entry["n"])
-        entries.append(entry)
-    return entries
-
-
-def merge_entries(published: list[dict[str, Any]], fresh: list[dict[str, Any]]
-                  ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """Published entries updated by fresh ones (build_entries' output), ranked; and what the update drops.
-
-    A fresh entry replaces the published entry of its group (model, dataset, defense and options,
-    weights, norm, eps); a published entry with no fresh counterpart stays as published, reproducibility included
-    (it was decided on the machine that published it). Returns (entries, dropped): dropped maps an
-    entry id to the published record ids its fresh entry no longer holds (their results leave the site).
-    """
-    by_id = {e["entry_id"]: e for e in published}
-    dropped: dict[str, list[str]] = {}
-    for entry in fresh:
-        old = by_id.get(entry["entry_id"])
-        if old is not None:
-            kept = {r["id"] for r in entry["records"]}
-            lost = sorted({r["id"] for r in old["records"]} - kept)
-            if lost:
-                dropped[entry["entry_id"]] = lost
-        by_id[entry["entry_id"]] = entry
-    return sorted(by_id.values(), key=_rank_key), dropped
-
-
 def render_site(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str, bytes] | None = None) -> list[Path]:
     """Write the leaderboard site into out_dir and return the paths written.
 
@@ -513,7 +312,7 @@ def render_site(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str
     ids = [e["entry_id"] for e in entries]
     if len(set(ids)) != len(ids):
         raise ValueError("render_site: duplicate entry ids (pass the output of build_entries once)")
-    tables, figs = boards(sorted(entries, key=_rank_key)), figures(entries)
+    tables, figs = boards(sorted(entries, key=rank_key)), figures(entries)
     files: dict[str, bytes] = {f"entries/{e['entry_id']}.json": (json.dumps(e, sort_keys=True, indent=2) + "\n").encode()
                                for e in sorted(entries, key=lambda e: e["entry_id"])}
     files["README.md"] = render_markdown(tables, figs).encode()
