@@ -43,6 +43,11 @@ class Attack:
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 
+    def forward_budget(self) -> float | None:
+        """About the most forward passes the attack spends per attacked point, for progress estimates only
+        (early stop spends fewer); None where unknown. Never part of a config or a record."""
+        return None
+
     def components(self) -> list[tuple[str, Attack]]:
         """(name, attack) pairs the engine runs in cascade; a plain attack is its own only component."""
         return [(self.name, self)]

@@ -75,6 +75,9 @@ class EOTPGD(Attack):
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; valid: {', '.join(LOSSES)}")
 
+    def forward_budget(self) -> float:
+        return float((self.restarts * (self.steps + 1) - 1) * self.samples)
+
     def gradient_model(self, model) -> Forward:
         """What gradients are taken through: the model itself (BPDA replaces its preprocessing)."""
         return model

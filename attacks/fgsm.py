@@ -27,6 +27,9 @@ class FGSM(Attack):
     splits = True  # every pass goes through ascend's physical pieces
     loss: str = "ce"
 
+    def forward_budget(self) -> float:
+        return 1.0
+
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         objective = untargeted_objective(model, y, self.loss)
         x_adv, _ = ascend(x, objective, threat, steps=1, step_size=threat.eps, random_start=False, gen=gen)

@@ -42,6 +42,9 @@ class PGD(Attack):
         check_positive(steps=self.steps, restarts=self.restarts)
         check_step_size(self.step_size)
 
+    def forward_budget(self) -> float:
+        return float(self.restarts * (self.steps + 1) - 1)  # a pass per step, and a check between restarts
+
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         step_size = self.step_size if self.step_size is not None else 2.5 * threat.eps / self.steps
         return restarted_ascent(lambda y_todo: untargeted_objective(model, y_todo, self.loss), x, y, threat, gen,

@@ -41,7 +41,7 @@ class TqdmTraining:
 class EvalProgress:
     """Evaluation progress on stderr: the running attack and batch, points done, passes, time left.
 
-    It is the engine's reporter (.batch(b), .attack(name, points), .tick(forward passes)) and takes
+    It is the engine's reporter (.batch(b), .attack(name, points, budget), .tick(forward passes)) and takes
     the harness's on_start/on_batch. On a terminal, a tqdm bar over the test points whose description
     names the running attack and whose postfix counts forward passes, so it moves within a batch.
     Elsewhere (a log file, CI) a plain line at most every `interval` seconds (KARP_PROGRESS_INTERVAL,
@@ -54,6 +54,7 @@ class EvalProgress:
         self.interval = float(os.environ.get("KARP_PROGRESS_INTERVAL", "10")) if interval is None else interval
         self.bar, self.total, self.done, self.passes, self.b = None, 0, 0, 0, 0
         self.name, self.started, self.shown = "", time.perf_counter(), 0.0
+        self.attack_started, self.attack_passes, self.attack_budget = self.started, 0, None
 
     def start(self, n: int) -> None:
         self.total, self.started = n, time.perf_counter()
@@ -63,8 +64,11 @@ class EvalProgress:
     def batch(self, b: int) -> None:
         self.b = b
 
-    def attack(self, name: str, points: int) -> None:
+    def attack(self, name: str, points: int, budget: float | None = None) -> None:
+        """An attack starts on `points` points and takes about `budget` forward passes per point at most."""
         self.name = name
+        self.attack_started, self.attack_passes = time.perf_counter(), self.passes
+        self.attack_budget = points * budget if budget else None
         self._show(force=not self.shown)
 
     def tick(self, passes: int) -> None:
@@ -77,11 +81,22 @@ class EvalProgress:
             self.bar.update(k)
         self._show()
 
+    def attack_left(self) -> str:
+        """', pgd 40% of its passes, at most about 12 s left in it' once the running attack has made some
+        progress through its pass budget (early stop ends it sooner); '' before that or without a budget."""
+        if not self.attack_budget or not self.name:
+            return ""
+        fraction = (self.passes - self.attack_passes) / self.attack_budget
+        if not 0.01 <= fraction < 1:
+            return ""
+        seconds = (time.perf_counter() - self.attack_started) * (1 - fraction) / fraction
+        return f", {self.name} {100 * fraction:.0f}% of its passes, at most about {seconds:.0f} s left in it"
+
     def line(self) -> str:
         elapsed = time.perf_counter() - self.started
         left = f", about {elapsed / self.done * (self.total - self.done):.0f} s left" if self.done else ""
         return (f"evaluating: {self.name or 'clean'} on batch {self.b + 1}: {self.done}/{self.total} points done, "
-                f"{self.passes} forward passes, {elapsed:.0f} s{left}")
+                f"{self.passes} forward passes, {elapsed:.0f} s{left}{self.attack_left()}")
 
     def _show(self, force: bool = False) -> None:
         now = time.perf_counter()
@@ -90,7 +105,7 @@ class EvalProgress:
         self.shown = now
         if self.bar is not None:
             self.bar.set_description(f"{self.name or 'clean'} (batch {self.b + 1})", refresh=False)
-            self.bar.set_postfix(passes=self.passes)
+            self.bar.set_postfix_str(f"{self.passes} passes{self.attack_left()}", refresh=False)
         elif not self.tty:
             print(self.line(), file=self.stream, flush=True)
 

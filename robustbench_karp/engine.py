@@ -132,7 +132,8 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list
                  threat: ThreatModel, gen: torch.Generator, passes, reporter=None) -> BatchOutcome:
     """Clean prediction, then every attack in cascade on the points still robust (model already in eval mode).
 
-    reporter.attack(name, points) is told which attack starts on how many points (progress display).
+    reporter.attack(name, points, budget) is told which attack starts on how many points, and about the most
+    forward passes per point it takes (Attack.forward_budget; None if unknown), for the progress display.
     """
     forward0, backward0 = passes.forward, passes.backward
     still = predict(model, x) == y  # (b,) bool
@@ -144,7 +145,7 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list
         if len(idx) and threat.eps > 0:  # eps 0 allows no perturbation: robust == clean
             forward, backward = passes.forward, passes.backward
             if reporter is not None:
-                reporter.attack(name, len(idx))
+                reporter.attack(name, len(idx), attack.forward_budget())
             try:
                 x_adv = attack(model, x[idx], y[idx], threat, gen)
             except torch.OutOfMemoryError:
@@ -228,7 +229,7 @@ def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, 
                    device: torch.device, on_outcome: Callable[[int, BatchOutcome], None], reporter=None) -> list[str]:
     """Attack each numbered batch (b, x, y) with the generator gen_of(b); on_outcome(b, outcome) after each.
 
-    reporter (optional, the CLI's progress display): .batch(b), .attack(name, points) and
+    reporter (optional, the CLI's progress display): .batch(b), .attack(name, points, budget) and
     .tick(forward passes) after every pass through the network.
     Returns the engine's warnings (a model found in train mode is evaluated in eval mode).
     """

@@ -31,9 +31,9 @@ class ExampleSaver:
         if self.progress is not None:
             self.progress.batch(b)
 
-    def attack(self, name: str, points: int) -> None:
+    def attack(self, name: str, points: int, budget: float | None = None) -> None:
         if self.progress is not None:
-            self.progress.attack(name, points)
+            self.progress.attack(name, points, budget)
 
     def tick(self, passes: int) -> None:
         if self.progress is not None:
