@@ -31,8 +31,9 @@ class Unbreakable(nn.Module):
 
 
 CASES = [("pgd", {"steps": "10", "restarts": "3"}), ("pgd", {"steps": "7"}), ("fgsm", {}),
-         ("eot-pgd", {"steps": "5", "samples": "3"}), ("eot-pgd", {"steps": "4", "samples": "2", "restarts": "2"}), ("apgd-ce", {"steps": "10"}), ("apgd-t", {"steps": "10"}),
-         ("fab-t", {"steps": "10"}), ("square", {"queries": "60"})]
+         ("eot-pgd", {"steps": "5", "samples": "3"}), ("eot-pgd", {"steps": "4", "samples": "2", "restarts": "2"}),
+         ("apgd-ce", {"steps": "10"}), ("apgd-t", {"steps": "10"}), ("fab-t", {"steps": "10"}),
+         ("square", {"queries": "60"})]
 
 
 @pytest.mark.parametrize("name,options", CASES)
