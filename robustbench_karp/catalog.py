@@ -149,7 +149,10 @@ def warm() -> None:
     needed = ("robustbench_karp.attacks", "robustbench_karp.defenses", "robustbench_karp.models",
               "robustbench_karp.data", "robustbench_karp.protocols")
     if all(name in sys.modules for name in needed):
-        facts()
+        try:
+            facts()
+        except Exception as e:  # a finished command never fails for its cache: the next `list` computes it
+            log.debug("catalog cache not warmed: %s", e)
 
 
 def protocol_requirements(defense: dict[str, Any] | None) -> dict[str, list[dict[str, Any]] | None]:

@@ -359,8 +359,8 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
                "state_dict": state.best_state if use_best else evaluated.state_dict(),
                "epochs_completed": state.epoch, "selected_epoch": state.best_epoch if use_best else state.epoch,
                "stopped_early": state.stopped_early, "train_seconds": state.train_seconds, "history": state.history}
-    _warn_if_at_chance(state.history, payload["selected_epoch"], DATASETS.get(config.dataset).num_classes)
     if env.main:
+        _warn_if_at_chance(state.history, payload["selected_epoch"], DATASETS.get(config.dataset).num_classes)
         save_checkpoint(out, payload)
         if not os.environ.get("KARP_KEEP_RESUME_STATE"):  # kept only to inspect it (the DDP test reads its memory)
             last.unlink(missing_ok=True)  # the run is complete: its resume state (as large as the model) is not needed
