@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import Purified
 from torch import nn
 
 from robustbench_karp.attacks import build_attack
@@ -33,7 +34,7 @@ class Unbreakable(nn.Module):
 CASES = [("pgd", {"steps": "10", "restarts": "3"}), ("pgd", {"steps": "7"}), ("fgsm", {}),
          ("eot-pgd", {"steps": "5", "samples": "3"}), ("eot-pgd", {"steps": "4", "samples": "2", "restarts": "2"}),
          ("apgd-ce", {"steps": "10"}), ("apgd-t", {"steps": "10"}), ("fab-t", {"steps": "10"}),
-         ("square", {"queries": "60"})]
+         ("square", {"queries": "60"}), ("bpda-pgd", {"steps": "5", "samples": "2"})]
 
 
 @pytest.mark.parametrize("name,options", CASES)
@@ -41,6 +42,8 @@ def test_forward_budget_bounds_the_passes_and_is_close_when_nothing_breaks(name,
     attack = build_attack(name, options)
     x, y = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((12,), 9)
     model = Unbreakable().eval()
+    if name == "bpda-pgd":  # BPDA needs a purifier; its passes are counted on the classifier behind it
+        model = Purified(nn.Identity(), model).eval()
     with count_passes(model) as passes:
         x_adv = attack(model, x, y, ThreatModel("linf", 0.1), torch.Generator().manual_seed(0))
     assert (model(x_adv).argmax(1) == 9).all()  # nothing broke: the attack ran all its steps
