@@ -26,9 +26,11 @@ import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,12 @@ class ResultsStore:
         self.path = Path(path) if path is not None else karp_home() / "results.sqlite"
         self.pending_dir = self.path.parent / "pending" / self.path.stem
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Two processes opening a new database at once (torchrun ranks) can meet a lock that SQLite's own
+        # busy wait does not cover (the switch to WAL): retried like an insert.
+        self._retrying(self._create)
+        self.flush_pending(retry=False)
+
+    def _create(self) -> None:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
@@ -171,7 +179,6 @@ class ResultsStore:
                 " created_utc TEXT NOT NULL, record TEXT NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS records_id ON records(id)")
-        self.flush_pending(retry=False)
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -233,11 +240,14 @@ class ResultsStore:
             return cursor.rowcount == 1
 
     def _insert_retrying(self, record_id: str, created_utc: str, text: str) -> bool:
-        """_insert, retried while the database is locked, with pauses doubling, for about RETRY_SECONDS."""
+        return self._retrying(lambda: self._insert(record_id, created_utc, text))
+
+    def _retrying(self, step: Callable[[], T]) -> T:
+        """step(), retried while the database is locked, with pauses doubling, for about RETRY_SECONDS."""
         deadline, pause = time.monotonic() + self.RETRY_SECONDS, 0.05
         while True:
             try:
-                return self._insert(record_id, created_utc, text)
+                return step()
             except sqlite3.OperationalError as e:
                 if not _locked(e) or time.monotonic() + pause > deadline:
                     raise
@@ -247,8 +257,7 @@ class ResultsStore:
 
     def records(self) -> list[dict[str, Any]]:
         """Every record, oldest first."""
-        with self._connect() as db:
-            rows = db.execute("SELECT record FROM records ORDER BY row").fetchall()
+        rows = self._retrying(lambda: self._select("SELECT record FROM records ORDER BY row"))
         return [json.loads(r[0]) for r in rows]
 
     def latest(self) -> dict[str, dict[str, Any]]:
@@ -256,6 +265,10 @@ class ResultsStore:
         return {r["id"]: r for r in self.records()}
 
     def get(self, record_id: str) -> dict[str, Any] | None:
+        rows = self._retrying(lambda: self._select("SELECT record FROM records WHERE id = ? ORDER BY row DESC LIMIT 1",
+                                                   (record_id,)))
+        return json.loads(rows[0][0]) if rows else None
+
+    def _select(self, query: str, args: tuple = ()) -> list[tuple]:
         with self._connect() as db:
-            row = db.execute("SELECT record FROM records WHERE id = ? ORDER BY row DESC LIMIT 1", (record_id,)).fetchone()
-        return json.loads(row[0]) if row else None
+            return db.execute(query, args).fetchall()

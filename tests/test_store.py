@@ -61,6 +61,29 @@ def test_concurrent_appends_all_land(tmp_path):
     assert sorted(r["value"] for r in ResultsStore(path).records()) == list(range(16))
 
 
+def _open_then_read(path, barrier, errors):
+    barrier.wait()
+    try:
+        ResultsStore(path).records()
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which asserts there were none
+        errors.put(repr(e))
+
+
+def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
+    """torchrun's ranks open a fresh KARP_HOME together; the switch to WAL must not fail one of them."""
+    ctx = multiprocessing.get_context("fork")
+    errors = ctx.Queue()
+    for trial in range(20):  # without retrying the schema setup, about half of these trials failed
+        path, barrier = tmp_path / f"results-{trial}.sqlite", ctx.Barrier(8)
+        procs = [ctx.Process(target=_open_then_read, args=(path, barrier, errors)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+        assert [p.exitcode for p in procs] == [0] * 8
+    assert errors.empty(), errors.get()
+
+
 def test_records_are_append_only_and_latest_wins(tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite")
     store.append({"id": "a", "created_utc": "1", "v": 1})
