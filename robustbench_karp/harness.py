@@ -295,19 +295,27 @@ class Plan:
 
 
 def requested_attacks(req: EvalRequest) -> tuple[list[Attack], str | None]:
-    """The protocol's attacks (if any) followed by the explicitly requested ones, without repeats; the protocol label."""
+    """The protocol's attacks (if any) followed by the explicitly requested ones, without repeats; the protocol label.
+
+    A protocol attack that is already requested keeps its requested place: `reproduce` passes a record's
+    attacks in their recorded order, and they run in that order.
+    """
     attacks, label = list(req.attacks), None
     if req.protocol:
         protocol = get_protocol(req.protocol)
         label = protocol.label
-        attacks = protocol.build_attacks() + attacks
+        explicit = {_key(a) for a in attacks}
+        attacks = [a for a in protocol.build_attacks() if _key(a) not in explicit] + attacks
     out, seen = [], set()
     for attack in attacks:
-        key = json.dumps(attack.config(), sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
+        if _key(attack) not in seen:
+            seen.add(_key(attack))
             out.append(attack)
     return out, label
+
+
+def _key(attack: Attack) -> str:
+    return json.dumps(attack.config(), sort_keys=True, default=str)
 
 
 def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
@@ -321,7 +329,11 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
                          device=device, seed=req.seed, checkpoint_sha256=provenance["weights_sha256"], threat=threat)
     requested, protocol = requested_attacks(req)
     names = {a.name for a in requested}
-    requested += [a for a in build_defense(req.defense, req.defense_options).adaptive_attacks() if a.name not in names]
+    adaptive = [a for a in build_defense(req.defense, req.defense_options).adaptive_attacks() if a.name not in names]
+    # Under a protocol the defense's adaptive attacks run first: they are what breaks a purifier, and cheaply,
+    # so AutoAttack's long budget (5000 Square queries per unbroken point) is spent only on their survivors.
+    # The worst case over the attacks is the same in any order; without a protocol, they run last.
+    requested = adaptive + requested if protocol else requested + adaptive
     bound = [a.bind(context) for a in requested]
     config = EvalConfig(model=provenance["model"], dataset=provenance["dataset"], defense=provenance["defense_config"],
                         weights=provenance["weights_sha256"], defense_weights=provenance["defense_weights_sha256"],

@@ -92,3 +92,22 @@ def test_randomized_defense_with_options_reproduces_exactly_and_each_cell_starts
     assert main(["reproduce", swept["id"]]) == 0
     out = capsys.readouterr().out
     assert "MISMATCH" not in out and out.strip().endswith("reproduced")
+
+
+def test_under_a_protocol_a_purifiers_adaptive_attacks_run_first_and_reproduce_keeps_the_order(home):
+    """AutoAttack's 5000 Square queries are spent only on the points BPDA left: the same worst case, far cheaper."""
+    from robustbench_karp.attacks import build_attack
+    from robustbench_karp.harness import EvalRequest, plan_evaluation, prepare, requested_attacks
+
+    options = {"epochs": 1, "train_size": 256, "latent_dim": 16, "steps": 5, "restarts": 2}
+    req = EvalRequest(model="smallcnn", dataset="digits", defense="defense-gan", defense_options=options,
+                      attacks=[build_attack("fgsm")], n_examples=20, device="cpu", protocol="standard")
+    prepared = prepare(req)
+    protocol_order = [a.name for a in plan_evaluation(req, prepared).attacks]
+    assert protocol_order == ["transfer-pgd", "bpda-pgd", "autoattack", "fgsm"]
+    plain = EvalRequest(**{**req.__dict__, "protocol": None})
+    assert [a.name for a in plan_evaluation(plain, prepared).attacks] == ["fgsm", "transfer-pgd", "bpda-pgd"]
+    # reproduce passes the recorded attacks, in their order, with the protocol: the order stays
+    recorded = plan_evaluation(req, prepared).attacks
+    again, label = requested_attacks(EvalRequest(**{**req.__dict__, "attacks": list(recorded)}))
+    assert [a.config() for a in again] == [a.config() for a in recorded] and label == "standard/1"
