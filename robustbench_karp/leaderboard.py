@@ -100,9 +100,25 @@ def training_label(record: dict[str, Any]) -> str:
         parts.append("fp32 (no bf16)" if amp == "none" else amp)
     epochs, outcome = recipe.get("epochs"), record.get("train_outcome") or {}
     if epochs and outcome.get("stopped_early"):  # say so: the recipe's epochs were not what produced the weights
-        return ", ".join(parts + [f"stopped at ep {outcome['epochs_completed']} of {epochs} (catastrophic "
-                                  f"overfitting), kept ep {outcome['selected_epoch']}"])
-    return ", ".join(parts + ([f"{epochs} ep"] if epochs else []))
+        label = ", ".join(parts + [f"stopped at ep {outcome['epochs_completed']} of {epochs} (catastrophic "
+                                   f"overfitting), kept ep {outcome['selected_epoch']}"])
+    else:
+        label = ", ".join(parts + ([f"{epochs} ep"] if epochs else []))
+    return _wrapper_options(record, name) + label
+
+
+def _wrapper_options(record: dict[str, Any], classifier_defense: str | None) -> str:
+    """'epochs=3, restarts=4, steps=50; classifier standard, ' for a defense around another defense's classifier.
+
+    Defense-GAN's own options (its GAN, L and R) are not in the classifier's training config, yet they decide
+    the number: a row at L=50, R=4 must not read like one at the paper's L=200, R=10.
+    """
+    own = record.get("defense_config")
+    if not isinstance(own, dict) or not own.get("name") or not classifier_defense or own["name"] == classifier_defense:
+        return ""
+    defaults = catalog.facts()["defenses"].get(own["name"], {})
+    off = [f"{k}={v}" for k, v in sorted(own.items()) if k in defaults and k != "base" and defaults[k] != v]
+    return "".join(f"{part}; " for part in [", ".join(off)] if part) + f"classifier {classifier_defense}, "
 
 
 def _reproducibility(chosen: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from robustbench_karp.cost import entry_cost
-from robustbench_karp.leaderboard import ENTRY_SCHEMA, GROUP_FIELDS, entry_protocols, group_fields, rank_key
+from robustbench_karp.leaderboard import ENTRY_SCHEMA, GROUP_FIELDS, entry_protocols, group_fields, rank_key, training_label
 from robustbench_karp.store import config_hash
 
 ENTRY_FIELDS = (*GROUP_FIELDS, "schema", "entry_id", "eps_label", "training", "protocols", "status", "clean_accuracy",
@@ -48,7 +48,8 @@ def load_published(out_dir: Path) -> list[dict[str, Any]]:
     Each file is checked: a JSON object with every entry field, named by its entry id, and that id
     the hash of its group (model, dataset, defense and options, weights, norm, eps). Entries of
     an older schema are checked against their own rules, then migrated; entries published before
-    costs were recorded get theirs from their records. Any other file is an error.
+    costs were recorded get theirs from their records, and the training label is worded afresh from
+    the entry's record. Any other file is an error.
     """
     entries = []
     for path in sorted((Path(out_dir) / "entries").glob("*.json")):
@@ -72,6 +73,9 @@ def load_published(out_dir: Path) -> list[dict[str, Any]]:
             raise ValueError(f"published entry {path}: its id does not match its file name and its group "
                              f"({', '.join(group)}) (expected {expected})")
         entry = migrate_entry(entry) if legacy else entry
+        chosen = [r for r in entry["records"] if r["id"] in set(entry["record_ids"])]
+        if chosen and chosen[0].get("train_config"):  # a display field: today's wording, from the published record
+            entry["training"] = training_label(chosen[0])
         if "cost" not in entry:  # published before costs: wall time from its records (passes were not counted)
             entry["cost"] = entry_cost([r for r in entry["records"] if r["id"] in set(entry["record_ids"])], entry["n"])
         entries.append(entry)

@@ -240,6 +240,30 @@ def test_training_label_and_one_curve_per_checkpoint():
     zoo = {**make_record("k" * 16, broken={}), "model": "robustbench:Carmon2019Unlabeled", "train_config": None,
            "model_source": {"kind": "robustbench", "id": "Carmon2019Unlabeled", "threat_model": "Linf"}}
     assert build_entries([zoo], exists)[0]["training"] == "robustbench weights, trained elsewhere"  # not 'standard'
+    # Defense-GAN's own options (GAN epochs, L, R) decide its number but are not in its classifier's training
+    gan = {"name": "defense-gan", "base": "standard", "steps": 50, "restarts": 4, "lr": 10.0, "epochs": 3,
+           "train_size": None, "latent_dim": 64, "width": 32, "batch_size": 64, "gan_lr": 1e-4}
+    purifier = {**make_record("l" * 16, broken={}), "defense": "defense-gan", "defense_config": gan,
+                "train_config": {"defense": {"name": "standard"}, "recipe": {"epochs": 4}}}
+    paper = {**purifier, "id": "m" * 16, "defense_config": {**gan, "steps": 200, "restarts": 10, "epochs": 10}}
+    assert sorted(e["training"] for e in build_entries([purifier, paper], exists)) == [
+        "classifier standard, 4 ep", "epochs=3, restarts=4, steps=50; classifier standard, 4 ep"]
+
+
+
+def test_a_published_training_label_is_worded_afresh_from_its_record(tmp_path):
+    import json
+
+    from robustbench_karp.leaderboard_published import load_published
+
+    gan = {"name": "defense-gan", "base": "standard", "steps": 50, "restarts": 4, "lr": 10.0, "epochs": 3,
+           "train_size": None, "latent_dim": 64, "width": 32, "batch_size": 64, "gan_lr": 1e-4}
+    record = {**make_record("n" * 16, broken={"pgd": {0}}), "defense": "defense-gan", "defense_config": gan,
+              "train_config": {"defense": {"name": "standard"}, "recipe": {"epochs": 4}}}
+    render_site(build_entries([record], exists), tmp_path)
+    (path,) = (tmp_path / "entries").glob("*.json")
+    path.write_text(json.dumps({**json.loads(path.read_text()), "training": "4 ep"}))  # as an older version worded it
+    assert [e["training"] for e in load_published(tmp_path)] == ["epochs=3, restarts=4, steps=50; classifier standard, 4 ep"]
 
 
 @pytest.fixture(scope="module")
