@@ -24,9 +24,10 @@ import torchattacks
 
 from robustbench_karp.attacks.autoattack import AutoAttack
 from robustbench_karp.attacks.pgd import PGD
+from robustbench_karp.checkpoints import new_model
 from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.engine import predict, run_attacks
-from robustbench_karp.harness import EvalRequest, new_model, run_evaluation
+from robustbench_karp.harness import EvalRequest, run_evaluation
 from robustbench_karp.physical import physical_rows
 from robustbench_karp.store import load_checkpoint
 from robustbench_karp.threat import ThreatModel

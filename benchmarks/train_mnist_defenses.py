@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from robustbench_karp.attacks import build_attack
+from robustbench_karp.checkpoints import checkpoint_path
 from robustbench_karp.cli import key_value
 from robustbench_karp.defenses import build_defense
-from robustbench_karp.harness import EvalRequest, checkpoint_path, plan_evaluation, prepare, run_evaluation
+from robustbench_karp.harness import EvalRequest, plan_evaluation, prepare, run_evaluation
 from robustbench_karp.store import ResultsStore, load_checkpoint
 from robustbench_karp.train import fit, make_train_config
 

@@ -16,14 +16,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {"EvalResult": "robustbench_karp.engine", "evaluate": "robustbench_karp.engine",
-         "load_model": "robustbench_karp.harness", "load_dataset": "robustbench_karp.data"}  # name -> its module
+         "load_model": "robustbench_karp.checkpoints", "load_dataset": "robustbench_karp.data"}  # name -> its module
 
 __all__ = ["EvalResult", "evaluate", "load_dataset", "load_model"]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
+    from robustbench_karp.checkpoints import load_model
     from robustbench_karp.data import load_dataset
     from robustbench_karp.engine import EvalResult, evaluate
-    from robustbench_karp.harness import load_model
 
 
 def __getattr__(name: str) -> Any:

@@ -158,9 +158,9 @@ def print_record(record: dict) -> None:
 def cmd_train(args) -> int:
     import os
 
+    from robustbench_karp.checkpoints import checkpoint_path
     from robustbench_karp.data import DATASETS
     from robustbench_karp.engine import resolve_device
-    from robustbench_karp.harness import checkpoint_path
     from robustbench_karp.models import MODELS
     from robustbench_karp.train import ResumeError, fit, interrupted_epoch, make_train_config
     from robustbench_karp.train_logs import TensorBoardCallback

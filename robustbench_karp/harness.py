@@ -1,6 +1,5 @@
-"""The harness: models from the checkpoint store (trained on demand), evaluations, and their records.
+"""The harness: evaluations of models from any source (checkpoints.py: the store), and their records.
 
-    load_model("resnet18", dataset="digits", defense="standard")   # trains once, then reuses
     run_evaluation(EvalRequest(model="smallcnn", dataset="mnist", attacks=[...]))  # -> record, stored
 """
 
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_karp import checks, protocols
+from robustbench_karp import checkpoints, checks, protocols
 from robustbench_karp.attacks import Attack
 from robustbench_karp.context import RunContext
 from robustbench_karp.data import DATASETS, load_split, subset_indices
@@ -29,130 +28,18 @@ from robustbench_karp.defenses import build_defense
 from robustbench_karp.engine import expand, resolve_device, run_attacks
 from robustbench_karp.evalconfig import EvalConfig
 from robustbench_karp.identity import cpu_conditions, weights_sha256
-from robustbench_karp.models import Classifier, create_model
 from robustbench_karp.protocols import get_protocol
 from robustbench_karp.sharded import RNG, PartialResults, evaluate_batches
-from robustbench_karp.sources import load_external, load_strict, parse_model, unwrap_state
+from robustbench_karp.sources import load_external, parse_model
 from robustbench_karp.store import (
     ResultsStore,
     file_sha256,
-    karp_home,
-    load_checkpoint,
     portable_path,
 )
 from robustbench_karp.threat import ThreatModel
-from robustbench_karp.train import TrainConfig, fit, interrupted_epoch, make_train_config
+from robustbench_karp.train import make_train_config
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_dir() -> Path:
-    return karp_home() / "checkpoints"
-
-
-def checkpoint_path(config: TrainConfig, device: torch.device) -> Path:
-    """Where the checkpoint of config lives once trained on device: its name says the precision it trains in."""
-    return checkpoint_dir() / f"{config.stem(config.precision(device))}.pt"
-
-
-def find_checkpoint(config: TrainConfig, device: torch.device) -> Path | None:
-    """The checkpoint of exactly this configuration (recipe, options, seed and precision on device), or None.
-
-    Never another recipe's checkpoint: a different one is used only when named with --checkpoint.
-    A checkpoint named before names carried the precision (same config hash) counts when its
-    recorded precision is the one this device trains in.
-    """
-    exact = checkpoint_path(config, device)
-    if exact.is_file():
-        return exact
-    legacy = checkpoint_dir() / f"{config.stem()}.pt"
-    if legacy.is_file():
-        amp = load_checkpoint(legacy).get("amp", "none")
-        if ("bf16" if amp == "bf16" else "fp32") == config.precision(device):
-            return legacy
-    return None
-
-
-def load_weights(model: Classifier, path: Path) -> dict[str, Any]:
-    """Strictly load a karp-robust checkpoint (or a plain state_dict) into model; errors name the file and keys."""
-    payload = load_checkpoint(path)
-    state = unwrap_state(payload, path)
-    # A plain state_dict of the backbone alone (no "backbone." prefix) is accepted as well.
-    load_strict(model if any(k.startswith("backbone.") for k in state) else model.backbone, state, path)
-    return payload
-
-
-def new_model(name: str, dataset: str) -> Classifier:
-    spec = DATASETS.get(dataset)
-    return create_model(name, in_channels=spec.in_channels, num_classes=spec.num_classes,
-                        input_size=spec.input_size, mean=spec.mean, std=spec.std)
-
-
-def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, device: torch.device | None = None,
-                      download: bool = True, callbacks: list | None = None,
-                      limit_seconds: float | None = None) -> Path:
-    """The stored checkpoint for config, training it with the loop when none exists.
-
-    limit_seconds: estimate the training first (train_estimate.py), say what is trained, why and for
-    about how long, and refuse (TrainingTooLong) past the limit; None trains without estimating.
-    """
-    device = device or torch.device("cpu")
-    found = find_checkpoint(config, device)
-    if found is not None:
-        return found
-    out = checkpoint_path(config, device)
-    from robustbench_karp.locks import file_lock
-
-    with file_lock(out):  # concurrent runs train it once: the others wait here, then find it
-        found = find_checkpoint(config, device)
-        if found is not None:
-            return found
-        what = (f"{config.recipe['epochs']} epochs of {config.defense['name']} on {config.dataset} "
-                f"({out.stem})")
-        if limit_seconds is not None:
-            from robustbench_karp.train_estimate import describe_seconds, estimate_seconds
-
-            seconds = estimate_seconds(config, device, data_dir, download)
-            if seconds > limit_seconds:
-                raise TrainingTooLong(f"no checkpoint for {config.model}: training it ({what}) would take about "
-                                      f"{describe_seconds(seconds)} on {device}; pass --train to start it, or give "
-                                      "--checkpoint")
-            log.info("no checkpoint for %s: training it now, %s; about %s on %s", config.model, what,
-                     describe_seconds(seconds), device)
-        else:
-            log.info("no checkpoint for %s: training it now, %s", config.model, what)
-        resume = interrupted_epoch(out) is not None  # an interrupted training of this recipe continues
-        fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks, resume=resume)
-    return out
-
-
-class TrainingTooLong(ValueError):
-    """Training on demand would take longer than the caller allows (the CLI's --train lifts the limit)."""
-
-
-def load_model(name: str, dataset: str = "digits", defense: str = "standard", *, seed: int = 0,
-               checkpoint: str | Path | None = None, data_dir: Path | None = None, device: str = "auto",
-               download: bool = True, callbacks: list | None = None, norm: str = "linf",
-               normalize: str | None = None, robustbench_dir: Path | None = None) -> nn.Module:
-    """The trained model (in eval mode, taking [0, 1] images), from any source --model takes.
-
-    A registered name comes from `checkpoint` or the store (trained if needed); "robustbench:<ID>"
-    (with dataset and norm naming its threat model), "file.py:factory" and "torchvision:<name>"
-    from their own weights, e.g. load_model("robustbench:Carmon2019Unlabeled", dataset="cifar10",
-    norm="linf", checkpoint=path).
-    """
-    dev = resolve_device(device)
-    source = parse_model(name)
-    if source.external:
-        loaded = load_external(source, DATASETS.get(dataset), norm=norm, normalize=normalize,
-                               checkpoint=Path(checkpoint) if checkpoint else None, robustbench_dir=robustbench_dir)
-        return loaded.classifier.to(dev).eval()
-    path = Path(checkpoint) if checkpoint else obtain_checkpoint(
-        make_train_config(name, dataset, defense, seed=seed), data_dir=data_dir, device=dev, download=download,
-        callbacks=callbacks)
-    model = new_model(name, dataset)
-    load_weights(model, path)
-    return model.to(dev).eval()
 
 
 def versions() -> dict[str, str]:
@@ -231,14 +118,14 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
             path = Path(req.checkpoint)
         else:
             train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name, seed=req.seed)
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1 and find_checkpoint(train_config, device) is None:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1 and checkpoints.find_checkpoint(train_config, device) is None:
                 raise ValueError(f"no checkpoint for {train_config.stem()}: train it first (karp-robust train "
                                  f"--model {req.model} --dataset {req.dataset} --defense "
                                  f"{defense.classifier_defense().name}), then evaluate under torchrun")
-            path = obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
+            path = checkpoints.obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
                                      callbacks=train_callbacks, limit_seconds=req.train_limit_seconds)
-        classifier = new_model(req.model, req.dataset)
-        payload, model_info = load_weights(classifier, path), {"name": req.model}
+        classifier = checkpoints.new_model(req.model, req.dataset)
+        payload, model_info = checkpoints.load_weights(classifier, path), {"name": req.model}
     stored = payload.get("config") if isinstance(payload.get("config"), dict) else None
     weights = weights_sha256(classifier)
     context = RunContext(dataset=spec.name, model=model_info["name"], data_dir=req.data_dir, download=req.download,

@@ -72,7 +72,7 @@ def train_command(train_config: dict[str, Any]) -> str:
 
 def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch.device) -> Path:
     """The record's checkpoint in this store; rebuilt by its recorded recipe with train_missing, else an error."""
-    from robustbench_karp.harness import obtain_checkpoint
+    from robustbench_karp.checkpoints import obtain_checkpoint
     from robustbench_karp.train import TrainConfig
 
     path = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
@@ -90,7 +90,7 @@ def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch
 
 def check_weights(record: dict[str, Any], checkpoint: Path) -> None:
     """Refuse a checkpoint whose weights are not the recorded ones: its numbers would prove nothing."""
-    from robustbench_karp.harness import load_weights, new_model
+    from robustbench_karp.checkpoints import load_weights, new_model
     from robustbench_karp.identity import weights_sha256
 
     model = new_model(record["model"], record["dataset"])

@@ -13,8 +13,8 @@ import time
 import pytest
 import torch
 
+from robustbench_karp.checkpoints import load_model, new_model
 from robustbench_karp.cli import main
-from robustbench_karp.harness import load_model, new_model
 from robustbench_karp.store import ResultsStore
 
 RECORD_KEYS = {"id", "model", "dataset", "defense", "attacks", "norm", "eps", "n_examples", "seed", "clean_accuracy",

@@ -14,17 +14,17 @@ from torch import nn
 from robustbench_karp import gan_cache, locks
 from robustbench_karp.store import ResultsStore
 
-# Runs `python -m robustbench_karp ARGS` with two probes: harness.find_checkpoint notes each miss in the
-# journal, and harness.fit notes "train", then waits until both processes have missed once. Without a
+# Runs `python -m robustbench_karp ARGS` with two probes: checkpoints.find_checkpoint notes each miss in the
+# journal, and checkpoints.fit notes "train", then waits until both processes have missed once. Without a
 # lock both then train; with it the second waits for the lock and finds the first one's checkpoint.
 EVALUATE_DRIVER = """
 import os, runpy, sys, time
 from pathlib import Path
 
-from robustbench_karp import harness
+from robustbench_karp import checkpoints
 
 journal = Path(os.environ["KARP_TEST_JOURNAL"])
-real_find, real_fit = harness.find_checkpoint, harness.fit
+real_find, real_fit = checkpoints.find_checkpoint, checkpoints.fit
 
 
 def note(word):
@@ -51,7 +51,7 @@ def fit(*args, **kwargs):
     return real_fit(*args, **kwargs)
 
 
-harness.find_checkpoint, harness.fit = find_checkpoint, fit
+checkpoints.find_checkpoint, checkpoints.fit = find_checkpoint, fit
 runpy.run_module("robustbench_karp", run_name="__main__", alter_sys=True)
 """
 

@@ -5,8 +5,8 @@ import shutil
 import pytest
 import torch
 
+from robustbench_karp.checkpoints import load_model
 from robustbench_karp.cli import main
-from robustbench_karp.harness import load_model
 from robustbench_karp.identity import weights_sha256
 from robustbench_karp.store import ResultsStore
 
@@ -62,7 +62,7 @@ def test_two_fresh_stores_give_the_same_id_and_a_resaved_checkpoint_keeps_it(hom
 def test_a_checkpoint_of_another_recipe_is_never_substituted(home, capsys):
     (ckpt,) = [p for p in (home / "checkpoints").glob("*.pt") if not p.name.endswith(".last.pt")]
     ckpt.rename(ckpt.with_name(ckpt.name.replace("-s0-", "-s0-x").replace("fp32", "fp32x")))  # another recipe's file
-    from robustbench_karp.harness import find_checkpoint
+    from robustbench_karp.checkpoints import find_checkpoint
     from robustbench_karp.train import make_train_config
 
     assert find_checkpoint(make_train_config("smallcnn", "digits", "standard"), torch.device("cpu")) is None

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from robustbench_karp import train as train_module
+from robustbench_karp.checkpoints import checkpoint_dir, new_model
 from robustbench_karp.cli import main
 from robustbench_karp.defenses.standard import Standard
 from robustbench_karp.engine import evaluate
-from robustbench_karp.harness import checkpoint_dir, new_model
 from robustbench_karp.store import ResultsStore, config_hash, file_sha256, load_checkpoint
 from robustbench_karp.train import ResumeError, TrainingDiverged, fit, make_train_config
 
@@ -147,7 +147,7 @@ def test_train_command_then_evaluate_uses_that_checkpoint(karp_home, tmp_path, c
     assert any(tb.rglob("events.out.tfevents*"))
     capsys.readouterr()
     # A 2-epoch run is another recipe than fgsm-at's registered one: evaluate uses it only when named.
-    from robustbench_karp.harness import find_checkpoint
+    from robustbench_karp.checkpoints import find_checkpoint
     from robustbench_karp.train import make_train_config
 
     assert find_checkpoint(make_train_config("smallcnn", "digits", "fgsm-at", eps=0.1), torch.device("cpu")) is None
@@ -240,8 +240,8 @@ def test_short_mnist_fgsm_at_beats_standard_under_pgd(mnist_dir, mnist_test, tmp
 
 
 def test_train_resumes_an_interrupted_run_by_default_and_leaves_no_resume_state(karp_home, capsys):
+    from robustbench_karp.checkpoints import checkpoint_path
     from robustbench_karp.cli import main
-    from robustbench_karp.harness import checkpoint_path
     from robustbench_karp.train import TrainingInterrupted
 
     args = ["train", "--model", "smallcnn", "--dataset", "digits", "--defense", "standard", "--epochs", "2",
