@@ -180,8 +180,8 @@ def _export(args) -> int:
 
 
 def _build(args) -> int:
-    from robustbench_karp.leaderboard import render_site
     from robustbench_karp.leaderboard_published import load_published, merge_entries
+    from robustbench_karp.leaderboard_site import render_site
 
     out = args.out or _default_leaderboard_dir()
     if out is None:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_karp.leaderboard import build_entries, curves, import_robustbench, render_site, wilson_interval
+from robustbench_karp.leaderboard import build_entries, curves, import_robustbench, wilson_interval
+from robustbench_karp.leaderboard_site import render_site
 
 GOLDEN = Path(__file__).parent / "golden"
 MODEL_INFO = Path(__file__).parent / "data" / "robustbench_model_info"

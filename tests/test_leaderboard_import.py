@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_karp.leaderboard import build_entries, render_site
+from robustbench_karp.leaderboard import build_entries
 from robustbench_karp.leaderboard_export import autoattack_accuracy, export_robustbench
 from robustbench_karp.leaderboard_html import curve_figure
 from robustbench_karp.leaderboard_import import import_robustbench
+from robustbench_karp.leaderboard_site import render_site
 
 MODEL_INFO = Path(__file__).parent / "data" / "robustbench_model_info"
 FILES = sorted(p for p in MODEL_INFO.glob("*/*/*.json") if p.parent.name in ("Linf", "L2"))
