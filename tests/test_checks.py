@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from robustbench_karp import checks
+from robustbench_karp.api import evaluate
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.engine import EvalResult, evaluate
+from robustbench_karp.engine import EvalResult
 from robustbench_karp.threat import ThreatModel
 
 

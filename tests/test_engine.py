@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from robustbench_karp import engine
+from robustbench_karp.api import evaluate
 from robustbench_karp.attacks.base import Attack
-from robustbench_karp.engine import evaluate, run_attacks
+from robustbench_karp.engine import run_attacks
 from robustbench_karp.threat import BudgetViolation, ThreatModel
 
 

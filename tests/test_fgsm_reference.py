@@ -5,8 +5,9 @@ import torch
 import torchattacks
 from torch.nn import functional as F
 
+from robustbench_karp.api import evaluate
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.engine import evaluate, predict
+from robustbench_karp.engine import predict
 from robustbench_karp.threat import ThreatModel
 
 

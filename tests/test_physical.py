@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from robustbench_karp.api import evaluate
 from robustbench_karp.attacks import build_attack
 from robustbench_karp.cli import build_parser
 from robustbench_karp.commands import describe_error
-from robustbench_karp.engine import evaluate
 from robustbench_karp.physical import OutOfMemory, physical_rows
 from robustbench_karp.threat import ThreatModel
 

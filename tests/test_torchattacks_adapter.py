@@ -11,13 +11,14 @@ import torch
 import torchattacks
 from torch import nn
 
+from robustbench_karp.api import evaluate
 from robustbench_karp.attacks import build_attack
 from robustbench_karp.attacks.base import attack_from_config
 from robustbench_karp.attacks.torchattacks_adapter import NORMS, TorchAttack, derive_seed, torchattacks_names
 from robustbench_karp.cli import build_parser, main
 from robustbench_karp.commands import parse_attacks
 from robustbench_karp.context import RunContext
-from robustbench_karp.engine import evaluate, predict
+from robustbench_karp.engine import predict
 from robustbench_karp.threat import BudgetViolation, ThreatModel, check_budget
 
 LINF, L2 = ThreatModel("linf", 0.1), ThreatModel("l2", 0.5)

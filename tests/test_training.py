@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from robustbench_karp import train as train_module
+from robustbench_karp.api import evaluate
 from robustbench_karp.checkpoints import checkpoint_dir, new_model
 from robustbench_karp.cli import main
 from robustbench_karp.defenses.standard import Standard
-from robustbench_karp.engine import evaluate
 from robustbench_karp.store import ResultsStore, config_hash, file_sha256, load_checkpoint
 from robustbench_karp.train import ResumeError, TrainingDiverged, fit, make_train_config
 
