@@ -31,7 +31,8 @@ from robustbench_karp.harness import EvalRequest, run_evaluation
 from robustbench_karp.physical import physical_rows
 from robustbench_karp.store import load_checkpoint
 from robustbench_karp.threat import ThreatModel
-from robustbench_karp.train import fit, make_train_config
+from robustbench_karp.train import fit
+from robustbench_karp.train_config import make_train_config
 
 DEVICE = torch.device("cuda")  # --device cpu makes a dry run of the script itself
 TRAIN_SIZE: int | None = None  # --quick

@@ -30,7 +30,8 @@ from robustbench_karp.cli import key_value
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.harness import EvalRequest, plan_evaluation, prepare, run_evaluation
 from robustbench_karp.store import ResultsStore, load_checkpoint
-from robustbench_karp.train import fit, make_train_config
+from robustbench_karp.train import fit
+from robustbench_karp.train_config import make_train_config
 
 PGD_50_10 = ("pgd", {"steps": "50", "restarts": "10", "step_size": "0.01"})
 

@@ -22,7 +22,8 @@ from robustbench_karp.engine import resolve_device
 from robustbench_karp.models import Classifier, create_model
 from robustbench_karp.sources import load_external, load_strict, parse_model, unwrap_state
 from robustbench_karp.store import karp_home, load_checkpoint
-from robustbench_karp.train import TrainConfig, fit, interrupted_epoch, make_train_config
+from robustbench_karp.train import fit, interrupted_epoch
+from robustbench_karp.train_config import TrainConfig, make_train_config
 
 log = logging.getLogger(__name__)
 

@@ -162,7 +162,8 @@ def cmd_train(args) -> int:
     from robustbench_karp.data import DATASETS
     from robustbench_karp.engine import resolve_device
     from robustbench_karp.models import MODELS
-    from robustbench_karp.train import ResumeError, fit, interrupted_epoch, make_train_config
+    from robustbench_karp.train import ResumeError, fit, interrupted_epoch
+    from robustbench_karp.train_config import make_train_config
     from robustbench_karp.train_logs import TensorBoardCallback
 
     DATASETS.get(args.dataset), MODELS.get(args.model)

@@ -37,7 +37,7 @@ from robustbench_karp.store import (
     portable_path,
 )
 from robustbench_karp.threat import ThreatModel
-from robustbench_karp.train import make_train_config
+from robustbench_karp.train_config import make_train_config
 
 log = logging.getLogger(__name__)
 

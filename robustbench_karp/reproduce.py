@@ -47,7 +47,7 @@ def find_records(some_id: str, site: Path | None) -> list[dict[str, Any]]:
 
 def train_command(train_config: dict[str, Any]) -> str:
     """The `karp-robust train` command that rebuilds a checkpoint by its recorded recipe."""
-    from robustbench_karp.train import make_train_config
+    from robustbench_karp.train_config import make_train_config
 
     defense = dict(train_config["defense"])
     name = defense.pop("name")
@@ -73,7 +73,7 @@ def train_command(train_config: dict[str, Any]) -> str:
 def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch.device) -> Path:
     """The record's checkpoint in this store; rebuilt by its recorded recipe with train_missing, else an error."""
     from robustbench_karp.checkpoints import obtain_checkpoint
-    from robustbench_karp.train import TrainConfig
+    from robustbench_karp.train_config import TrainConfig
 
     path = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
     if path is not None and path.is_file():

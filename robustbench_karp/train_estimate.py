@@ -31,7 +31,7 @@ def limit_seconds() -> float:
 def estimate_seconds(config, device: torch.device, data_dir=None, download: bool = True) -> float:
     """Seconds to train config on device: the time of a real training step (the defense's loss, backward,
     optimizer step) on one batch, times the steps of every epoch, plus a tenth for validation."""
-    from robustbench_karp.train import build_model
+    from robustbench_karp.train_config import build_model
 
     recipe = Recipe(**config.recipe)
     data = load_split(DATASETS.get(config.dataset), train=True, data_dir=data_dir, download=download)

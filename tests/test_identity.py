@@ -63,7 +63,7 @@ def test_a_checkpoint_of_another_recipe_is_never_substituted(home, capsys):
     (ckpt,) = [p for p in (home / "checkpoints").glob("*.pt") if not p.name.endswith(".last.pt")]
     ckpt.rename(ckpt.with_name(ckpt.name.replace("-s0-", "-s0-x").replace("fp32", "fp32x")))  # another recipe's file
     from robustbench_karp.checkpoints import find_checkpoint
-    from robustbench_karp.train import make_train_config
+    from robustbench_karp.train_config import make_train_config
 
     assert find_checkpoint(make_train_config("smallcnn", "digits", "standard"), torch.device("cpu")) is None
 

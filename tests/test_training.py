@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from robustbench_karp import train as train_module
+from robustbench_karp import train_config as train_config_module
 from robustbench_karp.api import evaluate
 from robustbench_karp.checkpoints import checkpoint_dir, new_model
 from robustbench_karp.cli import main
 from robustbench_karp.defenses.standard import Standard
 from robustbench_karp.store import ResultsStore, config_hash, file_sha256, load_checkpoint
-from robustbench_karp.train import ResumeError, TrainingDiverged, fit, make_train_config
+from robustbench_karp.train import ResumeError, TrainingDiverged, fit
+from robustbench_karp.train_config import make_train_config
 
 QUICK = {"epochs": 2, "schedule": "constant", "batch_size": 64}
 
@@ -148,7 +150,7 @@ def test_train_command_then_evaluate_uses_that_checkpoint(karp_home, tmp_path, c
     capsys.readouterr()
     # A 2-epoch run is another recipe than fgsm-at's registered one: evaluate uses it only when named.
     from robustbench_karp.checkpoints import find_checkpoint
-    from robustbench_karp.train import make_train_config
+    from robustbench_karp.train_config import make_train_config
 
     assert find_checkpoint(make_train_config("smallcnn", "digits", "fgsm-at", eps=0.1), torch.device("cpu")) is None
     assert main(["evaluate", "--model", "smallcnn", "--defense", "fgsm-at", "--checkpoint", str(stored[0]),
@@ -184,7 +186,7 @@ def test_recipe_fields_added_later_keep_earlier_checkpoint_names():
 
 def test_bf16_recipe_on_a_device_without_bf16_units_trains_in_float32(tmp_path, monkeypatch, caplog):
     """Emulated bf16 would be slower than fp32: such devices train in fp32, with a warning and the checkpoint saying so."""
-    monkeypatch.setattr(train_module, "bf16_supported", lambda device: False)
+    monkeypatch.setattr(train_config_module, "bf16_supported", lambda device: False)
     fallback = fit(digits_config(epochs=1, amp="bf16"), tmp_path / "fallback.pt")
     plain = fit(digits_config(epochs=1), tmp_path / "plain.pt")
     assert fallback["amp"] == "none" and "no bf16 units: training in float32" in caplog.text
@@ -216,7 +218,7 @@ def test_bf16_autocast_and_channels_last_train_a_working_model(tmp_path):
     config = make_train_config("smallcnn", "digits", "pgd-at", recipe_overrides={"epochs": 3, "amp": "bf16",
                                                                                    "channels_last": True}, seed=0)
     payload = fit(config, tmp_path / "amp.pt")
-    assert payload["amp"] == ("bf16" if train_module.bf16_supported(torch.device("cpu")) else "none")
+    assert payload["amp"] == ("bf16" if train_config_module.bf16_supported(torch.device("cpu")) else "none")
     assert all(torch.isfinite(v).all() for v in payload["state_dict"].values())
     assert payload["history"][-1]["val_clean_accuracy"] > 0.7
 
