@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -40,11 +39,13 @@ def main() -> None:
         out = proc.stdout
     import torch
 
+    from robustbench_karp.identity import cpu_processor
+
     conditions = (f"{os.cpu_count()} cores, torch's {torch.get_num_threads()} threads, "
-                  f"{torch.backends.cpu.get_cpu_capability()}, load {os.getloadavg()[0]:.1f}")
+                  f"{torch.backends.cpu.get_cpu_capability()}, {cpu_processor()[0]}, load {os.getloadavg()[0]:.1f}")
     print(out.rstrip())
     print(f"first run {times[0]:.1f} s (training included), second run {times[1]:.1f} s")
-    print(f"conditions: {conditions}, {platform.processor() or platform.machine()}")
+    print(f"conditions: {conditions}")
     if args.update_readme:
         update_readme(out.rstrip(), times, conditions)
 

@@ -137,7 +137,7 @@ def show_record(record: dict[str, Any], runs: int) -> None:
 
 def _provenance(r: dict[str, Any]) -> list[list[str]]:
     cond = r.get("conditions") or {}
-    where = ", ".join(f"{k} {v}" for k, v in cond.items())
+    where = ", ".join(f"{k} {v}" for k, v in cond.items() if k != "cpu_isa")
     rows = [["checkpoint", r.get("checkpoint") or r.get("model_file") or "-"],
             ["checkpoint sha256", r.get("checkpoint_sha256") or "-"], ["weights sha256", r.get("weights_sha256") or "-"]]
     if r.get("defense_weights_sha256"):
@@ -145,6 +145,8 @@ def _provenance(r: dict[str, Any]) -> list[list[str]]:
     if r.get("train_config"):
         rows.append(["trained with", json.dumps(r["train_config"], sort_keys=True)])
     rows.append(["device", f"{r.get('device')}" + (f" ({where})" if where else "")])
+    if cond.get("cpu_isa"):
+        rows.append(["vector ISA", cond["cpu_isa"]])
     if r.get("elapsed_seconds") is not None:
         rows.append(["elapsed", f"{r['elapsed_seconds']:.1f} s"])
     rows.append(["versions", ", ".join(f"{k} {v}" for k, v in (r.get("versions") or {}).items())])
@@ -162,7 +164,7 @@ def cmd_show(args) -> int:
 
 CSV_HEAD = ["id", "created_utc", "model", "model_source", "dataset", "defense", "defense_options", "norm", "eps",
             "n_examples", "seed", "batch_size", "protocol", "attacks", "attack_configs", "clean_accuracy", "robust_accuracy"]
-CSV_TAIL = ["n_warnings", "warnings", "elapsed_seconds", "device", "threads", "cpu_capability", "checkpoint",
+CSV_TAIL = ["n_warnings", "warnings", "elapsed_seconds", "device", "threads", "cpu_capability", "cpu", "checkpoint",
             "checkpoint_sha256", "weights_sha256", "karp_robust", "torch", "git_commit"]
 
 
@@ -176,7 +178,7 @@ def csv_row(r: dict[str, Any]) -> dict[str, Any]:
     row |= {"defense_options": json.dumps(defense, sort_keys=True) if defense else None,
             "attacks": "+".join(attack_names(r)), "attack_configs": json.dumps(r.get("attacks", []), sort_keys=True),
             "n_warnings": len(r.get("warnings") or []), "warnings": " | ".join(r.get("warnings") or []) or None,
-            "threads": cond.get("threads"), "cpu_capability": cond.get("cpu_capability"),
+            "threads": cond.get("threads"), "cpu_capability": cond.get("cpu_capability"), "cpu": cond.get("cpu"),
             "karp_robust": versions.get("karp_robust"), "torch": versions.get("torch"), "git_commit": versions.get("git_commit")}
     row |= {f"after_{name}": acc for name, acc in r.get("per_attack", {}).items()}
     return {k: "" if v is None else v for k, v in row.items()}

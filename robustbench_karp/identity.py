@@ -1,7 +1,8 @@
 """Identities that do not change when nothing that matters changed, and the conditions CPU numbers depend on.
 
     weights_sha256(model)     # a model is its weights: sorted keys, then name, dtype, shape and bytes
-    cpu_conditions()          # threads, CPU capability, deterministic algorithms: recorded, never hashed
+    cpu_conditions()          # threads, CPU capability, the processor, its vector ISA, deterministic algorithms:
+                              # recorded, never hashed
 
 A checkpoint file also holds training wall-clock seconds, logs and history, so its file sha256
 changes between two otherwise identical trainings; the canonical state_dict hash does not.
@@ -10,7 +11,9 @@ changes between two otherwise identical trainings; the canonical state_dict hash
 from __future__ import annotations
 
 import hashlib
+import platform
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -38,7 +41,44 @@ def cpu_capability() -> str:
         return "unknown"
 
 
+ISA_PREFIXES = ("avx", "amx", "fma", "f16c")  # the flags BLAS and oneDNN kernels dispatch on
+
+
+def cpu_processor(cpuinfo: str | None = None) -> tuple[str, str]:
+    """(processor, vector ISA flags) as the OS reports them: the same capability is not the same kernels.
+
+    Measured: one ResNet-18 training gave different fp32 weights on two AVX512 machines at 2 threads,
+    so the processor (vendor, family/model/stepping, name, cache) is recorded beside the capability.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux
+            return platform.processor() or platform.machine(), ""
+    first = dict(line.split(":", 1) for line in cpuinfo.split("\n\n")[0].splitlines() if ":" in line)
+    first = {k.strip(): v.strip() for k, v in first.items()}
+    processor = (f"{first.get('vendor_id', '?')} {first.get('cpu family', '?')}/{first.get('model', '?')}/"
+                 f"{first.get('stepping', '?')} {first.get('model name', '?')}, cache {first.get('cache size', '?')}")
+    isa = " ".join(sorted(f for f in first.get("flags", "").split() if f.startswith(ISA_PREFIXES)))
+    return processor, isa
+
+
 def cpu_conditions() -> dict[str, object]:
-    """What decides a CPU number beyond the configuration: thread count, vector ISA, determinism."""
-    return {"threads": torch.get_num_threads(), "cpu_capability": cpu_capability(),
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+    """What decides a CPU number beyond the configuration: thread count, processor and vector ISA, determinism."""
+    processor, isa = cpu_processor()
+    return {"threads": torch.get_num_threads(), "cpu_capability": cpu_capability(), "cpu": processor,
+            "cpu_isa": isa, "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+
+
+def cpu_differences(recorded: Mapping[str, object] | None) -> list[str]:
+    """What differs between recorded CPU conditions and this machine's: capability, processor, ISA flags."""
+    recorded, here, notes = recorded or {}, cpu_conditions(), []
+    for key, name in (("cpu_capability", "CPU capability"), ("cpu", "processor")):
+        if recorded.get(key) and recorded[key] != here[key]:
+            notes.append(f"{name} differs: recorded {recorded[key]}, here {here[key]}")
+    if recorded.get("cpu_isa") and recorded["cpu_isa"] != here["cpu_isa"]:
+        was, now = set(str(recorded["cpu_isa"]).split()), set(str(here["cpu_isa"]).split())
+        parts = [f"{label} {' '.join(sorted(flags))}" for label, flags in
+                 (("lacks", was - now), ("adds", now - was)) if flags]
+        notes.append(f"vector ISA differs: this machine {', '.join(parts)}")
+    return notes

@@ -27,7 +27,11 @@ INTRO = [
     "every other published board); `benchmarks/mnist_leaderboard.sh` retrains and re-evaluates every published "
     "MNIST entry from scratch.",
     "Re-run a row with `karp-robust reproduce <record or entry id>`, from a clone of this repository: it re-runs the "
-    "stored evaluation config and compares every number and mask; each entry's record ids are in `entries/<entry id>.json`.",
+    "stored evaluation config and compares every number and mask; each entry's record ids are in `entries/<entry id>.json`. "
+    "The match is bit-exact with the record's thread count on the processor it ran on (newer records name the "
+    "processor, older ones only its vector capability). The checkpoints "
+    "are not in this repository: `--train-missing` retrains one by its recorded recipe, and the retrained weights "
+    "equal the recorded ones only on that processor; `reproduce` refuses other weights and says why.",
     "Robust accuracy is the per-example worst case over every attack run on the entry, never the best attack; "
     "brackets are 95% Wilson intervals. A flag is a warning from the sanity checks (e.g. gradient masking), shown as "
     "a short code (F1, F2, ...) spelled out under its table.",

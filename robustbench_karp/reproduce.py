@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from robustbench_karp.attacks.base import attack_from_config
-from robustbench_karp.identity import cpu_capability
+from robustbench_karp.identity import cpu_differences
 from robustbench_karp.store import CheckpointError, ResultsStore, resolve_path
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,11 @@ def check_weights(record: dict[str, Any], checkpoint: Path) -> None:
     model = new_model(record["model"], record["dataset"])
     load_weights(model, checkpoint)
     if weights_sha256(model) != record["weights_sha256"]:
+        trained = record.get("train_conditions") or {}
+        where = "; ".join(cpu_differences(trained)) if str(trained.get("device", "cpu")) == "cpu" else ""
         raise CheckpointError(f"checkpoint {checkpoint} does not hold the weights of record {record['id']} "
-                              "(weights_sha256 differs): not reproducible")
+                              "(weights_sha256 differs): not reproducible"
+                              + (f" here, it was trained on other hardware ({where})" if where else ""))
 
 
 @contextlib.contextmanager
@@ -109,9 +112,8 @@ def recorded_threads(record: dict[str, Any], device: torch.device) -> Iterator[l
     if device.type == "cpu" and threads:
         torch.set_num_threads(int(threads))
         notes.append(f"running with {threads} thread(s), as recorded")
-    if conditions.get("cpu_capability") and conditions["cpu_capability"] != cpu_capability():
-        notes.append(f"CPU capability differs: recorded {conditions['cpu_capability']}, here {cpu_capability()} "
-                     "(CPU numbers are bit-exact only on the same capability)")
+    if device.type == "cpu" and record.get("device") == "cpu":
+        notes += [f"{note} (CPU numbers are bit-exact only on the same processor)" for note in cpu_differences(conditions)]
     try:
         yield notes
     finally:

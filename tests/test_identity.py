@@ -111,3 +111,54 @@ def test_under_a_protocol_a_purifiers_adaptive_attacks_run_first_and_reproduce_k
     recorded = plan_evaluation(req, prepared).attacks
     again, label = requested_attacks(EvalRequest(**{**req.__dict__, "attacks": list(recorded)}))
     assert [a.config() for a in again] == [a.config() for a in recorded] and label == "standard/1"
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 85
+model name\t: Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz
+stepping\t: 4
+cache size\t: 28160 KB
+flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512bw avx512_vnni
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+flags\t\t: fpu avx amx_tile
+"""
+
+
+def test_records_name_the_processor_and_the_isa_kernels_dispatch_on():
+    from robustbench_karp.identity import cpu_conditions, cpu_processor
+
+    processor, isa = cpu_processor(CPUINFO)
+    assert processor == "GenuineIntel 6/85/4 Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz, cache 28160 KB"
+    assert isa == "avx avx2 avx512_vnni avx512bw avx512f f16c fma"  # the first processor's; no fpu, no sse
+    here = cpu_conditions()
+    assert {"threads", "cpu_capability", "cpu", "cpu_isa", "deterministic_algorithms"} <= set(here)
+    assert here["cpu"] and here["threads"] == torch.get_num_threads()
+
+
+def test_reproduce_says_when_the_processor_differs_and_why_rebuilt_weights_do(home, tmp_path):
+    from robustbench_karp.identity import cpu_conditions
+    from robustbench_karp.reproduce import check_weights, recorded_threads
+    from robustbench_karp.store import CheckpointError
+
+    here, before = cpu_conditions(), torch.get_num_threads()
+    same = {"device": "cpu", "conditions": {**here, "threads": 1}}
+    with recorded_threads(same, torch.device("cpu")) as notes:
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before and notes == ["running with 1 thread(s), as recorded"]
+    other = {**here, "cpu": "AuthenticAMD 25/17/1 AMD EPYC 9654, cache 1024 KB", "cpu_isa": here["cpu_isa"] + " avx9"}
+    with recorded_threads({"device": "cpu", "conditions": other}, torch.device("cpu")) as notes:
+        pass
+    assert any(n.startswith("processor differs: recorded AuthenticAMD") for n in notes)
+    assert any("vector ISA differs: this machine lacks avx9" in n for n in notes)
+    # Weights rebuilt on other hardware: the refusal says that is why they differ.
+    (ckpt,) = [p for p in (home / "checkpoints").glob("*.pt") if not p.name.endswith(".last.pt")]
+    record = {"id": "r", "model": "smallcnn", "dataset": "digits", "weights_sha256": "0" * 64,
+              "train_conditions": {**other, "device": "cpu"}}
+    with pytest.raises(CheckpointError, match="trained on other hardware .processor differs: recorded AuthenticAMD"):
+        check_weights(record, ckpt)
+    with pytest.raises(CheckpointError, match=r"not reproducible$"):  # same hardware: no such excuse
+        check_weights({**record, "train_conditions": {**here, "device": "cpu"}}, ckpt)
