@@ -35,7 +35,7 @@ OPTIMIZERS = ("sgd", "adam")
 AMP_MODES = ("none", "bf16")
 # Recipe fields added after the first checkpoints: they enter a configuration's hash only when set, so the
 # checkpoints and records made before them keep their names.
-HASH_OPTIONAL = {"amp": "none", "channels_last": False}
+HASH_OPTIONAL = {"amp": "none", "channels_last": False, "fused": False}
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class Recipe:
     select: str = "last"  # final weights: "last" epoch, or "best" validation PGD accuracy (early stopping)
     amp: str = "none"  # "bf16": autocast the training step to bfloat16 (CUDA, and CPUs with bf16 units)
     channels_last: bool = False  # channels-last memory format for the model and batches
+    fused: bool = False  # the optimizer's fused step (one kernel for all parameters; CPU needs torch >= 2.4)
 
     def __post_init__(self):
         if self.epochs < 1:

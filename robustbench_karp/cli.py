@@ -192,6 +192,8 @@ def add_train(sub) -> None:
     tr.add_argument("--amp", choices=["none", "bf16"], default=None, help="bf16 mixed precision for the training step")
     tr.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                     help="channels-last memory format")
+    tr.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                    help="the optimizer's fused step (faster; rounds differently, so it is part of the recipe)")
     tr.add_argument("--resume", action="store_true",
                     help="continue an interrupted run of this configuration (the default when one exists)")
     tr.add_argument("--restart", action="store_true", help="discard an interrupted run of this configuration")

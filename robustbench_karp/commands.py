@@ -155,27 +155,33 @@ def print_record(record: dict) -> None:
     print(f"record {record['id']}  ({record['elapsed_seconds']:.1f} s on {record['device']})")
 
 
-def cmd_train(args) -> int:
-    import os
-
-    from robustbench_karp.checkpoints import checkpoint_path
+def train_config_from_args(args):
+    """The TrainConfig a `karp-robust train` command line asks for: the registered recipe plus its flags."""
     from robustbench_karp.data import DATASETS
-    from robustbench_karp.engine import resolve_device
     from robustbench_karp.models import MODELS
-    from robustbench_karp.train import ResumeError, fit, interrupted_epoch
     from robustbench_karp.train_config import make_train_config
-    from robustbench_karp.train_logs import TensorBoardCallback
 
     DATASETS.get(args.dataset), MODELS.get(args.model)
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "momentum",
                                                "weight_decay", "eps_ramp_epochs", "ema_decay", "select", "amp",
-                                               "channels_last")
+                                               "channels_last", "fused")
                  if getattr(args, k) is not None}
     if args.eps is not None and len(args.eps) != 1:
         raise ValueError("train takes a single --eps")
-    config = make_train_config(args.model, args.dataset, args.defense, defense_options=dict(args.defense_arg),
-                               recipe_overrides=overrides, norm=args.norm, eps=args.eps[0] if args.eps else None,
-                               seed=args.seed, train_size=args.train_size)
+    return make_train_config(args.model, args.dataset, args.defense, defense_options=dict(args.defense_arg),
+                             recipe_overrides=overrides, norm=args.norm, eps=args.eps[0] if args.eps else None,
+                             seed=args.seed, train_size=args.train_size)
+
+
+def cmd_train(args) -> int:
+    import os
+
+    from robustbench_karp.checkpoints import checkpoint_path
+    from robustbench_karp.engine import resolve_device
+    from robustbench_karp.train import ResumeError, fit, interrupted_epoch
+    from robustbench_karp.train_logs import TensorBoardCallback
+
+    config = train_config_from_args(args)
     device = resolve_device(args.device)
     out = checkpoint_path(config, device)
     main_rank = int(os.environ.get("RANK", "0")) == 0

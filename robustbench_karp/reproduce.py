@@ -47,6 +47,7 @@ def find_records(some_id: str, site: Path | None) -> list[dict[str, Any]]:
 
 def train_command(train_config: dict[str, Any]) -> str:
     """The `karp-robust train` command that rebuilds a checkpoint by its recorded recipe."""
+    from robustbench_karp.defenses.base import HASH_OPTIONAL
     from robustbench_karp.train_config import make_train_config
 
     defense = dict(train_config["defense"])
@@ -60,11 +61,13 @@ def train_command(train_config: dict[str, Any]) -> str:
     flags = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "optimizer": "--optimizer",
              "schedule": "--schedule", "momentum": "--momentum", "weight_decay": "--weight-decay",
              "eps_ramp_epochs": "--eps-ramp-epochs", "ema_decay": "--ema-decay", "select": "--select", "amp": "--amp"}
-    for key, value in sorted(train_config["recipe"].items()):
+    recorded = {**HASH_OPTIONAL, **train_config["recipe"]}  # a record older than an optional field ran without it
+    for key, value in sorted(recorded.items()):
         if default.recipe.get(key) != value and key in flags:
             parts.append(f"{flags[key]} {value}")
-        elif key == "channels_last" and default.recipe.get(key) != value:
-            parts.append("--channels-last" if value else "--no-channels-last")
+        elif key in ("channels_last", "fused") and default.recipe.get(key, False) != value:
+            flag = "--" + key.replace("_", "-")
+            parts.append(flag if value else flag.replace("--", "--no-", 1))
     if train_config.get("train_size"):
         parts.append(f"--train-size {train_config['train_size']}")
     return " ".join(parts)

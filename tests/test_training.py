@@ -14,6 +14,7 @@ from robustbench_karp import train_config as train_config_module
 from robustbench_karp.api import evaluate
 from robustbench_karp.checkpoints import checkpoint_dir, new_model
 from robustbench_karp.cli import main
+from robustbench_karp.defenses.base import Recipe
 from robustbench_karp.defenses.standard import Standard
 from robustbench_karp.store import ResultsStore, config_hash, file_sha256, load_checkpoint
 from robustbench_karp.train import ResumeError, TrainingDiverged, fit
@@ -176,12 +177,36 @@ def test_impossible_training_configurations_exit_2(karp_home, capsys, args, mess
 def test_recipe_fields_added_later_keep_earlier_checkpoint_names():
     """amp and channels_last enter the configuration hash only when set: old checkpoints stay findable."""
     config = make_train_config("smallcnn", "digits", "fgsm-at", seed=0)
-    legacy = {**asdict(config), "recipe": {k: v for k, v in config.recipe.items() if k not in ("amp", "channels_last")}}
+    legacy = {**asdict(config), "recipe": {k: v for k, v in config.recipe.items()
+                                           if k not in ("amp", "channels_last", "fused")}}
     assert config.hash() == config_hash(legacy)
     fast = make_train_config("smallcnn", "digits", "fgsm-at", seed=0, recipe_overrides={"amp": "bf16"})
     assert fast.hash() != config.hash() and fast.recipe["amp"] == "bf16"
     with pytest.raises(ValueError, match="unknown amp"):
         make_train_config("smallcnn", "digits", "fgsm-at", recipe_overrides={"amp": "fp8"})
+
+
+def test_a_fused_recipe_reaches_the_optimizer_names_its_checkpoint_and_its_rebuild_command():
+    from robustbench_karp.optim import make_optimizer
+    from robustbench_karp.reproduce import train_command
+
+    model = new_model("smallcnn", "digits")
+    plain = make_train_config("smallcnn", "digits", "standard", recipe_overrides={"fused": False})
+    fused = make_train_config("smallcnn", "digits", "standard")  # the digits recipe's default
+    assert fused.recipe["fused"] and fused.hash() != plain.hash()
+    for config, expected in ((plain, False), (fused, True)):
+        for optimizer in ("adam", "sgd"):
+            recipe = Recipe(**{**config.recipe, "optimizer": optimizer})
+            assert bool(make_optimizer(model, recipe).param_groups[0]["fused"]) == expected
+    # A record trained before the field existed ran unfused: its rebuild command must say so.
+    legacy = {**asdict(plain), "recipe": {k: v for k, v in plain.recipe.items() if k != "fused"}}
+    assert "--no-fused" in train_command(legacy) and "fused" not in train_command(asdict(fused))
+    from robustbench_karp.cli import build_parser
+    from robustbench_karp.commands import train_config_from_args
+
+    for config in (plain, fused):  # the printed command rebuilds exactly the recorded recipe
+        args = build_parser().parse_args(train_command(asdict(config)).split()[1:])
+        assert train_config_from_args(args).hash() == config.hash()
 
 
 def test_bf16_recipe_on_a_device_without_bf16_units_trains_in_float32(tmp_path, monkeypatch, caplog):
