@@ -41,7 +41,8 @@ def cpu_capability() -> str:
         return "unknown"
 
 
-ISA_PREFIXES = ("avx", "amx", "fma", "f16c")  # the flags BLAS and oneDNN kernels dispatch on
+# The flags BLAS and oneDNN kernels dispatch on: x86 `flags`, and ARM `Features` (NEON, SVE, SME, bf16, int8 mm).
+ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "asimd", "sve", "sme", "bf16", "i8mm", "fphp")
 
 
 def cpu_processor(cpuinfo: str | None = None) -> tuple[str, str]:
@@ -57,10 +58,16 @@ def cpu_processor(cpuinfo: str | None = None) -> tuple[str, str]:
             return platform.processor() or platform.machine(), ""
     first = dict(line.split(":", 1) for line in cpuinfo.split("\n\n")[0].splitlines() if ":" in line)
     first = {k.strip(): v.strip() for k, v in first.items()}
-    processor = (f"{first.get('vendor_id', '?')} {first.get('cpu family', '?')}/{first.get('model', '?')}/"
-                 f"{first.get('stepping', '?')} {first.get('model name', '?')}, cache {first.get('cache size', '?')}")
-    isa = " ".join(sorted(f for f in first.get("flags", "").split() if f.startswith(ISA_PREFIXES)))
-    return processor, isa
+    if "vendor_id" in first:  # x86
+        processor = (f"{first['vendor_id']} {first.get('cpu family', '?')}/{first.get('model', '?')}/"
+                     f"{first.get('stepping', '?')} {first.get('model name', '?')}, cache {first.get('cache size', '?')}")
+    elif "CPU implementer" in first:  # ARM
+        processor = (f"ARM implementer {first['CPU implementer']} part {first.get('CPU part', '?')} "
+                     f"variant {first.get('CPU variant', '?')} revision {first.get('CPU revision', '?')}")
+    else:
+        processor = platform.processor() or platform.machine()
+    flags = first.get("flags") or first.get("Features") or ""
+    return processor, " ".join(sorted(f for f in flags.split() if f.startswith(ISA_PREFIXES)))
 
 
 def cpu_conditions() -> dict[str, object]:

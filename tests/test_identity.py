@@ -134,6 +134,9 @@ def test_records_name_the_processor_and_the_isa_kernels_dispatch_on():
     processor, isa = cpu_processor(CPUINFO)
     assert processor == "GenuineIntel 6/85/4 Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz, cache 28160 KB"
     assert isa == "avx avx2 avx512_vnni avx512bw avx512f f16c fma"  # the first processor's; no fpu, no sse
+    arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve sve2 bf16 i8mm crc32\nCPU implementer\t: 0x41\n" \
+          "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd40\nCPU revision\t: 1\n"
+    assert cpu_processor(arm) == ("ARM implementer 0x41 part 0xd40 variant 0x0 revision 1", "asimd bf16 i8mm sve sve2")
     here = cpu_conditions()
     assert {"threads", "cpu_capability", "cpu", "cpu_isa", "deterministic_algorithms"} <= set(here)
     assert here["cpu"] and here["threads"] == torch.get_num_threads()
