@@ -143,7 +143,8 @@ def facts() -> dict[str, Any]:
 
 def warm() -> None:
     """Fill a stale cache when the registries are already imported (after evaluate, train, ...), so that a
-    following `list` or `leaderboard build` needs no torch import. A no-op otherwise: never imports torch."""
+    following `list` needs no torch import. A no-op otherwise: never imports torch. (`leaderboard build`
+    also needs each entry's protocol requirements, cached per defense config the first time it meets one.)"""
     import sys
 
     needed = ("robustbench_karp.attacks", "robustbench_karp.defenses", "robustbench_karp.models",

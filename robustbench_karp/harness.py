@@ -219,7 +219,8 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     adaptive = [a for a in build_defense(req.defense, req.defense_options).adaptive_attacks() if a.name not in names]
     # Under a protocol the defense's adaptive attacks run first: they are what breaks a purifier, and cheaply,
     # so AutoAttack's long budget (5000 Square queries per unbroken point) is spent only on their survivors.
-    # For a deterministic model the worst case is the same in any order; without a protocol, they run last.
+    # Another order draws other random starts for other subsets (single points can differ), so the record keeps
+    # this order and reproduce follows it; without a protocol, they run last.
     requested = adaptive + requested if protocol else requested + adaptive
     bound = [a.bind(context) for a in requested]
     config = EvalConfig(model=provenance["model"], dataset=provenance["dataset"], defense=provenance["defense_config"],

@@ -42,7 +42,8 @@ def cpu_capability() -> str:
 
 
 # The flags BLAS and oneDNN kernels dispatch on: x86 `flags`, and ARM `Features` (NEON, SVE, SME, bf16, int8 mm).
-ISA_PREFIXES = ("avx", "amx", "fma", "f16c", "asimd", "sve", "sme", "bf16", "i8mm", "fphp")
+X86_ISA = ("avx", "amx", "fma", "f16c")  # prefixes; not `sme`/`smep`, which are x86 security features
+ARM_ISA = ("asimd", "sve", "sme", "bf16", "i8mm", "fphp")
 
 
 def cpu_processor(cpuinfo: str | None = None) -> tuple[str, str]:
@@ -66,8 +67,8 @@ def cpu_processor(cpuinfo: str | None = None) -> tuple[str, str]:
                      f"variant {first.get('CPU variant', '?')} revision {first.get('CPU revision', '?')}")
     else:
         processor = platform.processor() or platform.machine()
-    flags = first.get("flags") or first.get("Features") or ""
-    return processor, " ".join(sorted(f for f in flags.split() if f.startswith(ISA_PREFIXES)))
+    flags, prefixes = (first["flags"], X86_ISA) if "flags" in first else (first.get("Features", ""), ARM_ISA)
+    return processor, " ".join(sorted(f for f in flags.split() if f.startswith(prefixes)))
 
 
 def cpu_conditions() -> dict[str, object]:

@@ -7,9 +7,11 @@ record. `standard/1` is AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, S
 iterations, 5000 queries) plus, for a defense with preprocessing or randomness, the adaptive
 attacks the defense declares (transfer-PGD, BPDA-PGD with EOT): an honest evaluation of a purifier
 needs them. They run first (harness.plan_evaluation), so AutoAttack runs only on the points they
-left: a purifier's forward is costly, and for a deterministic model the worst case is the same in
-any order. A leaderboard board ranks only entries whose records cover its protocol on the same test
-points; the others are partial evaluations, upper bounds on robust accuracy.
+left: a purifier's forward is costly. Another order would be another random draw of the evaluation
+(attacks draw their random starts for the points they are given, so single points can differ),
+which is why a record keeps its attack order and `reproduce` follows it. A leaderboard board ranks
+only entries whose records cover its protocol on the same test points; the others are partial
+evaluations, upper bounds on robust accuracy.
 Changing a protocol's attacks means a new version (`standard/2`); old records keep their version.
 """
 

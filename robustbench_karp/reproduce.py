@@ -91,19 +91,32 @@ def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch
     return obtain_checkpoint(TrainConfig(**train), device=device)
 
 
-def check_weights(record: dict[str, Any], checkpoint: Path) -> None:
-    """Refuse a checkpoint whose weights are not the recorded ones: its numbers would prove nothing."""
+def check_weights(record: dict[str, Any], checkpoint: Path, rebuilt_on: torch.device | None = None) -> None:
+    """Refuse a checkpoint whose weights are not the recorded ones: its numbers would prove nothing.
+
+    rebuilt_on: the device `--train-missing` just retrained it on; the refusal then says how that
+    training's hardware differs from the recorded one's, the likely reason.
+    """
     from robustbench_karp.checkpoints import load_weights, new_model
     from robustbench_karp.identity import weights_sha256
 
     model = new_model(record["model"], record["dataset"])
     load_weights(model, checkpoint)
     if weights_sha256(model) != record["weights_sha256"]:
-        trained = record.get("train_conditions") or {}
-        where = "; ".join(cpu_differences(trained)) if str(trained.get("device", "cpu")) == "cpu" else ""
         raise CheckpointError(f"checkpoint {checkpoint} does not hold the weights of record {record['id']} "
-                              "(weights_sha256 differs): not reproducible"
-                              + (f" here, it was trained on other hardware ({where})" if where else ""))
+                              f"(weights_sha256 differs): not reproducible{_rebuild_hardware(record, rebuilt_on)}")
+
+
+def _rebuild_hardware(record: dict[str, Any], rebuilt_on: torch.device | None) -> str:
+    """', rebuilt on other hardware (...)' when a retraining here ran on other hardware than the recorded one."""
+    trained = record.get("train_conditions") or {}
+    if rebuilt_on is None or not trained:
+        return ""
+    was = str(trained.get("device", "cpu")).split(":")[0]
+    if was != rebuilt_on.type:
+        return f", rebuilt on {rebuilt_on.type} where it was trained on {was}"
+    where = "; ".join(cpu_differences(trained)) if was == "cpu" else ""
+    return f", rebuilt on other hardware ({where})" if where else ""
 
 
 @contextlib.contextmanager
@@ -181,9 +194,11 @@ def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None
     if source:  # a zoo, file, torchvision or Python model: its own weights, checked by the re-run's weights_sha256
         checkpoint = external_checkpoint(record)
     else:
+        recorded = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
+        rebuilt = recorded is None or not recorded.is_file()
         checkpoint = locate_checkpoint(record, train_missing, dev)
         if record.get("weights_sha256"):
-            check_weights(record, checkpoint)
+            check_weights(record, checkpoint, rebuilt_on=dev if rebuilt else None)
     req = request_of(record, checkpoint, device, data_dir, download)
     with recorded_threads(record, dev) as notes, tempfile.TemporaryDirectory(prefix="karp-reproduce-") as scratch:
         new = run_evaluation(req, store=ResultsStore(Path(scratch) / "results.sqlite"))

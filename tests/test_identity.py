@@ -120,7 +120,7 @@ model\t\t: 85
 model name\t: Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz
 stepping\t: 4
 cache size\t: 28160 KB
-flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512bw avx512_vnni
+flags\t\t: fpu sse4_2 avx avx2 fma f16c avx512f avx512bw avx512_vnni smep sme bf16
 
 processor\t: 1
 vendor_id\t: GenuineIntel
@@ -133,7 +133,7 @@ def test_records_name_the_processor_and_the_isa_kernels_dispatch_on():
 
     processor, isa = cpu_processor(CPUINFO)
     assert processor == "GenuineIntel 6/85/4 Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz, cache 28160 KB"
-    assert isa == "avx avx2 avx512_vnni avx512bw avx512f f16c fma"  # the first processor's; no fpu, no sse
+    assert isa == "avx avx2 avx512_vnni avx512bw avx512f f16c fma"  # the first processor's; not fpu, sse, smep
     arm = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve sve2 bf16 i8mm crc32\nCPU implementer\t: 0x41\n" \
           "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd40\nCPU revision\t: 1\n"
     assert cpu_processor(arm) == ("ARM implementer 0x41 part 0xd40 variant 0x0 revision 1", "asimd bf16 i8mm sve sve2")
@@ -161,7 +161,11 @@ def test_reproduce_says_when_the_processor_differs_and_why_rebuilt_weights_do(ho
     (ckpt,) = [p for p in (home / "checkpoints").glob("*.pt") if not p.name.endswith(".last.pt")]
     record = {"id": "r", "model": "smallcnn", "dataset": "digits", "weights_sha256": "0" * 64,
               "train_conditions": {**other, "device": "cpu"}}
-    with pytest.raises(CheckpointError, match="trained on other hardware .processor differs: recorded AuthenticAMD"):
-        check_weights(record, ckpt)
-    with pytest.raises(CheckpointError, match=r"not reproducible$"):  # same hardware: no such excuse
-        check_weights({**record, "train_conditions": {**here, "device": "cpu"}}, ckpt)
+    cpu = torch.device("cpu")
+    with pytest.raises(CheckpointError, match="rebuilt on other hardware .processor differs: recorded AuthenticAMD"):
+        check_weights(record, ckpt, rebuilt_on=cpu)
+    for same_hardware in ({**record, "train_conditions": {**here, "device": "cpu"}}, record):
+        with pytest.raises(CheckpointError, match=r"not reproducible$"):  # same hardware, or found, not rebuilt
+            check_weights(same_hardware, ckpt, rebuilt_on=cpu if same_hardware is not record else None)
+    with pytest.raises(CheckpointError, match="rebuilt on cpu where it was trained on cuda$"):
+        check_weights({**record, "train_conditions": {**here, "device": "cuda:0"}}, ckpt, rebuilt_on=cpu)
