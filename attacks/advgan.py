@@ -28,7 +28,7 @@ Modes:
 Caching: G (and the surrogate) live under KARP_HOME/generators/, keyed by the target's checkpoint
 sha256 (RunContext.checkpoint_sha256; without one, a sha256 of the model's state_dict), the model
 type, the dataset, the seed, eps, norm and every option below. A corrupted file is retrained with a
-warning (robustbench_karp.gan_cache). `provenance(model)` names the generator's path and sha256.
+warning (robustbench_karp.store.networks). `provenance(model)` names the generator's path and sha256.
 
 The attack needs the run's training data: bind it first (`attack.bind(RunContext(...))`; the
 harness does). It is deterministic on CPU given RunContext.seed and never draws from `gen`. The
@@ -67,14 +67,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_karp import gan_cache
 from robustbench_karp.attacks.base import Attack, check_positive, margin, register
-from robustbench_karp.context import RunContext
+from robustbench_karp.attacks.gan_training import gradient_step, seeded, training_batches
 from robustbench_karp.data import DATASETS, ImageSet, load_split
-from robustbench_karp.gan_cache import gradient_step, seeded, training_batches
 from robustbench_karp.models import MODELS, create_model
-from robustbench_karp.store import portable_path
+from robustbench_karp.store import networks, portable_path
+from robustbench_karp.store.identity import weights_sha256
 from robustbench_karp.threat import Norm, ThreatModel
+from robustbench_karp.threat.context import RunContext
 
 MODES = ("semi-white-box", "distilled")
 
@@ -176,7 +176,7 @@ class AdvGAN(Attack):
 
     def _run_key(self, model) -> dict[str, Any]:
         ctx = self._context()
-        target = {"sha256": ctx.checkpoint_sha256 or gan_cache.fingerprint(model), "type": type(model).__qualname__}
+        target = {"sha256": ctx.checkpoint_sha256 or weights_sha256(model), "type": type(model).__qualname__}
         if getattr(model, "preprocess", None) is not None:
             target["preprocess"] = repr(model.preprocess)
         return {"attack": self.config(), "dataset": ctx.dataset, "model": ctx.model, "seed": ctx.seed, "target": target}
@@ -185,7 +185,7 @@ class AdvGAN(Attack):
         """(cache path, hashed config, run key) of the generator for this target and threat model."""
         run = self._run_key(model)
         config = {"kind": "advgan-generator", **run, "norm": threat.norm.value, "eps": threat.eps}
-        return gan_cache.network_path(f"advgan-{self._context().dataset}-{self.mode}", config), config, run
+        return networks.network_path(f"advgan-{self._context().dataset}-{self.mode}", config), config, run
 
     def generator(self, model, threat: ThreatModel, device: torch.device) -> nn.Module:
         """The trained generator for (target, threat), on device: memoized, cached on disk, or trained now."""
@@ -194,7 +194,7 @@ class AdvGAN(Attack):
         spec = DATASETS.get(ctx.dataset)
         build = lambda: seeded(lambda: PerturbationGenerator(spec.in_channels, self.width, threat), ctx.seed)
         train = lambda net: self._train(net, model, threat, run, device)
-        net, _ = gan_cache.obtain(path, config, build, train, device)
+        net, _ = networks.obtain(path, config, build, train, device)
         return net
 
     def provenance(self, model) -> dict[str, Any]:
@@ -203,11 +203,11 @@ class AdvGAN(Attack):
             return {}
         threat = self.context.threat
         path, _, run = self._generator_key(model, threat)
-        facts = {"generator_sha256": gan_cache.recorded_sha256(path), "generator_path": portable_path(path), "mode": self.mode,
+        facts = {"generator_sha256": networks.recorded_sha256(path), "generator_path": portable_path(path), "mode": self.mode,
                  "norm": threat.norm.value, "eps": threat.eps}
         if self.mode == "distilled":
             surrogate = self._surrogate_path(run)[0]
-            facts |= {"surrogate_path": portable_path(surrogate), "surrogate_sha256": gan_cache.recorded_sha256(surrogate)}
+            facts |= {"surrogate_path": portable_path(surrogate), "surrogate_sha256": networks.recorded_sha256(surrogate)}
         return facts
 
     def _training_data(self) -> tuple[ImageSet, int]:
@@ -242,7 +242,7 @@ class AdvGAN(Attack):
         keep = ("train_size", "batch_size", "surrogate", "surrogate_epochs")
         config = {"kind": "advgan-surrogate", "arch": arch, **{k: v for k, v in run.items() if k != "attack"},
                   **{k: getattr(self, k) for k in keep}}
-        return gan_cache.network_path(f"surrogate-{ctx.dataset}-{arch}", config), config, arch
+        return networks.network_path(f"surrogate-{ctx.dataset}-{arch}", config), config, arch
 
     def _surrogate(self, model, data: ImageSet, n: int, run: dict, device: torch.device) -> nn.Module:
         """Distillation: a surrogate trained on the target's predicted labels over the training data (cached)."""
@@ -264,5 +264,5 @@ class AdvGAN(Attack):
                 gradient_step(opt, F.cross_entropy(net(x.to(device)), y.to(device)), net)
             net.eval()
 
-        net, _ = gan_cache.obtain(path, config, build, train, device)
+        net, _ = networks.obtain(path, config, build, train, device)
         return net

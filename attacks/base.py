@@ -14,15 +14,16 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
 
 import torch
 from torch.nn import functional as F
 
-from robustbench_karp.context import RunContext
 from robustbench_karp.registry import Registry
 from robustbench_karp.threat import ThreatModel
+from robustbench_karp.threat.context import RunContext
 
 ATTACKS: Registry[type] = Registry("attack")
 
@@ -31,12 +32,12 @@ class Attack:
     """Base of the registered attack dataclasses."""
 
     name: typing.ClassVar[str] = ""
-    # What the sanity checks need to know about an attack (robustbench_karp.checks).
+    # What the sanity checks need to know about an attack (robustbench_karp.evaluation.checks).
     single_step: typing.ClassVar[bool] = False
     black_box: typing.ClassVar[bool] = False  # uses only the model's outputs
     adaptive: typing.ClassVar[bool] = False  # built to get through preprocessing defenses (BPDA, EOT, transfer)
     eot: typing.ClassVar[bool] = False  # averages gradients over the model's randomness
-    # Whether every pass through the network goes through robustbench_karp.physical, so that the engine
+    # Whether every pass through the network goes through robustbench_karp.threat.rows, so that the engine
     # may cut a logical batch into smaller physical pieces on out-of-memory without changing a number.
     splits: typing.ClassVar[bool] = False
 
@@ -112,13 +113,17 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
     return value
 
 
+# "torchattacks:<Class>": a prefix names an adapter that builds any attack of its family; the adapter's module
+# registers it here on import (attacks/__init__.py imports it), as every attack registers its name.
+PREFIXED: dict[str, Callable[[str, dict[str, Any]], Attack]] = {}
+
+
 def build_attack(name: str, options: dict[str, Any] | None = None) -> Attack:
     """An attack from its registered name (or 'torchattacks:<Class>') and options given as strings or values."""
     options = dict(options or {})
-    if name.startswith("torchattacks:"):
-        from robustbench_karp.attacks.torchattacks_adapter import TorchAttack
-
-        return TorchAttack.from_options(name.split(":", 1)[1], options)
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in PREFIXED:
+        return PREFIXED[prefix](rest, options)
     cls = ATTACKS.get(name)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
@@ -128,14 +133,23 @@ def build_attack(name: str, options: dict[str, Any] | None = None) -> Attack:
     return cls(**{k: coerce(v, hints[k], k) for k, v in options.items()})
 
 
+def as_attack(spec: Attack | str | tuple[str, dict[str, Any]]) -> Attack:
+    """An Attack from what the library accepts: an Attack, a name ("pgd"), or (name, options)."""
+    if isinstance(spec, Attack):
+        return spec
+    if isinstance(spec, str):
+        return build_attack(spec)
+    name, options = spec
+    return build_attack(name, options)
+
+
 def attack_from_config(config: dict[str, Any]) -> Attack:
     """The attack a record's `attacks` entry describes (the inverse of Attack.config())."""
     config = dict(config)
     name = config.pop("name")
-    if name.startswith("torchattacks:"):
-        from robustbench_karp.attacks.torchattacks_adapter import TorchAttack
-
-        return TorchAttack.from_options(config["cls_name"], dict(config.get("kwargs") or {}))
+    prefix, sep, _ = name.partition(":")
+    if sep and prefix in PREFIXED:  # a family of attacks behind one adapter: its config names the class
+        return PREFIXED[prefix](config["cls_name"], dict(config.get("kwargs") or {}))
     cls = ATTACKS.get(name)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(config) - set(fields))

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import torch
 
 from robustbench_karp.attacks.base import Attack, check_positive, register, untargeted_objective
-from robustbench_karp.physical import pieces
 from robustbench_karp.threat import Objective, ThreatModel, ascend
+from robustbench_karp.threat.rows import pieces
 
 
 @register("pgd")
@@ -75,7 +75,7 @@ def restarted_ascent(make_objective: Callable[[torch.Tensor], Objective], x: tor
         if restart == restarts - 1:
             break
         if not early_stop:
-            with torch.no_grad():  # in physical pieces when memory asks (robustbench_karp.physical)
+            with torch.no_grad():  # in physical pieces when memory asks (robustbench_karp.threat.rows)
                 positions = torch.arange(len(found), device=x.device)
                 done = torch.cat([objective(found[rows], positions[rows])[1] for rows in pieces(len(found))])
         todo = todo[~done]

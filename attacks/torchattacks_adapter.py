@@ -40,9 +40,9 @@ from typing import Any
 
 import torch
 
-from robustbench_karp.attacks.base import Attack, coerce
-from robustbench_karp.context import RunContext
+from robustbench_karp.attacks.base import PREFIXED, Attack, coerce
 from robustbench_karp.threat import Norm, ThreatModel
+from robustbench_karp.threat.context import RunContext
 
 _NORM_NAMES = {Norm.LINF: "Linf", Norm.L2: "L2"}  # our norm -> torchattacks' spelling
 _SINGLE_STEP = {"FGSM", "FFGSM", "RFGSM"}
@@ -231,3 +231,6 @@ class TorchAttack(Attack):
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         return run_torchattack(self.cls_name, model, x, y, threat, gen, **dict(self.kwargs))
+
+
+PREFIXED["torchattacks"] = TorchAttack.from_options  # build_attack("torchattacks:<Class>", options)

@@ -58,10 +58,10 @@ from pathlib import Path
 import torch
 import torchattacks
 
+from robustbench_karp.api import load_model
 from robustbench_karp.attacks.autoattack import AutoAttack
-from robustbench_karp.checkpoints import load_model
 from robustbench_karp.data import DATASETS, load_split, subset_indices
-from robustbench_karp.engine import predict, run_attacks
+from robustbench_karp.evaluation.engine import predict, run_attacks
 from robustbench_karp.threat import ThreatModel, check_budget
 
 

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import torch
 
+from robustbench_karp.api import load_model
 from robustbench_karp.attacks.pgd import PGD
-from robustbench_karp.checkpoints import load_model
 from robustbench_karp.data import DATASETS, load_split, subset_indices
-from robustbench_karp.engine import EvalResult, run_attacks
+from robustbench_karp.evaluation.engine import EvalResult, run_attacks
 from robustbench_karp.threat import ThreatModel
 
 

@@ -39,7 +39,7 @@ def main() -> None:
         out = proc.stdout
     import torch
 
-    from robustbench_karp.identity import cpu_processor
+    from robustbench_karp.store.identity import cpu_processor
 
     conditions = (f"{os.cpu_count()} cores, torch's {torch.get_num_threads()} threads, "
                   f"{torch.backends.cpu.get_cpu_capability()}, {cpu_processor()[0]}, load {os.getloadavg()[0]:.1f}")

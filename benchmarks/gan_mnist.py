@@ -36,13 +36,13 @@ from tqdm import tqdm
 
 from robustbench_karp import progress
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.checkpoints import obtain_checkpoint
-from robustbench_karp.context import RunContext
 from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.harness import EvalRequest, prepare, run_evaluation
 from robustbench_karp.store import atomic_write_text
 from robustbench_karp.threat import ThreatModel
-from robustbench_karp.train_config import make_train_config
+from robustbench_karp.threat.context import RunContext
+from robustbench_karp.training.checkpoints import obtain_checkpoint
+from robustbench_karp.training.config import make_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 EPS = 0.3

@@ -24,15 +24,15 @@ import torchattacks
 
 from robustbench_karp.attacks.autoattack import AutoAttack
 from robustbench_karp.attacks.pgd import PGD
-from robustbench_karp.checkpoints import new_model
 from robustbench_karp.data import DATASETS, load_split, subset_indices
-from robustbench_karp.engine import predict, run_attacks
+from robustbench_karp.evaluation.engine import predict, run_attacks
 from robustbench_karp.harness import EvalRequest, run_evaluation
-from robustbench_karp.physical import physical_rows
+from robustbench_karp.sources import new_model
 from robustbench_karp.store import load_checkpoint
 from robustbench_karp.threat import ThreatModel
-from robustbench_karp.train import fit
-from robustbench_karp.train_config import make_train_config
+from robustbench_karp.threat.rows import physical_rows
+from robustbench_karp.training.config import make_train_config
+from robustbench_karp.training.loop import fit
 
 DEVICE = torch.device("cuda")  # --device cpu makes a dry run of the script itself
 TRAIN_SIZE: int | None = None  # --quick

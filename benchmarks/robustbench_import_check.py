@@ -26,9 +26,9 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from robustbench_karp.boards.published import load_published
+from robustbench_karp.boards.robustbench_export import THREAT_DIRS, export_robustbench
 from robustbench_karp.cli import main as karp
-from robustbench_karp.leaderboard_export import THREAT_DIRS, export_robustbench
-from robustbench_karp.leaderboard_published import load_published
 
 
 def robustbench_reads(data: dict) -> tuple[float, float, float]:

@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.checkpoints import checkpoint_path
-from robustbench_karp.cli import key_value
+from robustbench_karp.cli.parser import key_value
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.harness import EvalRequest, plan_evaluation, prepare, run_evaluation
 from robustbench_karp.store import ResultsStore, load_checkpoint
-from robustbench_karp.train import fit
-from robustbench_karp.train_config import make_train_config
+from robustbench_karp.training.checkpoints import checkpoint_path
+from robustbench_karp.training.config import make_train_config
+from robustbench_karp.training.loop import fit
 
 PGD_50_10 = ("pgd", {"steps": "50", "restarts": "10", "step_size": "0.01"})
 

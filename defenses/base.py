@@ -4,10 +4,10 @@ A defense is a frozen dataclass that only says how a batch's training loss is fo
 
     loss, logits = defense.loss(model, x, y, threat, gen)   # scalar loss, (B, classes) for progress
 
-A defense whose `uses_memory()` is true also gets `memory=` (a robustbench_karp.memory.BatchMemory):
+A defense whose `uses_memory()` is true also gets `memory=` (a robustbench_karp.defenses.memory.BatchMemory):
 the rows of a per-example tensor that the loop keeps across epochs, checkpoints and syncs over DDP.
 
-The one training loop (robustbench_karp.train) owns everything else: device, autocast, optimizer,
+The one training loop (robustbench_karp.training.loop) owns everything else: device, autocast, optimizer,
 schedule, epochs, checkpoints, logging and the catastrophic-overfitting guard. `recipes` holds the
 defense's registered default training recipe per dataset ("default" for the rest): the one that
 reaches its documented numbers with no schedule flags.
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_karp.context import RunContext
 from robustbench_karp.registry import Registry
 from robustbench_karp.threat import ThreatModel
+from robustbench_karp.threat.context import RunContext
 
 DEFENSES: Registry[type] = Registry("defense")
 SCHEDULES = ("constant", "piecewise", "onecycle", "cosine")

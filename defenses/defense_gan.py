@@ -19,7 +19,7 @@ Networks (no batch norm, so train and eval modes agree): G is Linear(z -> 2w x H
 stride-2 transposed convolutions to (C, H, W) and a sigmoid, images in [0, 1]; the critic is two
 stride-2 convolutions and a linear layer. WGAN-GP: gradient penalty 10, 5 critic steps per
 generator step, Adam(gan_lr, betas (0.5, 0.9)). G is trained once per (dataset, GAN options, seed)
-and cached in the store (sha256-verified, robustbench_karp.gan_cache).
+and cached in the store (sha256-verified, robustbench_karp.store.networks).
 
 Threat model: whatever the evaluation uses; the defense adds no budget of its own.
 
@@ -51,13 +51,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_karp import gan_cache
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.context import RunContext
+from robustbench_karp.attacks.gan_training import gradient_step, seeded, training_batches
 from robustbench_karp.data import DATASETS, ImageSet, load_split
 from robustbench_karp.defenses.base import DEFENSES, Defense, Recipe, build_defense, register
-from robustbench_karp.gan_cache import gradient_step, seeded, training_batches
+from robustbench_karp.store import networks
 from robustbench_karp.threat import ThreatModel, random_normal, random_uniform
+from robustbench_karp.threat.context import RunContext
 
 MOMENTUM = 0.7
 CRITIC_ITERS = 5
@@ -239,8 +239,8 @@ class DefenseGAN(Defense):
             disc = seeded(lambda: critic(spec.in_channels, spec.input_size, self.width), context.seed + 1)
             train_wgan_gp(gan, disc.to(context.device), data, n, self, context.seed, context.device)
 
-        path = gan_cache.network_path(f"defense-gan-{spec.name}", config)
-        gan, _ = gan_cache.obtain(path, config, build, train, context.device)
+        path = networks.network_path(f"defense-gan-{spec.name}", config)
+        gan, _ = networks.obtain(path, config, build, train, context.device)
         private = build()  # the cached module is shared by the process; the wrapped model owns its own copy
         private.load_state_dict(gan.state_dict())
         return private.requires_grad_(False).to(context.device)

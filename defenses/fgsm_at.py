@@ -60,7 +60,7 @@ from torch.nn import functional as F
 
 from robustbench_karp.attacks.base import untargeted_objective
 from robustbench_karp.defenses.base import Defense, Recipe, inner_attack_mode, register
-from robustbench_karp.memory import BatchMemory
+from robustbench_karp.defenses.memory import BatchMemory
 from robustbench_karp.threat import ThreatModel, ascend
 
 _CIFAR = Recipe(epochs=15, optimizer="sgd", lr=0.2, weight_decay=5e-4, schedule="onecycle")

@@ -20,7 +20,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 from robustbench_karp.store import atomic_write_text, karp_home
 
 log = logging.getLogger(__name__)
-SCHEMA = 2
+SCHEMA = 3  # 3: purifiers listed; requirements computed by evaluation.protocols
 _PACKAGES = ("robustbench_karp", "robustbench_karp.attacks", "robustbench_karp.defenses")
 
 
@@ -36,7 +35,7 @@ def cache_path() -> Path:
     return karp_home() / "cache" / "catalog.json"
 
 
-def fingerprint() -> str:
+def source_fingerprint() -> str:
     """sha256 over the package's source files (path, size, mtime) and the torch/torchattacks versions."""
     h = hashlib.sha256(f"catalog/{SCHEMA}".encode())
     for package in _PACKAGES:
@@ -65,7 +64,7 @@ def compute_facts() -> dict[str, Any]:
     from robustbench_karp.attacks import ATTACKS
     from robustbench_karp.attacks.torchattacks_adapter import NORMS, torchattacks_names
     from robustbench_karp.data import DATASETS
-    from robustbench_karp.defenses import DEFENSES
+    from robustbench_karp.defenses import DEFENSES, Defense
     from robustbench_karp.models import MODELS
 
     attacks = ATTACKS.names()
@@ -80,24 +79,8 @@ def compute_facts() -> dict[str, Any]:
         "defenses": {name: {f.name: f.default for f in dataclasses.fields(DEFENSES.get(name))
                             if f.default is not dataclasses.MISSING}
                      for name in DEFENSES.names()},
+        "purifiers": [name for name in DEFENSES.names() if DEFENSES.get(name).wrap is not Defense.wrap],
     })
-
-
-def compute_requirements(defense: dict[str, Any] | None) -> dict[str, list[dict[str, Any]] | None]:
-    """protocol label -> the attack configs a record of this defense config must hold (imports torch).
-
-    None for a protocol that cannot judge the defense (a defense or option this version does not know).
-    """
-    from robustbench_karp.protocols import PROTOCOLS
-
-    out: dict[str, list[dict[str, Any]] | None] = {}
-    for name in PROTOCOLS.names():
-        protocol = PROTOCOLS.get(name)
-        try:
-            out[protocol.label] = protocol.required_configs(defense)
-        except (KeyError, ValueError):
-            out[protocol.label] = None
-    return _plain(out)
 
 
 class _Cache:
@@ -108,7 +91,7 @@ class _Cache:
         self.data: dict[str, Any] | None = None
 
     def load(self) -> dict[str, Any]:
-        current = fingerprint()
+        current = source_fingerprint()
         if self.data is not None and self.fingerprint == current:
             return self.data
         try:
@@ -148,7 +131,7 @@ def warm() -> None:
     import sys
 
     needed = ("robustbench_karp.attacks", "robustbench_karp.defenses", "robustbench_karp.models",
-              "robustbench_karp.data", "robustbench_karp.protocols")
+              "robustbench_karp.data", "robustbench_karp.evaluation.protocols")
     if all(name in sys.modules for name in needed):
         try:
             facts()
@@ -161,27 +144,8 @@ def protocol_requirements(defense: dict[str, Any] | None) -> dict[str, list[dict
     data = _cache.load()
     key = json.dumps(defense, sort_keys=True, default=str)
     if key not in data["requirements"]:
-        data["requirements"][key] = compute_requirements(defense)
+        from robustbench_karp.evaluation.protocols import requirements
+
+        data["requirements"][key] = _plain(requirements(defense))
         _cache.save()
     return data["requirements"][key]
-
-
-def _canonical(config: dict[str, Any]) -> str:
-    """One attack config as a comparable string: keys sorted, tuples as lists, 100.0 as 100."""
-    def number(value: Any) -> Any:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, list):
-            return [number(v) for v in value]
-        if isinstance(value, dict):
-            return {k: number(v) for k, v in value.items()}
-        return value
-
-    return json.dumps(number(_plain(config)), sort_keys=True)
-
-
-def covered(attack_configs: Iterable[dict[str, Any]], requirements: dict[str, list[dict[str, Any]] | None]) -> list[str]:
-    """Labels of the protocols whose every required attack (with its exact options) is among attack_configs."""
-    have = {_canonical(c) for c in attack_configs}
-    return [label for label, required in sorted(requirements.items())
-            if required is not None and all(_canonical(c) in have for c in required)]

@@ -1,4 +1,4 @@
-"""The harness: evaluations of models from any source (checkpoints.py: the store), and their records.
+"""The harness: evaluations of models from any source (training/checkpoints.py: the trained-model store), and their records.
 
     run_evaluation(EvalRequest(model="smallcnn", dataset="mnist", attacks=[...]))  # -> record, stored
 """
@@ -20,24 +20,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_karp import checkpoints, checks, protocols
 from robustbench_karp.attacks import Attack
-from robustbench_karp.context import RunContext
 from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.defenses import build_defense
-from robustbench_karp.engine import expand, resolve_device, run_attacks
-from robustbench_karp.evalconfig import EvalConfig
-from robustbench_karp.identity import cpu_conditions, weights_sha256
-from robustbench_karp.protocols import get_protocol
-from robustbench_karp.sharded import RNG, PartialResults, evaluate_batches
-from robustbench_karp.sources import load_external, parse_model
+from robustbench_karp.devices import resolve_device
+from robustbench_karp.evaluation import checks, protocols
+from robustbench_karp.evaluation.engine import expand, run_attacks
+from robustbench_karp.evaluation.evalconfig import EvalConfig
+from robustbench_karp.evaluation.protocols import get_protocol
+from robustbench_karp.evaluation.sharded import RNG, PartialResults, evaluate_batches
+from robustbench_karp.sources import load_external, load_weights, new_model, parse_model
 from robustbench_karp.store import (
     ResultsStore,
     file_sha256,
     portable_path,
 )
+from robustbench_karp.store.identity import cpu_conditions, weights_sha256
+from robustbench_karp.store.records import CONFIG_COPIES, RECORD_SCHEMA
 from robustbench_karp.threat import ThreatModel
-from robustbench_karp.train_config import make_train_config
+from robustbench_karp.threat.context import RunContext
+from robustbench_karp.training import checkpoints
+from robustbench_karp.training.config import make_train_config
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +102,7 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
     """Resolve the request: (model to attack, in eval mode on device; provenance; device).
 
     A registered model comes from --checkpoint or the store (exactly the defense's classifier recipe,
-    trained when missing); a zoo, file or torchvision model from its own weights (sources.py). The
+    trained when missing); a zoo, file or torchvision model from its own weights (robustbench_karp.sources). The
     defense then wraps it (a purifier defense puts its purifier in front).
     Every call builds a fresh model, with fresh random state for a randomized defense: call it once
     per evaluation, so no cell of a sweep or a compare depends on what ran before it.
@@ -124,8 +127,8 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
                                  f"{defense.classifier_defense().name}), then evaluate under torchrun")
             path = checkpoints.obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
                                      callbacks=train_callbacks, limit_seconds=req.train_limit_seconds)
-        classifier = checkpoints.new_model(req.model, req.dataset)
-        payload, model_info = checkpoints.load_weights(classifier, path), {"name": req.model}
+        classifier = new_model(req.model, req.dataset)
+        payload, model_info = load_weights(classifier, path), {"name": req.model}
     stored = payload.get("config") if isinstance(payload.get("config"), dict) else None
     weights = weights_sha256(classifier)
     context = RunContext(dataset=spec.name, model=model_info["name"], data_dir=req.data_dir, download=req.download,
@@ -264,10 +267,11 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
     warnings = result.warnings + checks.run_checks(model, x.to(device), y.to(device), result, plan.attacks, order,
                                                     plan.threat, device, sweep or [])
     config = plan.config.to_dict()
+    required = protocols.requirements(provenance["defense_config"])  # frozen in the record: builds read them here
     record = {
-        "id": plan.id, **{k: config[k] for k in ("norm", "eps", "n_examples", "seed", "batch_size", "attacks")},
-        **provenance, "protocol": plan.config.protocol,
-        "protocols": protocols.satisfied(config["attacks"], provenance["defense_config"]),
+        "id": plan.id, "schema": RECORD_SCHEMA, "config": config,  # the config once: nothing copies its fields
+        **{k: v for k, v in provenance.items() if k not in CONFIG_COPIES},
+        "protocols": protocols.satisfied(config["attacks"], required), "protocol_requirements": required,
         "attack_order": order, "attack_provenance": {name: facts for name, facts in
                                                      ((a.name, a.provenance(model)) for a in plan.attacks) if facts},
         "non_adaptive_accuracy": checks.non_adaptive_accuracy(result, plan.attacks, order),
@@ -279,7 +283,7 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
         "elapsed_seconds": result.elapsed_seconds, "cost": result.cost, "device": str(device),
         "conditions": cpu_conditions(),
         "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "warnings": warnings, "config": config,
+        "warnings": warnings,
     }
     store.append(record)
     if plan.config.rng == RNG:

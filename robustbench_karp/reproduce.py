@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from robustbench_karp.attacks.base import attack_from_config
-from robustbench_karp.identity import cpu_differences
 from robustbench_karp.store import CheckpointError, ResultsStore, resolve_path
+from robustbench_karp.store.identity import cpu_differences
+from robustbench_karp.store.records import migrate
 
 log = logging.getLogger(__name__)
 GPU_TOLERANCE = 0.005  # accuracies re-run on a GPU may differ by this much (nondeterministic kernels)
@@ -37,7 +38,7 @@ def find_records(some_id: str, site: Path | None) -> list[dict[str, Any]]:
         return [record]
     for path in sorted((site / "entries").glob("*.json")) if site and (site / "entries").is_dir() else []:
         entry = json.loads(path.read_text())
-        records = {r["id"]: r for r in entry.get("records") or []}
+        records = {r["id"]: migrate(r) for r in entry.get("records") or []}
         if entry.get("entry_id") == some_id:
             return [records[i] for i in entry.get("record_ids") or [] if i in records]
         if some_id in records:
@@ -48,7 +49,7 @@ def find_records(some_id: str, site: Path | None) -> list[dict[str, Any]]:
 def train_command(train_config: dict[str, Any]) -> str:
     """The `karp-robust train` command that rebuilds a checkpoint by its recorded recipe."""
     from robustbench_karp.defenses.base import HASH_OPTIONAL
-    from robustbench_karp.train_config import make_train_config
+    from robustbench_karp.training.config import make_train_config
 
     defense = dict(train_config["defense"])
     name = defense.pop("name")
@@ -75,8 +76,8 @@ def train_command(train_config: dict[str, Any]) -> str:
 
 def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch.device) -> Path:
     """The record's checkpoint in this store; rebuilt by its recorded recipe with train_missing, else an error."""
-    from robustbench_karp.checkpoints import obtain_checkpoint
-    from robustbench_karp.train_config import TrainConfig
+    from robustbench_karp.training.checkpoints import obtain_checkpoint
+    from robustbench_karp.training.config import TrainConfig
 
     path = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
     if path is not None and path.is_file():
@@ -97,14 +98,20 @@ def check_weights(record: dict[str, Any], checkpoint: Path, rebuilt_on: torch.de
     rebuilt_on: the device `--train-missing` just retrained it on; the refusal then says how that
     training's hardware differs from the recorded one's, the likely reason.
     """
-    from robustbench_karp.checkpoints import load_weights, new_model
-    from robustbench_karp.identity import weights_sha256
+    from robustbench_karp.sources import load_weights, new_model
+    from robustbench_karp.store.identity import weights_sha256
 
-    model = new_model(record["model"], record["dataset"])
+    model = new_model(record["config"]["model"], record["config"]["dataset"])
     load_weights(model, checkpoint)
-    if weights_sha256(model) != record["weights_sha256"]:
+    if weights_sha256(model) != recorded_weights(record):
         raise CheckpointError(f"checkpoint {checkpoint} does not hold the weights of record {record['id']} "
                               f"(weights_sha256 differs): not reproducible{_rebuild_hardware(record, rebuilt_on)}")
+
+
+def recorded_weights(record: dict[str, Any]) -> str | None:
+    """The canonical weights hash the record's config names; None for a record from before weights hashing."""
+    weights = record["config"].get("weights")
+    return None if not weights or weights.startswith("file:") else weights
 
 
 def _rebuild_hardware(record: dict[str, Any], rebuilt_on: torch.device | None) -> str:
@@ -148,34 +155,34 @@ def external_checkpoint(record: dict[str, Any]) -> Path | None:
 
 def model_of(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(--model, extra EvalRequest fields) that rebuild the record's model from its recorded source."""
-    source = (record.get("config") or {}).get("source") or {}
+    config = record["config"]
+    source = config.get("source") or {}
     kind = source.get("kind")
     normalization = source.get("normalization")
     normalize = "none" if normalization is None else ",".join(str(v) for v in normalization["mean"] + normalization["std"])
     if kind == "file":
         path = Path(record.get("model_file") or source["file"])
         return f"{path}:{source['factory']}", {"normalize": normalize, "model_sha256": source["sha256"],
-                                                "model_name": record["model"]}
+                                                "model_name": config["model"]}
     if kind == "torchvision":
-        return record["model"], {"normalize": normalize}
+        return config["model"], {"normalize": normalize}
     if kind == "python":
         raise ValueError(f"record {record['id']} evaluated an in-memory Python model ({source.get('name')}): "
                          "nothing here can rebuild it (store it with source='file.py:factory' to make it reproducible)")
-    return record["model"], {}
+    return config["model"], {}
 
 
 def request_of(record: dict[str, Any], checkpoint: Path | None, device: str, data_dir: Path | None, download: bool):
     """The EvalRequest that re-runs a record's stored configuration (defense options and protocol included)."""
     from robustbench_karp.harness import EvalRequest
 
-    config = record.get("config") or {}
-    defense = config.get("defense") if isinstance(config.get("defense"), dict) else record.get("defense_config")
-    options = {k: v for k, v in (defense or {}).items() if k != "name"}
+    config = record["config"]
+    options = {k: v for k, v in config["defense"].items() if k != "name"}
     model, extra = model_of(record)
-    return EvalRequest(model=model, dataset=record["dataset"], defense=record["defense"], **extra,
-                       defense_options=options, attacks=[attack_from_config(c) for c in record["attacks"]],
-                       norm=record["norm"], eps=record["eps"], n_examples=record["n_examples"], seed=record["seed"],
-                       batch_size=record["batch_size"], device=device,
+    return EvalRequest(model=model, dataset=config["dataset"], defense=config["defense"]["name"], **extra,
+                       defense_options=options, attacks=[attack_from_config(c) for c in config["attacks"]],
+                       norm=config["norm"], eps=config["eps"], n_examples=config["n_examples"], seed=config["seed"],
+                       batch_size=config["batch_size"], device=device,
                        checkpoint=str(checkpoint) if checkpoint else None, data_dir=data_dir,
                        download=download, protocol=config.get("protocol"),
                        rng=config.get("rng"))  # None: the one-generator scheme of records made before per-batch
@@ -184,25 +191,25 @@ def request_of(record: dict[str, Any], checkpoint: Path | None, device: str, dat
 def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None = None, download: bool = True,
           train_missing: bool = False) -> tuple[dict[str, Any], list[str]]:
     """(the re-run's record, notes): the stored config run again, into a scratch store that is then discarded."""
-    from robustbench_karp.engine import resolve_device
+    from robustbench_karp.devices import resolve_device
     from robustbench_karp.harness import run_evaluation
 
     if record.get("source") == "external":
         raise ValueError(f"record {record['id']} was imported from {record.get('tool', 'another tool')}: nothing to re-run")
     dev = resolve_device(device)
-    source = (record.get("config") or {}).get("source")
+    source = record["config"].get("source")
     if source:  # a zoo, file, torchvision or Python model: its own weights, checked by the re-run's weights_sha256
         checkpoint = external_checkpoint(record)
     else:
         recorded = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
         rebuilt = recorded is None or not recorded.is_file()
         checkpoint = locate_checkpoint(record, train_missing, dev)
-        if record.get("weights_sha256"):
+        if recorded_weights(record):
             check_weights(record, checkpoint, rebuilt_on=dev if rebuilt else None)
     req = request_of(record, checkpoint, device, data_dir, download)
     with recorded_threads(record, dev) as notes, tempfile.TemporaryDirectory(prefix="karp-reproduce-") as scratch:
         new = run_evaluation(req, store=ResultsStore(Path(scratch) / "results.sqlite"))
-    if record.get("weights_sha256") and new["weights_sha256"] != record["weights_sha256"]:
+    if recorded_weights(record) and new["config"]["weights"] != recorded_weights(record):
         notes.append("the checkpoint's weights differ from the recorded ones (weights_sha256)")
     return new, notes
 
@@ -217,6 +224,6 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
     if exact:
         rows += [(k, f"{old[k].count('1')} of {len(old[k])}", f"{new[k].count('1')} of {len(new[k])}", old[k] == new[k])
                  for k in MASKS if old.get(k)]
-    if old.get("config", {}).get("schema"):  # ids from before EvalConfig hashed other fields: not comparable
+    if (old["config"].get("schema") or 0) >= 2:  # ids from before EvalConfig hashed other fields: not comparable
         rows.append(("record id", old["id"], new["id"], old["id"] == new["id"]))
     return rows

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_karp.checkpoints import new_model
 from robustbench_karp.data import DATASETS, load_split
+from robustbench_karp.sources import new_model
 
 REPO = Path(__file__).resolve().parents[1]
 # Training on demand refuses past an estimated 10 minutes; a slow CI machine must not trip it. The

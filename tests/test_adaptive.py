@@ -10,7 +10,7 @@ from robustbench_karp.attacks import build_attack
 from robustbench_karp.attacks.bpda import straight_through
 from robustbench_karp.attacks.eot import eot_objective
 from robustbench_karp.attacks.pgd import PGD
-from robustbench_karp.engine import predict
+from robustbench_karp.evaluation.engine import predict
 from robustbench_karp.threat import ThreatModel, check_budget
 
 

@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustbench_karp import gan_cache
 from robustbench_karp.attacks import build_attack
 from robustbench_karp.attacks.advgan import AdvGAN
-from robustbench_karp.context import RunContext
-from robustbench_karp.engine import predict
+from robustbench_karp.evaluation.engine import predict
 from robustbench_karp.harness import EvalRequest, run_evaluation
-from robustbench_karp.store import file_sha256, resolve_path, save_checkpoint
+from robustbench_karp.store import file_sha256, networks, resolve_path, save_checkpoint
 from robustbench_karp.threat import ThreatModel, check_budget
+from robustbench_karp.threat.context import RunContext
 
 DIGITS = RunContext(dataset="digits", model="smallcnn", seed=0)
 TINY = {"epochs": 2, "width": 8}  # about a second of training on the digits
@@ -28,9 +27,9 @@ def batch(digits):
 
 @pytest.fixture(autouse=True)
 def fresh_memo():
-    gan_cache.clear_memo()  # each test sees only its own KARP_HOME's files
+    networks.clear_memo()  # each test sees only its own KARP_HOME's files
     yield
-    gan_cache.clear_memo()
+    networks.clear_memo()
 
 
 def accuracy(model, x, y) -> float:
@@ -68,7 +67,7 @@ def test_short_training_breaks_a_standard_mnist_model(mnist_model, mnist_test, m
 def test_second_use_reuses_the_cached_generator(digits_model, batch, karp_home, caplog):
     x, y = batch
     threat = ThreatModel("linf", 0.1)
-    caplog.set_level(logging.INFO, logger="robustbench_karp.gan_cache")
+    caplog.set_level(logging.INFO, logger="robustbench_karp.store.networks")
     first = build_attack("advgan", TINY).bind(dataclasses.replace(DIGITS, threat=threat))
     out = first(digits_model, x, y, threat, torch.Generator())
     record = first.provenance(digits_model)
@@ -76,7 +75,7 @@ def test_second_use_reuses_the_cached_generator(digits_model, batch, karp_home, 
     path = resolve_path(record["generator_path"])
     assert trainings(caplog) == 1 and record["generator_sha256"] == file_sha256(path) and record["mode"] == "semi-white-box"
     mtime = Path(path).stat().st_mtime_ns
-    gan_cache.clear_memo()  # as in a new process: the file itself is read and verified
+    networks.clear_memo()  # as in a new process: the file itself is read and verified
     second = build_attack("advgan", TINY).bind(dataclasses.replace(DIGITS, threat=threat))
     again = second(digits_model, x, y, threat, torch.Generator())
     assert trainings(caplog) == 1  # no retraining
@@ -89,7 +88,7 @@ def test_second_use_reuses_the_cached_generator(digits_model, batch, karp_home, 
 def test_another_target_checkpoint_trains_another_generator(digits_model, batch, karp_home, caplog):
     x, y = batch
     threat = ThreatModel("linf", 0.1)
-    caplog.set_level(logging.INFO, logger="robustbench_karp.gan_cache")
+    caplog.set_level(logging.INFO, logger="robustbench_karp.store.networks")
     paths = []
     for sha in ["a" * 64, "b" * 64]:
         attack = build_attack("advgan", TINY).bind(RunContext(dataset="digits", model="smallcnn", checkpoint_sha256=sha,
@@ -108,7 +107,7 @@ def test_another_target_checkpoint_trains_another_generator(digits_model, batch,
 def test_a_corrupted_generator_is_detected_and_retrained(damage, digits_model, batch, karp_home, caplog):
     x, y = batch
     threat = ThreatModel("l2", 1.0)
-    caplog.set_level(logging.INFO, logger="robustbench_karp.gan_cache")
+    caplog.set_level(logging.INFO, logger="robustbench_karp.store.networks")
     attack = build_attack("advgan", TINY).bind(dataclasses.replace(DIGITS, threat=threat))
     out = attack(digits_model, x, y, threat, torch.Generator())
     path = resolve_path(attack.provenance(digits_model)["generator_path"])
@@ -118,11 +117,11 @@ def test_a_corrupted_generator_is_detected_and_retrained(damage, digits_model, b
     else:
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
-    gan_cache.clear_memo()
+    networks.clear_memo()
     again = attack(digits_model, x, y, threat, torch.Generator())
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "corrupted" in r.getMessage()]
     assert len(warnings) == 1 and trainings(caplog) == 2
-    assert file_sha256(path) == gan_cache.recorded_sha256(path)  # rewritten and re-recorded
+    assert file_sha256(path) == networks.recorded_sha256(path)  # rewritten and re-recorded
     assert torch.equal(out, again)  # training is deterministic on CPU
 
 
@@ -163,6 +162,6 @@ def test_harness_records_the_generator(digits_model, karp_home, tmp_path):
     made = record["attack_provenance"]["advgan"]
     assert made["generator_sha256"] == file_sha256(resolve_path(made["generator_path"]))
     assert record["robust_accuracy"] <= record["clean_accuracy"]
-    gan_cache.clear_memo()
+    networks.clear_memo()
     again = run_evaluation(req)  # the second evaluation reuses the same generator
     assert again["attack_provenance"]["advgan"] == made and again["robust_accuracy"] == record["robust_accuracy"]

@@ -22,8 +22,8 @@ from torch.nn import functional as F
 
 from robustbench_karp.attacks import ATTACKS, build_attack
 from robustbench_karp.attacks.pgd import PGD
-from robustbench_karp.context import RunContext
 from robustbench_karp.threat import ThreatModel, check_budget
+from robustbench_karp.threat.context import RunContext
 
 EPS = 0.15  # digits, Linf: random noise of this size costs ~3 points of accuracy, PGD ~90
 BOUND = 0.5  # after the attack, accuracy <= BOUND * clean accuracy

@@ -11,9 +11,9 @@ from conftest import Purified
 from torch import nn
 
 from robustbench_karp.attacks import ATTACKS, build_attack
-from robustbench_karp.context import RunContext
-from robustbench_karp.engine import predict
+from robustbench_karp.evaluation.engine import predict
 from robustbench_karp.threat import ThreatModel, check_budget
+from robustbench_karp.threat.context import RunContext
 
 FAST_OPTIONS = {
     "pgd": {"steps": 10},

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_karp.leaderboard import build_entries, import_robustbench
-from robustbench_karp.leaderboard_site import render_site
+from robustbench_karp.boards.entries import build_entries, import_robustbench
+from robustbench_karp.boards.site import render_site
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 GOLDEN = Path(__file__).parent / "golden"

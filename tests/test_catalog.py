@@ -20,8 +20,8 @@ from robustbench_karp.attacks import ATTACKS, build_attack
 from robustbench_karp.attacks.torchattacks_adapter import torchattacks_names
 from robustbench_karp.data import DATASETS
 from robustbench_karp.defenses import DEFENSES
+from robustbench_karp.evaluation.protocols import get_protocol, satisfied
 from robustbench_karp.models import MODELS
-from robustbench_karp.protocols import get_protocol
 from robustbench_karp.store import ResultsStore
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -45,12 +45,12 @@ def test_facts_are_what_the_registries_hold(fresh_catalog):
     assert facts["defenses"]["pgd-at"] == {f.name: f.default for f in dataclasses.fields(DEFENSES.get("pgd-at"))}
     # a second process reads the file: the same answer, as JSON holds it
     cached = json.loads(catalog.cache_path().read_text())
-    assert cached["fingerprint"] == catalog.fingerprint() and cached["facts"] == facts
+    assert cached["fingerprint"] == catalog.source_fingerprint() and cached["facts"] == facts
 
 
 def test_a_stale_or_broken_cache_is_recomputed(fresh_catalog, monkeypatch):
     catalog.cache_path().parent.mkdir(parents=True)
-    catalog.cache_path().write_text(json.dumps({"fingerprint": catalog.fingerprint(), "facts": {"attacks": ["made-up"]},
+    catalog.cache_path().write_text(json.dumps({"fingerprint": catalog.source_fingerprint(), "facts": {"attacks": ["made-up"]},
                                                 "requirements": {}}))
     assert catalog.facts()["attacks"] == ["made-up"]  # a current cache is trusted: that is its point
     for stale in ("{not json", json.dumps({"fingerprint": "another", "facts": {"attacks": ["made-up"]}})):
@@ -58,9 +58,9 @@ def test_a_stale_or_broken_cache_is_recomputed(fresh_catalog, monkeypatch):
         monkeypatch.setattr(catalog, "_cache", catalog._Cache())
         assert catalog.facts()["attacks"] == ATTACKS.names()
     # an edited source file changes the fingerprint
-    before = catalog.fingerprint()
+    before = catalog.source_fingerprint()
     monkeypatch.setattr(catalog, "_PACKAGES", catalog._PACKAGES[:1])
-    assert catalog.fingerprint() != before
+    assert catalog.source_fingerprint() != before
 
 
 def test_protocol_requirements_and_coverage(fresh_catalog):
@@ -71,11 +71,11 @@ def test_protocol_requirements_and_coverage(fresh_catalog):
     assert catalog.protocol_requirements({"name": "no-such-defense"}) == {"standard/1": None}
     aa = build_attack("autoattack", {"steps": "100", "square_queries": "5000"}).config()
     plain = catalog.protocol_requirements({"name": "pgd-at"})
-    assert catalog.covered([aa], plain) == ["standard/1"]
-    assert catalog.covered([{**aa, "steps": 100.0}], plain) == ["standard/1"]  # 100.0 is 100, as JSON may hold it
-    assert catalog.covered([{**aa, "steps": 10}], plain) == []
-    assert catalog.covered([aa], catalog.protocol_requirements(gan)) == []  # a purifier needs its adaptive attacks
-    assert catalog.covered([aa, *required], catalog.protocol_requirements(gan)) == ["standard/1"]
+    assert satisfied([aa], plain) == ["standard/1"]
+    assert satisfied([{**aa, "steps": 100.0}], plain) == ["standard/1"]  # 100.0 is 100, as JSON may hold it
+    assert satisfied([{**aa, "steps": 10}], plain) == []
+    assert satisfied([aa], catalog.protocol_requirements(gan)) == []  # a purifier needs its adaptive attacks
+    assert satisfied([aa, *required], catalog.protocol_requirements(gan)) == ["standard/1"]
 
 
 def _run(args: list[str], env_home: Path, no_torch: bool) -> subprocess.CompletedProcess:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_karp import checks
 from robustbench_karp.api import evaluate
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.engine import EvalResult
+from robustbench_karp.evaluation import checks
+from robustbench_karp.evaluation.engine import EvalResult
 from robustbench_karp.threat import ThreatModel
 
 
@@ -31,7 +31,7 @@ def test_black_box_beating_white_box_is_flagged():
 
 
 def test_accuracy_rising_with_eps_is_flagged():
-    sweep = [{"eps": 0.1, "robust_accuracy": 0.40}, {"eps": 0.2, "robust_accuracy": 0.30}]
+    sweep = [{"config": {"eps": 0.1}, "robust_accuracy": 0.40}, {"config": {"eps": 0.2}, "robust_accuracy": 0.30}]
     fired = checks.sweep_checks(result(0.9, {"pgd": 0.35}), ThreatModel("linf", 0.3), sweep)
     assert len(fired) == 1 and "rose from 0.3000 at eps 0.2" in fired[0]
     assert checks.sweep_checks(result(0.9, {"pgd": 0.25}), ThreatModel("linf", 0.3), sweep) == []
@@ -110,7 +110,7 @@ def test_run_checks_collects_every_check_that_applies(digits_model, sample):
 
 
 def test_entry_flags_compare_attacks_across_records():
-    from robustbench_karp.leaderboard import entry_flags
+    from robustbench_karp.boards.entries import entry_flags
 
     flags = entry_flags({"pgd": 0.6, "fgsm": 0.5, "autoattack": 0.4, "square": 0.7})  # square is black-box: no flag
     assert len(flags) == 1 and flags[0].startswith("pgd accuracy 0.6000 is above fgsm")

@@ -13,13 +13,14 @@ import time
 import pytest
 import torch
 
-from robustbench_karp.checkpoints import load_model, new_model
+from robustbench_karp.api import load_model
 from robustbench_karp.cli import main
+from robustbench_karp.sources import new_model
 from robustbench_karp.store import ResultsStore
 
-RECORD_KEYS = {"id", "model", "dataset", "defense", "attacks", "norm", "eps", "n_examples", "seed", "clean_accuracy",
-               "robust_accuracy", "per_attack", "checkpoint_sha256", "versions", "elapsed_seconds", "indices",
-               "device", "created_utc"}
+RECORD_KEYS = {"id", "schema", "config", "clean_accuracy", "robust_accuracy", "per_attack", "checkpoint_sha256",
+               "versions", "elapsed_seconds", "indices", "device", "created_utc"}
+CONFIG_KEYS = {"model", "dataset", "defense", "attacks", "norm", "eps", "n_examples", "seed"}  # stored once: in "config"
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +116,12 @@ def test_json_record_and_reproducibility(home, capsys):
     first = json.loads(capsys.readouterr().out)
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)
-    assert RECORD_KEYS <= set(first)
+    assert RECORD_KEYS <= set(first) and CONFIG_KEYS <= set(first["config"]) and not CONFIG_KEYS & set(first)
     for key in ("id", "clean_accuracy", "robust_accuracy", "per_attack", "robust_mask", "checkpoint_sha256"):
         assert first[key] == second[key], key
-    assert first["indices"] == list(range(120)) and first["n_examples"] == 120
-    assert [a["name"] for a in first["attacks"]] == ["fgsm", "pgd"] and first["attacks"][1]["steps"] == 10
+    assert first["indices"] == list(range(120)) and first["config"]["n_examples"] == 120
+    attacks = first["config"]["attacks"]
+    assert [a["name"] for a in attacks] == ["fgsm", "pgd"] and attacks[1]["steps"] == 10
     assert first["robust_accuracy"] <= min(first["per_attack"].values()) + 1e-12
     assert 0.9 < first["clean_accuracy"] <= 1
     assert first["versions"]["torch"] == importlib.metadata.version("torch")
@@ -130,7 +132,7 @@ def test_json_record_and_reproducibility(home, capsys):
 def test_eps_sweep_stores_one_record_per_eps(home, capsys):
     assert main(["evaluate", "--model", "smallcnn", "--attack", "fgsm", "--eps", "0,1/20,0.1", "--json"]) == 0
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["eps"] for r in records] == [0.0, 0.05, 0.1]
+    assert [r["config"]["eps"] for r in records] == [0.0, 0.05, 0.1]
     assert records[0]["robust_accuracy"] == records[0]["clean_accuracy"]
     assert records[2]["robust_accuracy"] <= records[1]["robust_accuracy"] <= records[0]["robust_accuracy"]
 
@@ -180,7 +182,7 @@ def test_concurrent_evaluations_both_land(home):
     for p in procs:
         p.communicate(timeout=1800)
         assert p.returncode == 0
-    assert sorted(r["n_examples"] for r in ResultsStore(home / "results.sqlite").records()) == [100, 200]
+    assert sorted(r["config"]["n_examples"] for r in ResultsStore(home / "results.sqlite").records()) == [100, 200]
 
 
 def test_list_shows_every_registry(capsys):

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.cost import count_passes
-from robustbench_karp.engine import run_attacks
+from robustbench_karp.evaluation.cost import count_passes
+from robustbench_karp.evaluation.engine import run_attacks
 from robustbench_karp.threat import ThreatModel
 
 N, D = 40, 8

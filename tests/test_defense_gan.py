@@ -6,16 +6,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from robustbench_karp import gan_cache
 from robustbench_karp.attacks import build_attack
 from robustbench_karp.attacks.bpda import straight_through
-from robustbench_karp.context import RunContext
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.defenses.defense_gan import DefenseGANModel
-from robustbench_karp.engine import predict
+from robustbench_karp.evaluation.engine import predict
 from robustbench_karp.registry import UnknownName
-from robustbench_karp.store import file_sha256
+from robustbench_karp.store import file_sha256, networks
 from robustbench_karp.threat import ThreatModel, check_budget
+from robustbench_karp.threat.context import RunContext
 
 DIGITS = RunContext(dataset="digits", model="smallcnn", seed=0)
 TINY = {"epochs": 15, "gan_lr": 1e-3, "latent_dim": 16, "steps": 20, "restarts": 2}  # ~90 generator steps
@@ -31,7 +30,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def defended(store, digits_model):
-    gan_cache.clear_memo()
+    networks.clear_memo()
     return build_defense("defense-gan", TINY).wrap(digits_model, DIGITS).eval()
 
 
@@ -91,16 +90,16 @@ def test_adaptive_attack_beats_plain_pgd(defended, batch):
 @pytest.mark.slow
 def test_gan_is_cached_and_a_corrupted_file_is_retrained(store, digits_model, defended, caplog):
     files = list((store / "generators").glob("defense-gan-digits-*.pt"))
-    assert len(files) == 1 and file_sha256(files[0]) == gan_cache.recorded_sha256(files[0])
-    caplog.set_level(logging.INFO, logger="robustbench_karp.gan_cache")
-    gan_cache.clear_memo()
+    assert len(files) == 1 and file_sha256(files[0]) == networks.recorded_sha256(files[0])
+    caplog.set_level(logging.INFO, logger="robustbench_karp.store.networks")
+    networks.clear_memo()
     build_defense("defense-gan", {**TINY, "steps": 5}).wrap(digits_model, DIGITS)  # projection options: same GAN
     assert not any(r.getMessage().startswith("training") for r in caplog.records)
     files[0].write_bytes(files[0].read_bytes()[:100])
-    gan_cache.clear_memo()
+    networks.clear_memo()
     again = build_defense("defense-gan", TINY).wrap(digits_model, DIGITS)
     assert any(r.levelno == logging.WARNING and "corrupted" in r.getMessage() for r in caplog.records)
-    assert file_sha256(files[0]) == gan_cache.recorded_sha256(files[0])
+    assert file_sha256(files[0]) == networks.recorded_sha256(files[0])
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), defended.state_dict().values()))
 
 

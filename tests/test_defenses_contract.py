@@ -5,11 +5,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_karp.checkpoints import new_model
 from robustbench_karp.defenses import DEFENSES, build_defense
 from robustbench_karp.defenses.base import inner_attack_mode
+from robustbench_karp.defenses.memory import BatchMemory
 from robustbench_karp.defenses.trades import kl_objective
-from robustbench_karp.memory import BatchMemory
+from robustbench_karp.sources import new_model
 from robustbench_karp.threat import ThreatModel
 
 

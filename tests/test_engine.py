@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_karp import engine
 from robustbench_karp.api import evaluate
 from robustbench_karp.attacks.base import Attack
-from robustbench_karp.engine import run_attacks
+from robustbench_karp.evaluation import engine
+from robustbench_karp.evaluation.engine import run_attacks
 from robustbench_karp.threat import BudgetViolation, ThreatModel
 
 

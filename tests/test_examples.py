@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from robustbench_karp.cli import main
-from robustbench_karp.examples import amplified
+from robustbench_karp.evaluation.examples import amplified
 from robustbench_karp.models import Classifier
 
 
@@ -25,7 +25,7 @@ def test_save_examples_writes_a_grid_and_true_adversarial_points(karp_home, digi
     saved = torch.load(folder / "pgd.pt", weights_only=True)
     x, x_adv, y, predicted = saved["x"], saved["x_adv"], saved["y"], saved["predicted"]
     assert len(y) == 8 and x.shape == x_adv.shape == (8, 1, 8, 8)
-    assert (x_adv - x).abs().max() <= record["eps"] + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert (x_adv - x).abs().max() <= record["config"]["eps"] + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
         assert torch.equal(digits_model(x_adv).argmax(1), predicted)  # the predictions the grid shows
     broken = predicted != y

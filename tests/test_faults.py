@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from robustbench_karp import gan_cache, locks
-from robustbench_karp.store import ResultsStore
+from robustbench_karp.store import ResultsStore, locks, networks
 
 # Runs `python -m robustbench_karp ARGS` with two probes: checkpoints.find_checkpoint notes each miss in the
 # journal, and checkpoints.fit notes "train", then waits until both processes have missed once. Without a
@@ -21,7 +20,7 @@ EVALUATE_DRIVER = """
 import os, runpy, sys, time
 from pathlib import Path
 
-from robustbench_karp import checkpoints
+from robustbench_karp.training import checkpoints
 
 journal = Path(os.environ["KARP_TEST_JOURNAL"])
 real_find, real_fit = checkpoints.find_checkpoint, checkpoints.fit
@@ -98,7 +97,7 @@ def test_concurrent_evaluations_train_the_checkpoint_once_and_both_records_land(
 def test_concurrent_gan_cache_users_train_once_and_share_the_file(karp_home, monkeypatch):
     """Two threads (separate lock descriptors, as two processes) obtain one network: one trains, both get its file."""
     looked, trained = set(), []
-    real_load = gan_cache._load_verified
+    real_load = networks._load_verified
 
     def load(path, build, warn=True):
         looked.add(threading.get_ident())
@@ -112,20 +111,20 @@ def test_concurrent_gan_cache_users_train_once_and_share_the_file(karp_home, mon
         with torch.no_grad():
             net.weight.fill_(len(trained))
 
-    monkeypatch.setattr(gan_cache, "_load_verified", load)
-    path = gan_cache.network_path("toy", {"seed": 0})
+    monkeypatch.setattr(networks, "_load_verified", load)
+    path = networks.network_path("toy", {"seed": 0})
     results = {}
 
     def use(name):
-        gan_cache.clear_memo()
-        results[name] = gan_cache.obtain(path, {"seed": 0}, lambda: nn.Linear(2, 2), train, torch.device("cpu"))
+        networks.clear_memo()
+        results[name] = networks.obtain(path, {"seed": 0}, lambda: nn.Linear(2, 2), train, torch.device("cpu"))
 
     threads = [threading.Thread(target=use, args=(name,)) for name in "ab"]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=3600)
-    assert len(trained) == 1 and results["a"][1] == results["b"][1] == gan_cache.recorded_sha256(path)
+    assert len(trained) == 1 and results["a"][1] == results["b"][1] == networks.recorded_sha256(path)
     assert all(torch.equal(net.weight, torch.ones(2, 2)) for net, _ in results.values())
 
 
@@ -161,7 +160,7 @@ def test_file_lock_excludes_a_second_holder_until_released(tmp_path, monkeypatch
 ONE_RANK_STOPS_DRIVER = """
 import os, runpy
 
-from robustbench_karp import train
+from robustbench_karp.training import loop as train
 
 real_track = train._track
 

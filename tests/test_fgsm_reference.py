@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from robustbench_karp.api import evaluate
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.engine import predict
+from robustbench_karp.evaluation.engine import predict
 from robustbench_karp.threat import ThreatModel
 
 

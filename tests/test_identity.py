@@ -5,10 +5,10 @@ import shutil
 import pytest
 import torch
 
-from robustbench_karp.checkpoints import load_model
+from robustbench_karp.api import load_model
 from robustbench_karp.cli import main
-from robustbench_karp.identity import weights_sha256
 from robustbench_karp.store import ResultsStore
+from robustbench_karp.store.identity import weights_sha256
 
 EVAL = ["evaluate", "--model", "smallcnn", "--attack", "fgsm", "--attack", "pgd", "--attack-arg", "steps=5",
         "--n-examples", "60", "--device", "cpu", "--json"]
@@ -62,8 +62,8 @@ def test_two_fresh_stores_give_the_same_id_and_a_resaved_checkpoint_keeps_it(hom
 def test_a_checkpoint_of_another_recipe_is_never_substituted(home, capsys):
     (ckpt,) = [p for p in (home / "checkpoints").glob("*.pt") if not p.name.endswith(".last.pt")]
     ckpt.rename(ckpt.with_name(ckpt.name.replace("-s0-", "-s0-x").replace("fp32", "fp32x")))  # another recipe's file
-    from robustbench_karp.checkpoints import find_checkpoint
-    from robustbench_karp.train_config import make_train_config
+    from robustbench_karp.training.checkpoints import find_checkpoint
+    from robustbench_karp.training.config import make_train_config
 
     assert find_checkpoint(make_train_config("smallcnn", "digits", "standard"), torch.device("cpu")) is None
 
@@ -71,7 +71,7 @@ def test_a_checkpoint_of_another_recipe_is_never_substituted(home, capsys):
 def test_second_eps_of_a_sweep_reproduces_exactly(home, capsys):
     assert main([*EVAL, "--eps", "0.05,0.1"]) == 0
     second = ResultsStore().records()[-1]
-    assert second["eps"] == 0.1
+    assert second["config"]["eps"] == 0.1
     capsys.readouterr()
     assert main(["reproduce", second["id"]]) == 0
     out = capsys.readouterr().out
@@ -129,7 +129,7 @@ flags\t\t: fpu avx amx_tile
 
 
 def test_records_name_the_processor_and_the_isa_kernels_dispatch_on():
-    from robustbench_karp.identity import cpu_conditions, cpu_processor
+    from robustbench_karp.store.identity import cpu_conditions, cpu_processor
 
     processor, isa = cpu_processor(CPUINFO)
     assert processor == "GenuineIntel 6/85/4 Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz, cache 28160 KB"
@@ -143,9 +143,9 @@ def test_records_name_the_processor_and_the_isa_kernels_dispatch_on():
 
 
 def test_reproduce_says_when_the_processor_differs_and_why_rebuilt_weights_do(home, tmp_path):
-    from robustbench_karp.identity import cpu_conditions
     from robustbench_karp.reproduce import check_weights, recorded_threads
     from robustbench_karp.store import CheckpointError
+    from robustbench_karp.store.identity import cpu_conditions
 
     here, before = cpu_conditions(), torch.get_num_threads()
     same = {"device": "cpu", "conditions": {**here, "threads": 1}}
@@ -159,7 +159,7 @@ def test_reproduce_says_when_the_processor_differs_and_why_rebuilt_weights_do(ho
     assert any("vector ISA differs: this machine lacks avx9" in n for n in notes)
     # Weights rebuilt on other hardware: the refusal says that is why they differ.
     (ckpt,) = [p for p in (home / "checkpoints").glob("*.pt") if not p.name.endswith(".last.pt")]
-    record = {"id": "r", "model": "smallcnn", "dataset": "digits", "weights_sha256": "0" * 64,
+    record = {"id": "r", "config": {"model": "smallcnn", "dataset": "digits", "weights": "0" * 64},
               "train_conditions": {**other, "device": "cpu"}}
     cpu = torch.device("cpu")
     with pytest.raises(CheckpointError, match="rebuilt on other hardware .processor differs: recorded AuthenticAMD"):

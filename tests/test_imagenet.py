@@ -11,8 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from robustbench_karp import imagenet
-from robustbench_karp.data import DATASETS, DataUnavailable, load_split
+from robustbench_karp.data import DATASETS, DataUnavailable, imagenet, load_split
 
 SPEC = DATASETS.get("imagenet")
 IDS = imagenet.subset_ids()[:4]  # real ids: labels come from the real class map
@@ -198,7 +197,7 @@ def test_evaluate_a_torchvision_model_on_imagenet(tmp_path, short_subset, karp_h
     code = main(["evaluate", "--model", "torchvision:resnet18", "--dataset", "imagenet", "--data-dir", str(tmp_path),
                  "--checkpoint", str(tmp_path / "r18.pt"), "--attack", "fgsm", "--json"])
     record = json.loads(capsys.readouterr().out)
-    assert code == 0 and record["n_examples"] == 4 and record["eps"] == pytest.approx(4 / 255)
+    assert code == 0 and record["config"]["n_examples"] == 4 and record["config"]["eps"] == pytest.approx(4 / 255)
     assert record["config"]["source"]["normalization"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     x, _ = load(tmp_path).batch(torch.arange(4))
     mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

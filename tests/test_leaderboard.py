@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_karp.leaderboard import build_entries, curves, import_robustbench, wilson_interval
-from robustbench_karp.leaderboard_site import render_site
+from robustbench_karp.boards.entries import build_entries, curves, import_robustbench, wilson_interval
+from robustbench_karp.boards.site import render_site
 
 GOLDEN = Path(__file__).parent / "golden"
 MODEL_INFO = Path(__file__).parent / "data" / "robustbench_model_info"
@@ -158,7 +158,7 @@ def test_only_protocol_entries_are_ranked_and_partial_ones_never_above_them():
     entries = build_entries([pgd_only, protocol, weaker_options], exists)
     assert [(e["model"], e["status"], e["protocols"]) for e in entries] == [
         ("protocol", "ranked", ["standard/1"]), ("aa-10-steps", "partial", []), ("pgd-only", "partial", [])]
-    from robustbench_karp.leaderboard_html import boards
+    from robustbench_karp.boards.tables import boards
 
     tables = boards(entries)
     assert [(b["tier"], [r["entry_id"] for r in b["rows"]]) for b in tables] == [
@@ -255,7 +255,7 @@ def test_training_label_and_one_curve_per_checkpoint():
 def test_a_published_training_label_is_worded_afresh_from_its_record(tmp_path):
     import json
 
-    from robustbench_karp.leaderboard_published import load_published
+    from robustbench_karp.boards.published import load_published
 
     gan = {"name": "defense-gan", "base": "standard", "steps": 50, "restarts": 4, "lr": 10.0, "epochs": 3,
            "train_size": None, "latent_dim": 64, "width": 32, "batch_size": 64, "gan_lr": 1e-4}
@@ -329,17 +329,18 @@ CARMON = {"link": "https://arxiv.org/abs/1905.13736", "name": "Unlabeled Data Im
 
 def test_import_robustbench_converts_to_fractions():
     record = import_robustbench(CARMON, "Carmon2019Unlabeled.json")
-    assert (record["clean_accuracy"], record["robust_accuracy"], record["eps"]) == (0.8969, 0.5953, 8 / 255)
-    assert (record["source"], record["tool"], record["dataset"], record["norm"]) == ("external", "robustbench", "cifar10", "linf")
-    assert record["per_attack"] == {"autoattack": 0.5953} and record["n_examples"] == 10000
-    assert record["model"] == "WideResNet-28-10" and record["defense"] == CARMON["name"]
+    config = record["config"]
+    assert (record["clean_accuracy"], record["robust_accuracy"], config["eps"]) == (0.8969, 0.5953, 8 / 255)
+    assert (record["source"], record["tool"], config["dataset"], config["norm"]) == ("external", "robustbench", "cifar10", "linf")
+    assert record["per_attack"] == {"autoattack": 0.5953} and config["n_examples"] == 10000
+    assert config["model"] == "WideResNet-28-10" and config["defense"] == {"name": CARMON["name"]}
     assert record["warnings"] == [] and record["created_utc"] == "unknown" and re.fullmatch(r"[0-9a-f]{16}", record["id"])
     assert import_robustbench(dict(CARMON), "elsewhere/Carmon2019Unlabeled.json")["id"] == record["id"]
 
 
 def test_import_robustbench_reads_the_threat_model_from_the_directory():
     data = {k: v for k, v in CARMON.items() if k != "threat_model"}
-    assert import_robustbench(data, "model_info/cifar10/L2/x.json")["norm"] == "l2"
+    assert import_robustbench(data, "model_info/cifar10/L2/x.json")["config"]["norm"] == "l2"
     with pytest.raises(ValueError, match="field 'threat_model'"):
         import_robustbench(data, "x.json")
 

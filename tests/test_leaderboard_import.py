@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from robustbench_karp.leaderboard import build_entries
-from robustbench_karp.leaderboard_export import autoattack_accuracy, export_robustbench
-from robustbench_karp.leaderboard_html import curve_figure
-from robustbench_karp.leaderboard_import import import_robustbench
-from robustbench_karp.leaderboard_site import render_site
+from robustbench_karp.boards.curves import curve_figure
+from robustbench_karp.boards.entries import build_entries
+from robustbench_karp.boards.robustbench_export import autoattack_accuracy, export_robustbench
+from robustbench_karp.boards.robustbench_import import import_robustbench
+from robustbench_karp.boards.site import render_site
 
 MODEL_INFO = Path(__file__).parent / "data" / "robustbench_model_info"
 FILES = sorted(p for p in MODEL_INFO.glob("*/*/*.json") if p.parent.name in ("Linf", "L2"))
@@ -79,31 +79,31 @@ def test_robust_accuracy_is_the_lower_of_autoattack_and_external():
 
 def test_dataset_and_threat_come_from_the_path_and_a_disagreeing_file_is_flagged():
     cifar100 = load("cifar100/Linf/Hendrycks2019Using.json")  # the file itself says "cifar10"
-    assert (cifar100["dataset"], cifar100["robust_accuracy"]) == ("cifar100", 0.2842)
+    assert (cifar100["config"]["dataset"], cifar100["robust_accuracy"]) == ("cifar100", 0.2842)
     assert cifar100["warnings"] == ["its model_info says dataset 'cifar10'; imported as cifar100 "
                                     "(from its path model_info/cifar100/Linf/)"]
     cifar10 = load("cifar10/Linf/Hendrycks2019Using.json")
-    assert (cifar10["dataset"], cifar10["robust_accuracy"], cifar10["warnings"]) == ("cifar10", 0.5492, [])
+    assert (cifar10["config"]["dataset"], cifar10["robust_accuracy"], cifar10["warnings"]) == ("cifar10", 0.5492, [])
     assert len(build_entries([cifar10, cifar100], checkpoint_exists=lambda p: False)) == 2
     data = json.loads((MODEL_INFO / "cifar10/L2/Gowal2020Uncovering.json").read_text())
     elsewhere = import_robustbench(data, "downloads/Gowal2020Uncovering.json", dataset="cifar10", norm="l2")
-    assert (elsewhere["dataset"], elsewhere["norm"], elsewhere["eps"]) == ("cifar10", "l2", 0.5)
+    assert (elsewhere["config"]["dataset"], elsewhere["config"]["norm"], elsewhere["config"]["eps"]) == ("cifar10", "l2", 0.5)
     with pytest.raises(ValueError, match="field 'threat_model'.*--norm"):
         import_robustbench(data, "downloads/Gowal2020Uncovering.json")
 
 
 def test_imagenet_n_and_eps_written_as_a_rounded_fraction():
     imagenet = load("imagenet/Linf/Bai2024MixedNUTS.json")
-    assert (imagenet["n_examples"], imagenet["eps"]) == (5000, 4 / 255)
-    assert load("cifar10/Linf/Carmon2019Unlabeled.json")["n_examples"] == 10000
+    assert (imagenet["config"]["n_examples"], imagenet["config"]["eps"]) == (5000, 4 / 255)
+    assert load("cifar10/Linf/Carmon2019Unlabeled.json")["config"]["n_examples"] == 10000
     zhang = load("cifar10/Linf/Zhang2019Theoretically.json")
-    assert (zhang["eps"], zhang["eps_written"]) == (8 / 255, "0.031")
+    assert (zhang["config"]["eps"], zhang["eps_written"]) == (8 / 255, "0.031")
     assert zhang["notes"] == ["evaluated at eps = 0.031 (7.9/255), not exactly 8/255; shown on the 8/255 board"]
     (entry,) = build_entries([zhang], checkpoint_exists=lambda p: False)
     assert entry["eps_label"] == "8/255" and entry["notes"] == zhang["notes"]
     base = json.loads((MODEL_INFO / "cifar10/Linf/Carmon2019Unlabeled.json").read_text())
     for eps, norm, expected in [("0.3", "linf", 0.3), ("0.125", "linf", 0.125), ("0.5", "l2", 0.5), ("0.0314", "l2", 0.0314)]:
-        assert import_robustbench({**base, "eps": eps}, "x.json", norm=norm)["eps"] == expected  # left as written
+        assert import_robustbench({**base, "eps": eps}, "x.json", norm=norm)["config"]["eps"] == expected  # left as written
 
 
 def test_corruptions_are_a_one_line_error():
@@ -150,7 +150,7 @@ def test_an_imported_entry_exports_back_to_the_same_file_numbers(rel, tmp_path):
     assert {k: v for k, v in info.items() if k not in ("clean_acc", "autoattack_acc", "external")} == \
         {k: v for k, v in original.items() if k not in ("clean_acc", "autoattack_acc", "external")}
     again = import_robustbench(json.loads(out.read_text()), str(out))
-    assert (again["clean_accuracy"], again["robust_accuracy"], again["eps"]) == (
+    assert (again["clean_accuracy"], again["robust_accuracy"], again["config"]["eps"]) == (
         entry["clean_accuracy"], entry["robust_accuracy"], entry["eps"])
 
 

@@ -16,10 +16,10 @@ from torch import nn
 
 from robustbench_karp.api import evaluate
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.cli import build_parser
-from robustbench_karp.commands import describe_error
-from robustbench_karp.physical import OutOfMemory, physical_rows
+from robustbench_karp.cli import describe_error
+from robustbench_karp.cli.parser import build_parser
 from robustbench_karp.threat import ThreatModel
+from robustbench_karp.threat.rows import OutOfMemory, physical_rows
 
 ATTACKS = [("pgd", {"steps": "6", "restarts": "2", "step_size": "0.03"}), ("fgsm", {}),
            ("pgd", {"steps": "4", "early_stop": "false", "restarts": "2"}), ("eot-pgd", {"steps": "3", "samples": "2"})]
@@ -65,7 +65,7 @@ def test_out_of_memory_reruns_the_batch_in_pieces_with_the_same_numbers(digits_m
     x, y = points
     plain = evaluate(digits_model, x, y, attacks=ATTACKS, eps=0.1, batch_size=64, device="cpu", seed=5)
     tight = FitsRows(digits_model, rows=20)
-    with caplog.at_level(logging.WARNING, logger="robustbench_karp.engine"):
+    with caplog.at_level(logging.WARNING, logger="robustbench_karp.evaluation.engine"):
         cut = evaluate(tight, x, y, attacks=ATTACKS, eps=0.1, batch_size=64, device="cpu", seed=5)
     assert tight.refused > 0 and "in pieces of 32 rows" in caplog.text and "in pieces of 16 rows" in caplog.text
     assert (cut.clean, cut.robust, cut.per_attack) == (plain.clean, plain.robust, plain.per_attack)

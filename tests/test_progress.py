@@ -13,7 +13,7 @@ from conftest import Purified
 from torch import nn
 
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.cost import count_passes
+from robustbench_karp.evaluation.cost import count_passes
 from robustbench_karp.threat import ThreatModel
 
 

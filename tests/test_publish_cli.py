@@ -87,7 +87,7 @@ def test_compare_bad_input(home, capsys, args, message):
 
 
 def test_leaderboard_publish_and_not_reproducible_entries(home, tmp_path, capsys):
-    missing = next(r for r in ResultsStore().records() if r["defense"] == "fgsm-at")["checkpoint"]
+    missing = next(r for r in ResultsStore().records() if r["config"]["defense"]["name"] == "fgsm-at")["checkpoint"]
     (home / missing).unlink()
     out = tmp_path / "site"
     assert main(["leaderboard", "publish", "--out", str(out), "--dataset", "digits"]) == 0
@@ -126,7 +126,7 @@ def test_leaderboard_merge_keeps_entries_of_other_stores(home, tmp_path, monkeyp
     fgsm_at = next(n for n, b in before.items() if json.loads(b)["defense"] == "fgsm-at")
     assert len(before) == 2
     # A store with the standard model's records only: a merge keeps fgsm-at's published entry as it was.
-    monkeypatch.setenv("KARP_HOME", str(_store_with(home, tmp_path, "b", lambda r: r["defense"] == "standard")))
+    monkeypatch.setenv("KARP_HOME", str(_store_with(home, tmp_path, "b", lambda r: r["config"]["defense"]["name"] == "standard")))
     assert main(["leaderboard", "publish", "--out", str(out), "--merge"]) == 0
     assert {p.name: p.read_bytes() for p in (out / "entries").glob("*.json")} == before
     assert "fgsm-at" in (out / "README.md").read_text() and "warning" not in capsys.readouterr().err
@@ -137,7 +137,7 @@ def test_leaderboard_merge_keeps_entries_of_other_stores(home, tmp_path, monkeyp
     # A store that lacks one of an entry's published records says which it leaves out.
     dropped = next(r["id"] for r in ResultsStore().records() if r["attack_order"] == ["fgsm"])
     monkeypatch.setenv("KARP_HOME", str(_store_with(home, tmp_path, "c", lambda r: r["id"] != dropped
-                                                    and r["defense"] == "standard")))
+                                                    and r["config"]["defense"]["name"] == "standard")))
     assert main(["leaderboard", "publish", "--out", str(out), "--merge"]) == 0
     err = capsys.readouterr().err
     assert dropped in err and "leaves them out" in err
@@ -276,7 +276,7 @@ def test_add_external_bad_files_are_one_line_errors(karp_home, tmp_path, capsys)
     assert main(["leaderboard", "add-external", str(elsewhere)]) == 2
     assert "--norm" in error_line(capsys) and ResultsStore().records() == []
     assert main(["leaderboard", "add-external", str(elsewhere), "--dataset", "cifar10", "--norm", "l2"]) == 0
-    assert [(r["dataset"], r["norm"]) for r in ResultsStore().records()] == [("cifar10", "l2")]
+    assert [(r["config"]["dataset"], r["config"]["norm"]) for r in ResultsStore().records()] == [("cifar10", "l2")]
     hendrycks = MODEL_INFO_DIR / "cifar100" / "Linf" / "Hendrycks2019Using.json"
     assert main(["leaderboard", "add-external", str(hendrycks)]) == 0
     assert "warning: Hendrycks2019Using: its model_info says dataset 'cifar10'" in capsys.readouterr().err

@@ -35,8 +35,8 @@ def made_records(digits_model, tmp_path_factory) -> list[dict]:
         assert main([*common, "--attack", "fgsm", "--attack", "pgd", "--attack-arg", "steps=5", "--n-examples", "60"]) == 0
         assert main([*common, "--attack", "fgsm", "--eps", "0.05", "--n-examples", "40"]) == 0
         pgd, fgsm = ResultsStore().records()
-    derived = {**pgd, "id": pgd["id"][:6] + "0" * 10, "model": "resnet18", "defense": "trades",
-               "defense_config": {"name": "trades", "beta": 6.0}, "robust_accuracy": 0.25,
+    derived = {**pgd, "id": pgd["id"][:6] + "0" * 10, "robust_accuracy": 0.25,
+               "config": {**pgd["config"], "model": "resnet18", "defense": {"name": "trades", "beta": 6.0}},
                "per_attack": {"fgsm": 0.5, "pgd": 0.25}, "created_utc": "2030-01-01T00:00:00+00:00",
                "warnings": ["pgd is weaker than fgsm on 3 points"]}
     return [pgd, fgsm, derived]
@@ -95,7 +95,7 @@ def test_show_is_readable_and_json_is_the_record(store, capsys):
     assert "linf eps=0.05" in out and "first 40 test points" in out and "fgsm(loss=ce)" in out
     assert f"| after fgsm          |     {fgsm['per_attack']['fgsm']:.4f} |" in out
     assert f"| robust (worst case) |     {fgsm['robust_accuracy']:.4f} |" in out
-    assert fgsm["checkpoint"] in out and fgsm["weights_sha256"] in out and "warnings: none" in out
+    assert fgsm["checkpoint"] in out and fgsm["config"]["weights"] in out and "warnings: none" in out
     assert main(["records", "show", trades["id"]]) == 0
     out = capsys.readouterr().out
     assert "trades(beta=6.0)" in out and "  - pgd is weaker than fgsm on 3 points" in out
@@ -118,13 +118,15 @@ def test_export_csv_reads_back_with_pandas(store, tmp_path, capsys):
     table = pandas.read_csv(out)
     assert len(table) == 3 and not {"clean_mask", "robust_mask", "indices"} & set(table.columns)
     for record, (_, row) in zip(store, table.iterrows()):
-        assert row["id"] == record["id"] and row["model"] == record["model"]
-        for key in ("eps", "n_examples", "seed", "clean_accuracy", "robust_accuracy"):
-            assert row[key] == record[key], key  # exact: floats are written as repr
+        assert row["id"] == record["id"] and row["model"] == record["config"]["model"]
+        for key in ("eps", "n_examples", "seed"):
+            assert row[key] == record["config"][key], key  # exact: floats are written as repr
+        for key in ("clean_accuracy", "robust_accuracy"):
+            assert row[key] == record[key], key
         for name in ("fgsm", "pgd"):
             assert (row[f"after_{name}"] == record["per_attack"][name] if name in record["per_attack"]
                     else pandas.isna(row[f"after_{name}"]))
-        assert json.loads(row["attack_configs"]) == record["attacks"]
+        assert json.loads(row["attack_configs"]) == record["config"]["attacks"]
         assert row["n_warnings"] == len(record["warnings"])
     assert main(["records", "export", "--format", "csv", "--defense", "trades"]) == 0  # to stdout, filtered
     lines = capsys.readouterr().out.splitlines()

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.engine import batch_seed
+from robustbench_karp.evaluation.engine import batch_seed
+from robustbench_karp.evaluation.sharded import PartialResults
 from robustbench_karp.harness import EvalRequest, run_evaluation
-from robustbench_karp.sharded import PartialResults
 from robustbench_karp.store import ResultsStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_a_partial_result_of_another_batch_size_is_not_reused(karp_home, digits_
     store = ResultsStore()
     whole = run_evaluation(request(digits_checkpoint), store=ResultsStore(karp_home / "other.sqlite"))
     partial = PartialResults(store.path, whole["id"], [40, 40, 40])
-    from robustbench_karp.engine import BatchOutcome
+    from robustbench_karp.evaluation.engine import BatchOutcome
 
     partial.save(0, BatchOutcome([True] * 7, [True] * 7, {"pgd": 7}, {}))  # wrong size: ignored, recomputed
     same_numbers(run_evaluation(request(digits_checkpoint), store=store), whole)

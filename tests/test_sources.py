@@ -71,7 +71,7 @@ def test_bring_your_own_model_record_leaderboard_and_exact_reproduce(karp_home, 
     assert main(byo_args(my_net_weights, mnist_dir, "--json")) == 0
     record = json.loads(capsys.readouterr().out)
     source = record["config"]["source"]
-    assert record["model"] == "my_net.py:build"  # no machine path in the identity
+    assert record["config"]["model"] == "my_net.py:build"  # no machine path in the identity
     assert source == {"kind": "file", "file": "my_net.py", "factory": "build",
                       "sha256": __import__("hashlib").sha256(MY_NET.read_bytes()).hexdigest(),
                       "normalization": {"mean": [0.1307], "std": [0.3081]}}
@@ -187,7 +187,7 @@ def test_python_evaluation_becomes_a_reproducible_record(karp_home, my_net_weigh
     record = result.record
     assert (result.clean_accuracy, result.robust_accuracy) == (plain.clean_accuracy, plain.robust_accuracy)
     assert ResultsStore().get(record["id"])["robust_mask"] == record["robust_mask"]
-    assert record["model"] == "my_net.py:build_normalized" and record["config"]["source"]["kind"] == "file"
+    assert record["config"]["model"] == "my_net.py:build_normalized" and record["config"]["source"]["kind"] == "file"
     assert main(["reproduce", record["id"], "--data-dir", str(mnist_dir)]) == 0
     assert capsys.readouterr().out.strip().endswith("reproduced")
 
@@ -264,7 +264,7 @@ def test_robustbench_checkpoint_and_plain_state_dict_give_one_record_id(karp_hom
     download = robustbench_download(tmp_path)
     assert main(zoo_args(tiny_cifar10, "--checkpoint", str(download))) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["model"] == "robustbench:Wong2020Fast"
+    assert record["config"]["model"] == "robustbench:Wong2020Fast"
     assert record["config"]["source"] == {"kind": "robustbench", "id": "Wong2020Fast", "threat": "Linf",
                                           "family": "preact_resnet",
                                           "normalization": {"mean": [0.4914, 0.4822, 0.4465],

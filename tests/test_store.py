@@ -19,6 +19,7 @@ from robustbench_karp.store import (
     resolve_path,
     save_checkpoint,
 )
+from robustbench_karp.store.records import RECORD_SCHEMA  # toy records in this version's schema: read as written
 
 
 def test_an_interrupted_checkpoint_write_leaves_the_old_file_and_no_debris(tmp_path, monkeypatch):
@@ -49,7 +50,7 @@ def test_checkpoints_never_run_code_and_errors_name_the_file(tmp_path):
 
 
 def _append(path, i):
-    ResultsStore(path).append({"id": f"r{i}", "created_utc": "now", "value": i})
+    ResultsStore(path).append({"id": f"r{i}", "schema": RECORD_SCHEMA, "created_utc": "now", "value": i})
 
 
 @pytest.mark.slow
@@ -86,8 +87,8 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path):
 
 def test_records_are_append_only_and_latest_wins(tmp_path):
     store = ResultsStore(tmp_path / "r.sqlite")
-    store.append({"id": "a", "created_utc": "1", "v": 1})
-    store.append({"id": "a", "created_utc": "2", "v": 2})
+    store.append({"id": "a", "schema": RECORD_SCHEMA, "created_utc": "1", "v": 1})
+    store.append({"id": "a", "schema": RECORD_SCHEMA, "created_utc": "2", "v": 2})
     assert [r["v"] for r in store.records()] == [1, 2] and store.get("a")["v"] == 2 and store.get("b") is None
 
 
@@ -111,7 +112,7 @@ def _hold_write_lock(path):
 
 def test_an_append_waits_out_a_locked_database_and_lands(tmp_path, monkeypatch):
     monkeypatch.setattr(ResultsStore, "BUSY_TIMEOUT_SECONDS", 0.01)  # SQLite gives up at once: the retries must wait
-    path, record = tmp_path / "r.sqlite", {"id": "a", "created_utc": "2025-01-01T10:00:00+00:00", "v": 1}
+    path, record = tmp_path / "r.sqlite", {"id": "a", "schema": RECORD_SCHEMA, "created_utc": "2025-01-01T10:00:00+00:00", "v": 1}
     store = ResultsStore(path)
     attempts, real_insert = [], ResultsStore._insert
     monkeypatch.setattr(ResultsStore, "_insert", lambda self, *a: attempts.append(1) or real_insert(self, *a))
@@ -130,7 +131,7 @@ def test_an_append_waits_out_a_locked_database_and_lands(tmp_path, monkeypatch):
 def test_a_record_the_store_could_not_take_is_added_by_the_next_store_exactly_once(tmp_path, monkeypatch):
     monkeypatch.setattr(ResultsStore, "BUSY_TIMEOUT_SECONDS", 0.01)
     monkeypatch.setattr(ResultsStore, "RETRY_SECONDS", 0.2)
-    path, record = tmp_path / "r.sqlite", {"id": "a", "created_utc": "2025-01-01T10:00:00+00:00", "v": 1}
+    path, record = tmp_path / "r.sqlite", {"id": "a", "schema": RECORD_SCHEMA, "created_utc": "2025-01-01T10:00:00+00:00", "v": 1}
     store = ResultsStore(path)
     locker = _hold_write_lock(path)
     with pytest.raises(StoreLocked, match="stayed locked.*the record is kept in"):
@@ -145,7 +146,7 @@ def test_a_record_the_store_could_not_take_is_added_by_the_next_store_exactly_on
 
 
 def test_an_append_interrupted_before_its_commit_is_added_by_the_next_store(tmp_path, monkeypatch):
-    path, record = tmp_path / "r.sqlite", {"id": "b", "created_utc": "now", "v": 2}
+    path, record = tmp_path / "r.sqlite", {"id": "b", "schema": RECORD_SCHEMA, "created_utc": "now", "v": 2}
     store = ResultsStore(path)
 
     def killed(self, *args):
@@ -157,3 +158,35 @@ def test_an_append_interrupted_before_its_commit_is_added_by_the_next_store(tmp_
     monkeypatch.undo()
     assert store.records() == [] and ResultsStore(path).records() == [record]
     assert store.flush_pending() == 0 and store.records() == [record]
+
+
+def test_records_of_every_schema_are_migrated_on_read_and_keep_their_ids(tmp_path):
+    """The EvalConfig is stored once, under "config"; older records' top-level copies are dropped on read."""
+    from robustbench_karp.evaluation.evalconfig import EvalConfig
+    from robustbench_karp.store.records import CONFIG_COPIES, migrate
+
+    config = EvalConfig(model="smallcnn", dataset="mnist", defense={"name": "pgd-at", "steps": 5}, weights="w" * 64,
+                        defense_weights=None, norm="linf", eps=0.3, n_examples=2, seed=0, batch_size=500,
+                        attacks=({"name": "fgsm"},), rng="per-batch/1").to_dict()
+    copies = {"model": "smallcnn", "dataset": "mnist", "defense": "pgd-at", "defense_config": config["defense"],
+              "norm": "linf", "eps": 0.3, "n_examples": 2, "seed": 0, "batch_size": 500, "attacks": config["attacks"],
+              "protocol": None, "weights_sha256": "w" * 64, "defense_weights_sha256": None, "model_source": None}
+    schema2 = {"id": config_hash(config), "created_utc": "1", "clean_accuracy": 1.0, "robust_accuracy": 0.5,
+               "config": config, **copies}
+    legacy_config = {k: copies[k] for k in ("model", "dataset", "defense_config", "norm", "eps", "n_examples", "seed",
+                                            "batch_size", "attacks")} | {"checkpoint_sha256": "c" * 64}
+    schema1 = {"id": config_hash(legacy_config), "created_utc": "2", "config": legacy_config, **copies,
+               "weights_sha256": None, "checkpoint_sha256": "c" * 64}
+    store = ResultsStore(tmp_path / "r.sqlite")
+    for record in (schema2, schema1):
+        store.append(record)
+    new2, new1 = store.records()
+    assert new2["id"] == schema2["id"] == config_hash(new2["config"]) and new2["config"] == config  # the id stays its hash
+    assert new1["id"] == schema1["id"] and new1["config"]["weights"] == "file:" + "c" * 64
+    assert new1["config"]["schema"] == 1 and new1["config"]["defense"] == copies["defense_config"]
+    for new in (new1, new2):
+        assert new["schema"] == 3 and not set(CONFIG_COPIES) & set(new) and migrate(new) == new  # idempotent
+    assert store.get(schema2["id"]) == new2
+    # A hand-built record without options keeps its defense's bare name: its entry id hashed no options.
+    bare = migrate({"id": "x", "model": "m", "dataset": "d", "defense": "trades", "norm": "linf", "eps": 0, "seed": 1})
+    assert bare["config"]["defense"] == "trades" and bare["config"]["seed"] == 1 and "seed" not in bare

@@ -15,11 +15,12 @@ from robustbench_karp.api import evaluate
 from robustbench_karp.attacks import build_attack
 from robustbench_karp.attacks.base import attack_from_config
 from robustbench_karp.attacks.torchattacks_adapter import NORMS, TorchAttack, derive_seed, torchattacks_names
-from robustbench_karp.cli import build_parser, main
-from robustbench_karp.commands import parse_attacks
-from robustbench_karp.context import RunContext
-from robustbench_karp.engine import predict
+from robustbench_karp.cli import main
+from robustbench_karp.cli.evaluate import parse_attacks
+from robustbench_karp.cli.parser import build_parser
+from robustbench_karp.evaluation.engine import predict
 from robustbench_karp.threat import BudgetViolation, ThreatModel, check_budget
+from robustbench_karp.threat.context import RunContext
 
 LINF, L2 = ThreatModel("linf", 0.1), ThreatModel("l2", 0.5)
 

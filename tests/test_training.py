@@ -9,16 +9,17 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from robustbench_karp import train as train_module
-from robustbench_karp import train_config as train_config_module
 from robustbench_karp.api import evaluate
-from robustbench_karp.checkpoints import checkpoint_dir, new_model
 from robustbench_karp.cli import main
 from robustbench_karp.defenses.base import Recipe
 from robustbench_karp.defenses.standard import Standard
+from robustbench_karp.sources import new_model
 from robustbench_karp.store import ResultsStore, config_hash, file_sha256, load_checkpoint
-from robustbench_karp.train import ResumeError, TrainingDiverged, fit
-from robustbench_karp.train_config import make_train_config
+from robustbench_karp.training import config as train_config_module
+from robustbench_karp.training import loop as train_module
+from robustbench_karp.training.checkpoints import checkpoint_dir
+from robustbench_karp.training.config import make_train_config
+from robustbench_karp.training.loop import ResumeError, TrainingDiverged, fit
 
 QUICK = {"epochs": 2, "schedule": "constant", "batch_size": 64}
 
@@ -150,14 +151,14 @@ def test_train_command_then_evaluate_uses_that_checkpoint(karp_home, tmp_path, c
     assert any(tb.rglob("events.out.tfevents*"))
     capsys.readouterr()
     # A 2-epoch run is another recipe than fgsm-at's registered one: evaluate uses it only when named.
-    from robustbench_karp.checkpoints import find_checkpoint
-    from robustbench_karp.train_config import make_train_config
+    from robustbench_karp.training.checkpoints import find_checkpoint
+    from robustbench_karp.training.config import make_train_config
 
     assert find_checkpoint(make_train_config("smallcnn", "digits", "fgsm-at", eps=0.1), torch.device("cpu")) is None
     assert main(["evaluate", "--model", "smallcnn", "--defense", "fgsm-at", "--checkpoint", str(stored[0]),
                  "--attack", "fgsm", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
-    assert record["checkpoint_sha256"] == file_sha256(stored[0]) and record["defense"] == "fgsm-at"
+    assert record["checkpoint_sha256"] == file_sha256(stored[0]) and record["config"]["defense"]["name"] == "fgsm-at"
     assert "-fp32-" in stored[0].name  # the name says the precision it trained in
     assert record["train_config"]["recipe"]["epochs"] == 2
     assert record["train_outcome"]["epochs_completed"] == 2 and record["train_outcome"]["selected_epoch"] in (1, 2)
@@ -187,8 +188,8 @@ def test_recipe_fields_added_later_keep_earlier_checkpoint_names():
 
 
 def test_a_fused_recipe_reaches_the_optimizer_names_its_checkpoint_and_its_rebuild_command():
-    from robustbench_karp.optim import make_optimizer
     from robustbench_karp.reproduce import train_command
+    from robustbench_karp.training.optim import make_optimizer
 
     model = new_model("smallcnn", "digits")
     plain = make_train_config("smallcnn", "digits", "standard", recipe_overrides={"fused": False})
@@ -201,8 +202,8 @@ def test_a_fused_recipe_reaches_the_optimizer_names_its_checkpoint_and_its_rebui
     # A record trained before the field existed ran unfused: its rebuild command must say so.
     legacy = {**asdict(plain), "recipe": {k: v for k, v in plain.recipe.items() if k != "fused"}}
     assert "--no-fused" in train_command(legacy) and "fused" not in train_command(asdict(fused))
-    from robustbench_karp.cli import build_parser
-    from robustbench_karp.commands import train_config_from_args
+    from robustbench_karp.cli.evaluate import train_config_from_args
+    from robustbench_karp.cli.parser import build_parser
 
     for config in (plain, fused):  # the printed command rebuilds exactly the recorded recipe
         args = build_parser().parse_args(train_command(asdict(config)).split()[1:])
@@ -267,9 +268,9 @@ def test_short_mnist_fgsm_at_beats_standard_under_pgd(mnist_dir, mnist_test, tmp
 
 
 def test_train_resumes_an_interrupted_run_by_default_and_leaves_no_resume_state(karp_home, capsys):
-    from robustbench_karp.checkpoints import checkpoint_path
     from robustbench_karp.cli import main
-    from robustbench_karp.train import TrainingInterrupted
+    from robustbench_karp.training.checkpoints import checkpoint_path
+    from robustbench_karp.training.loop import TrainingInterrupted
 
     args = ["train", "--model", "smallcnn", "--dataset", "digits", "--defense", "standard", "--epochs", "2",
             "--schedule", "constant", "--batch-size", "64", "--train-size", "400", "--seed", "3", "--device", "cpu"]
@@ -301,11 +302,11 @@ def test_training_syncs_with_the_host_once_per_log_interval(monkeypatch):
     """Loss, accuracy and the NaN check stay on the device between log points (no .item() per step)."""
     import inspect
 
-    from robustbench_karp import distributed as distributed_module
+    from robustbench_karp import devices as distributed_module
     from robustbench_karp.data import DATASETS, load_split
     from robustbench_karp.defenses.base import Recipe, build_defense
-    from robustbench_karp.distributed import Distributed
-    from robustbench_karp.optim import make_optimizer
+    from robustbench_karp.devices import Distributed
+    from robustbench_karp.training.optim import make_optimizer
 
     config = digits_config("standard", epochs=1, batch_size=16)
     data = load_split(DATASETS.get("digits"), train=True)
@@ -340,12 +341,12 @@ def test_a_training_that_falls_to_chance_says_so(tmp_path, monkeypatch, caplog):
         return -1e3 * loss, logits  # ascends the loss: finite, and the model unlearns the labels
 
     monkeypatch.setattr(Standard, "loss", exploding)
-    with caplog.at_level("WARNING", logger="robustbench_karp.train"):
+    with caplog.at_level("WARNING", logger="robustbench_karp.training.loop"):
         payload = fit(digits_config("standard", epochs=1), tmp_path / "c.pt")
     assert payload["history"][-1]["val_clean_accuracy"] < 0.15
     assert "classify the validation split at chance" in caplog.text
     caplog.clear()
     monkeypatch.setattr(Standard, "loss", real)
-    with caplog.at_level("WARNING", logger="robustbench_karp.train"):
+    with caplog.at_level("WARNING", logger="robustbench_karp.training.loop"):
         payload = fit(digits_config("standard", epochs=2), tmp_path / "ok.pt")
     assert payload["history"][-1]["val_clean_accuracy"] > 0.5 and "chance" not in caplog.text

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from robustbench_karp.registry import UnknownName
+from robustbench_karp.store.checkpoint_io import CheckpointError, state_dict_in
 from robustbench_karp.zoo.base import FAMILIES, Family, ZooEntry, ZooError
 
 WRAPPERS = ("state_dict", "last")
@@ -47,18 +48,6 @@ def build_backbone(entry: ZooEntry) -> nn.Module:
 def expected_shapes(entry: ZooEntry) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):  # the layout alone, without allocating a WRN-70-16
         return {k: tuple(v.shape) for k, v in build_backbone(entry).state_dict().items()}
-
-
-def unwrap(payload) -> Mapping:
-    while isinstance(payload, Mapping) and not all(isinstance(v, torch.Tensor) for v in payload.values()):
-        key = next((k for k in WRAPPERS if isinstance(payload.get(k), Mapping)), None)
-        if key is None:
-            raise ZooError(f"checkpoint is neither a state_dict nor wrapped in {' or '.join(WRAPPERS)}; "
-                           f"top-level keys: {', '.join(map(str, list(payload)[:6]))}")
-        payload = payload[key]
-    if not isinstance(payload, Mapping) or not payload:
-        raise ZooError(f"checkpoint holds no state_dict (got {type(payload).__name__})")
-    return payload
 
 
 def strip_prefixes(state: Mapping) -> dict[str, torch.Tensor]:
@@ -98,7 +87,10 @@ def convert_state_dict(entry: ZooEntry, payload: Mapping) -> dict[str, torch.Ten
         ZooError: one line naming the first missing, unexpected or misshapen tensors, or a mean/std mismatch.
     """
     family = family_of(entry)
-    state = strip_prefixes(unwrap(payload))
+    try:
+        state = strip_prefixes(state_dict_in(payload, entry.model_id, WRAPPERS))
+    except CheckpointError as e:
+        raise ZooError(str(e)) from None
     state = {k: v for k, v in state.items() if not k.startswith(family.ignored_prefixes)}
     check_normalization(entry, family, state)
     expected = expected_shapes(entry)

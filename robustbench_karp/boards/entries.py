@@ -1,0 +1,250 @@
+"""The leaderboard: evaluation records -> ranked entries (site.py renders them), all pure functions.
+
+    entries = build_entries(ResultsStore().records(), checkpoint_exists=lambda p: Path(p).is_file())
+    render_site(entries, Path("leaderboard"))  # site.py: entries/*.json, README.md, results.csv, ...
+
+An entry is one (model, dataset, defense, checkpoint, norm, eps). Its robust accuracy is the
+per-example worst case over every attack run on it (the AND of its records' robust masks), never
+the most favourable attack. Data stay fractions; percentages exist only in the rendered files.
+Same entries in, byte-identical files out: no clock, no randomness, no environment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from robustbench_karp import catalog
+from robustbench_karp.boards.counts import (
+    accuracy_per_attack,
+    attack_names,
+    choose_set,
+    entry_cost,
+    wilson_interval,
+    worst_case_counts,
+)
+from robustbench_karp.boards.format import eps_label
+from robustbench_karp.boards.robustbench_import import import_robustbench
+from robustbench_karp.evaluation.protocols import satisfied
+from robustbench_karp.store import config_hash
+from robustbench_karp.store.records import defense_name, is_external, migrate
+
+__all__ = ["wilson_interval", "build_entries", "curves", "import_robustbench", "eps_label"]
+
+# An entry is one (model, dataset, defense with every option, weights, norm, eps). "weights" is the
+# canonical state_dict hash (identity.weights_sha256); records from before it carry "file:<checkpoint sha256>".
+GROUP_FIELDS = ("model", "dataset", "defense", "defense_config", "weights", "norm", "eps")
+ENTRY_SCHEMA = 2
+REQUIRED_FIELDS = ("id", "clean_accuracy", "robust_accuracy")
+REQUIRED_CONFIG = ("model", "dataset", "defense", "norm", "eps")
+BULKY_FIELDS = ("indices",)  # kept out of the published provenance (the first n test points; masks stay, for reproduce)
+CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "status", "protocols", "model", "model_id", "defense",
+               "training", "weights", "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low",
+               "robust_ci_high", "robust_source", "n", "attacks", "seeds", "flags", "reproducible", "external", "link", "venue",
+               "additional_data", "forward_passes", "grad_evals_per_point", "forward_passes_per_point", "wall_seconds",
+               "devices", "record_ids"]
+
+
+def _age(record: dict[str, Any]) -> tuple[bool, str]:
+    created = str(record.get("created_utc") or "unknown")
+    return created != "unknown", created  # ISO-8601 UTC strings sort in time order; "unknown" is oldest
+
+
+def _check_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record in this version's schema, once it has what an entry needs."""
+    record = migrate(record)
+    missing = [f for f in REQUIRED_FIELDS if record.get(f) is None]
+    missing += [f"config.{f}" for f in REQUIRED_CONFIG if record["config"].get(f) is None]
+    if missing:
+        raise ValueError(f"record {record.get('id', '?')}: missing field(s) {', '.join(missing)}")
+    return record
+
+
+def record_weights(record: dict[str, Any]) -> str | None:
+    """The weights identity of a record's model: the canonical state_dict hash, else (older records) the file's.
+
+    An imported record names its model by the tool's model id ('robustbench:Carmon2019Unlabeled'): two
+    models with the same architecture and paper are two entries.
+    """
+    if is_external(record) and record.get("model_id"):
+        return f"{record.get('tool') or 'external'}:{record['model_id']}"
+    return record["config"].get("weights")  # "file:<checkpoint sha256>" for records from before weights hashing
+
+
+def group_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """What an entry is, from a record's config: model, dataset, defense and options, weights, norm, eps."""
+    config = record["config"]
+    defense = None if is_external(record) else config.get("defense")  # an import's "defense" is a model name only
+    return {"model": config.get("model"), "dataset": config.get("dataset"), "defense": defense_name(record),
+            "defense_config": defense if isinstance(defense, dict) else None, "weights": record_weights(record),
+            "norm": config.get("norm"), "eps": float(config["eps"])}
+
+
+def _group_key(record: dict[str, Any]) -> str:
+    return config_hash(group_fields(record))
+
+
+def training_label(record: dict[str, Any]) -> str:
+    """How the entry's checkpoint was trained, in short: defense options off their defaults, precision, epochs.
+
+    'init=prior, 10 ep' tells two fgsm-at checkpoints apart; "" for a record without a training config.
+    The precision shows only where the checkpoint was trained in another precision than its recipe asked
+    for ('fp32 (no bf16)': a bf16 recipe on a device without bf16 units). A training stopped for
+    catastrophic overfitting says where it stopped and which epoch's weights it kept. A model loaded from
+    elsewhere (`robustbench:<ID>`, a file, torchvision) says so: it was not trained by a recipe here.
+    """
+    train = record.get("train_config") or {}
+    source = record["config"].get("source")
+    if not train and isinstance(source, dict) and source.get("kind"):  # a zoo, file or torchvision model
+        return f"{source['kind']} weights, trained elsewhere"  # its 'standard' defense means: none added here
+    defense = train.get("defense")
+    options = dict(defense) if isinstance(defense, dict) else {"name": defense}  # some configs name it only
+    name = options.pop("name", None)
+    defaults = catalog.facts()["defenses"].get(name, {})
+    parts = [f"{k}={v}" for k, v in sorted(options.items()) if k in defaults and defaults[k] != v]
+    recipe = train.get("recipe") or {}
+    amp, asked = record.get("train_amp"), recipe.get("amp")
+    if amp and asked and amp != asked:
+        parts.append("fp32 (no bf16)" if amp == "none" else amp)
+    epochs, outcome = recipe.get("epochs"), record.get("train_outcome") or {}
+    if epochs and outcome.get("stopped_early"):  # say so: the recipe's epochs were not what produced the weights
+        label = ", ".join(parts + [f"stopped at ep {outcome['epochs_completed']} of {epochs} (catastrophic "
+                                   f"overfitting), kept ep {outcome['selected_epoch']}"])
+    else:
+        label = ", ".join(parts + ([f"{epochs} ep"] if epochs else []))
+    return _wrapper_options(record, name) + label
+
+
+def _wrapper_options(record: dict[str, Any], classifier_defense: str | None) -> str:
+    """'epochs=3, restarts=4, steps=50; classifier standard, ' for a defense around another defense's classifier.
+
+    Defense-GAN's own options (its GAN, L and R) are not in the classifier's training config, yet they decide
+    the number: a row at L=50, R=4 must not read like one at the paper's L=200, R=10.
+    """
+    own = record["config"].get("defense")
+    if not isinstance(own, dict) or not own.get("name") or not classifier_defense or own["name"] == classifier_defense:
+        return ""
+    defaults = catalog.facts()["defenses"].get(own["name"], {})
+    off = [f"{k}={v}" for k, v in sorted(own.items()) if k in defaults and k != "base" and defaults[k] != v]
+    return "".join(f"{part}; " for part in [", ".join(off)] if part) + f"classifier {classifier_defense}, "
+
+
+def _reproducibility(chosen: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> str:
+    if any(is_external(r) for r in chosen):
+        return "external"
+    return "yes" if any(r.get("checkpoint") and checkpoint_exists(r["checkpoint"]) for r in chosen) else \
+        "no: checkpoint missing"
+
+
+def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]
+           ) -> dict[str, Any]:
+    records = sorted(records, key=lambda r: (_age(r), r["id"]))
+    chosen, subset, left_out = choose_set(records)
+    k_clean, k_robust, n, notes = worst_case_counts(chosen, subset)
+    if left_out:
+        notes.append(f"worst case over the {len(chosen)} record(s) on the largest common set of {n} test points; "
+                     f"left out (other test points): {', '.join(r['id'] for r in left_out)}")
+    notes += list(dict.fromkeys(note for r in chosen for note in r.get("notes") or []))  # an import's eps footnote
+    masked = bool(chosen[0].get("robust_mask"))
+    reproducibility = _reproducibility(chosen, checkpoint_exists)
+    protocols = entry_protocols(chosen, fields["defense_config"])
+    return {
+        "schema": ENTRY_SCHEMA, "entry_id": config_hash(fields), **fields, "eps_label": eps_label(fields["eps"]),
+        "training": training_label(chosen[0]), "protocols": protocols,
+        "status": "external" if reproducibility == "external" else ("ranked" if protocols else "partial"),
+        "clean_accuracy": k_clean / n if masked and n else float(chosen[0]["clean_accuracy"]),
+        "robust_accuracy": k_robust / n if masked and n else float(chosen[0]["robust_accuracy"]),
+        "clean_ci": list(wilson_interval(k_clean, n)), "robust_ci": list(wilson_interval(k_robust, n)),
+        "n": n, "k_clean": k_clean, "k_robust": k_robust,
+        "attacks": attack_names(chosen + subset), "per_attack": accuracy_per_attack(chosen),
+        "record_ids": [r["id"] for r in chosen + subset], "left_out_record_ids": [r["id"] for r in left_out],
+        "seeds": sorted({r["config"]["seed"] for r in chosen if r["config"].get("seed") is not None}),
+        "versions": {r["id"]: r.get("versions") or {} for r in chosen},
+        "flags": sorted({str(w) for r in records for w in r.get("warnings") or []}
+                        | set(entry_flags(accuracy_per_attack(chosen)))),
+        "external": reproducibility == "external", "tool": next((r.get("tool") for r in chosen if r.get("tool")), None),
+        "reproducible": reproducibility == "yes", "reproducibility": reproducibility, "notes": notes,
+        **{field: chosen[0].get(field) for field in ABOUT_FIELDS},
+        "cost": entry_cost(chosen + subset, n),  # passes per test point and wall time; None if a record has none
+        "records": [{k: v for k, v in r.items() if k not in BULKY_FIELDS} for r in records],
+    }
+
+
+def entry_protocols(chosen: list[dict[str, Any]], defense: dict[str, Any] | None) -> list[str]:
+    """The protocols the union of the records' attacks covers, on the entry's own test points."""
+    return satisfied([c for r in chosen for c in r["config"].get("attacks") or [] if isinstance(c, dict)],
+                     catalog.protocol_requirements(defense))
+
+
+def entry_flags(per_attack: dict[str, float]) -> list[str]:
+    """Across the records of one entry: a multi-step attack weaker than a single-step one (gradient masking?)."""
+    facts = catalog.facts()
+    single = set(facts["single_step"])
+    multi = set(facts["attacks"]) - single - set(facts["black_box"])
+    return [f"{m} accuracy {per_attack[m]:.4f} is above {s} accuracy {per_attack[s]:.4f}: the multi-step attack is "
+            "weaker than the single-step one (gradient masking?)"
+            for m in sorted(multi & set(per_attack)) for s in sorted(single & set(per_attack))
+            if per_attack[m] > per_attack[s]]
+
+
+# What an imported record says about its model, shown beside it; None for our own entries.
+ABOUT_FIELDS = ("model_id", "link", "venue", "additional_data", "forward_passes", "robust_source")
+TIERS = {"ranked": 0, "external": 1, "partial": 2}
+
+
+def rank_key(entry: dict[str, Any]) -> tuple:
+    """Within a board (dataset, norm, eps): protocol entries first, by the worst case; partial ones never above them."""
+    return (entry["dataset"], entry["norm"], entry["eps"], TIERS.get(entry.get("status", "partial"), 2),
+            -entry["robust_accuracy"], -entry["clean_accuracy"], entry["model"], entry["defense"], entry["entry_id"])
+
+
+def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """Leaderboard entries, one per (model, dataset, defense and its options, weights, norm, eps), ranked.
+
+    The newest record of each id counts (records are immutable; a re-run, or a re-import, is newer).
+    A missing checkpoint makes an entry not reproducible; it is never dropped. An entry whose
+    records cover an evaluation protocol (evaluation/protocols.py) is ranked; the others are partial
+    evaluations, whose robust accuracy is an upper bound, listed below the ranked ones.
+
+    Args:
+        records: evaluation records (harness.run_evaluation) and imported external ones.
+        checkpoint_exists: whether a record's checkpoint path still exists (injected: this stays pure).
+    """
+    newest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        record = _check_record(record)
+        old = newest.get(record["id"])
+        if old is None or _age(record) >= _age(old):
+            newest[record["id"]] = record
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    fields: dict[str, dict[str, Any]] = {}
+    for record in newest.values():  # grouped after the newest is chosen: a re-import with a new name moves its row
+        key = _group_key(record)
+        fields[key] = group_fields(record)
+        groups.setdefault(key, {})[record["id"]] = record
+    entries = [_entry(fields[key], list(by_id.values()), checkpoint_exists) for key, by_id in groups.items()]
+    return sorted(entries, key=rank_key)
+
+
+def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
+    """Robustness curves: (dataset, norm, label) -> [(eps, robust accuracy)] sorted by eps; one per checkpoint.
+
+    eps = 0 entries are the clean points. A checkpoint evaluated at a single eps is no curve and is
+    left out (an imported board of single-eps entries draws nothing). The label is "model / defense",
+    with the training and seed added where two curves would share it.
+    """
+    series: dict[tuple, list[tuple[float, float]]] = {}
+    for e in entries:
+        key = (e["dataset"], e["norm"], e["model"], e["defense"], e.get("training", ""), tuple(e["seeds"]),
+               e.get("weights") or e["entry_id"])
+        series.setdefault(key, []).append((e["eps"], e["robust_accuracy"]))
+    kept = {k: sorted(points) for k, points in series.items() if len(points) > 1}
+    short = {k: f"{k[2]} / {k[3]}" for k in kept}
+    shared = {label for label in short.values() if list(short.values()).count(label) > 1}
+    out: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for k, points in kept.items():
+        seeds = ", ".join(map(str, k[5]))
+        detail = ", ".join(p for p in (k[4], f"seed {seeds}" if seeds else "") if p)
+        label = f"{short[k]} ({detail})" if short[k] in shared and detail else short[k]
+        out.setdefault((k[0], k[1], label), []).extend(points)
+    return {key: sorted(points) for key, points in sorted(out.items())}

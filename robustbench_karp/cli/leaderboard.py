@@ -1,0 +1,147 @@
+"""`karp-robust leaderboard build | publish | add-external | export`: the site from the store, RobustBench in and out."""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+from robustbench_karp.store import ResultsStore, atomic_write_text, resolve_path
+
+
+def _exists(path: str) -> bool:
+    return resolve_path(path).is_file()
+
+
+def entries_of(records: list[dict]) -> list[dict]:
+    """Leaderboard entries (their flags include the cross-record check: a multi-step attack weaker than a single-step one)."""
+    from robustbench_karp.boards.entries import build_entries
+
+    return build_entries(records, checkpoint_exists=_exists)
+
+
+def default_site() -> Path | None:
+    """The repository's top-level leaderboard/ when running from a source checkout."""
+    candidate = Path(__file__).resolve().parents[2] / "leaderboard"
+    return candidate if candidate.is_dir() else None
+
+
+def cmd_leaderboard(args) -> int:
+    actions = {"add-external": _add_external, "export": _export, "build": _build, "publish": _build}
+    return actions[args.action](args)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object (a RobustBench model_info file)")
+    return data
+
+
+def _add_external(args) -> int:
+    """Import RobustBench model_info files; all are checked before any is stored."""
+    from robustbench_karp.boards.format import eps_label
+    from robustbench_karp.boards.robustbench_import import import_robustbench
+
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    records = []
+    for path in args.files:
+        data = _read_json(path)
+        try:
+            records.append(import_robustbench(data, source=str(path), dataset=args.dataset, norm=args.norm,
+                                              imported_utc=now))
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
+    store = ResultsStore()
+    for record in records:
+        store.append(record)
+        print(f"imported external entry {record['model_id']} ({record['config']['dataset']} {record['config']['norm']} "
+              f"eps {eps_label(record['config']['eps'])}: clean {record['clean_accuracy']:.4f}, robust "
+              f"{record['robust_accuracy']:.4f} from {record['robust_source']})")
+        for warning in record["warnings"]:
+            print(f"warning: {record['model_id']}: {warning}", file=sys.stderr)
+    return 0
+
+
+def _find_entry(entry_id: str, site: Path | None) -> dict:
+    """The entry of this id built from the store, else the one published in site."""
+    from robustbench_karp.boards.published import load_published
+
+    entries = entries_of(ResultsStore().records())
+    entries += load_published(site) if site is not None else []
+    for entry in entries:
+        if entry["entry_id"] == entry_id:
+            return entry
+    raise ValueError(f"unknown entry id {entry_id!r} (looked in the store and in {site or 'no site'}); "
+                     f"closest: {closest_ids(entry_id, sorted({e['entry_id'] for e in entries}))}")
+
+
+def _export(args) -> int:
+    from robustbench_karp.boards.robustbench_export import export_robustbench
+
+    info, where = export_robustbench(_find_entry(args.id, args.site or default_site()))
+    text = json.dumps(info, indent=2) + "\n"
+    if args.out is None:
+        print(text, end="")
+    else:
+        atomic_write_text(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    print(f"submit it to RobustBench as {where}", file=sys.stderr)
+    return 0
+
+
+def _build(args) -> int:
+    from robustbench_karp.boards.published import load_published, merge_entries
+    from robustbench_karp.boards.site import render_site
+
+    out = args.out or default_site()
+    if out is None:
+        raise ValueError("not in a source checkout: pass --out DIR")
+
+    def asked(board: dict) -> bool:  # a record's config, or an entry
+        return ((args.dataset is None or board["dataset"] == args.dataset)
+                and (args.norm is None or board["norm"] == args.norm)
+                and (args.eps is None or any(abs(float(board["eps"]) - e) < 1e-9 for e in args.eps)))
+
+    records = [r for r in ResultsStore().records() if asked(r["config"])]
+    entries = entries_of(records) if records else []
+    published = load_published(Path(out))
+    # A build limited to some boards never deletes the others: published entries outside them stay.
+    entries += [] if args.merge else [e for e in published if not asked(e)]
+    if args.merge:
+        entries, dropped = merge_entries(published, entries)
+        for entry_id, record_ids in dropped.items():
+            print(f"warning: entry {entry_id}: published record(s) {', '.join(record_ids)} are not in this store; "
+                  "the rebuilt entry leaves them out", file=sys.stderr)
+    written = render_site(entries, Path(out), examples=example_grids(entries, args.examples) if args.examples else None)
+    not_reproducible = sum(1 for e in entries if not e["reproducible"] and not e["external"])
+    print(f"wrote {len(written)} files for {len(entries)} entries to {out}"
+          + (f" ({not_reproducible} not reproducible: checkpoint missing)" if not_reproducible else ""))
+    return 0
+
+
+def example_grids(entries: list[dict], folder: Path) -> dict[str, bytes]:
+    """entry id -> the PNG grid `evaluate --save-examples` wrote for one of its records (its last attack's)."""
+    grids = {}
+    for e in entries:
+        for record in e.get("records") or []:
+            pngs = {p.stem: p for p in (Path(folder) / record["id"]).glob("*.png")}
+            order = [re.sub(r"[^A-Za-z0-9._-]", "_", name) for name in record.get("attack_order") or []]
+            chosen = next((pngs[n] for n in reversed(order) if n in pngs), None) or next(iter(sorted(pngs.values())), None)
+            if chosen is not None:
+                grids[e["entry_id"]] = chosen.read_bytes()
+                break
+    return grids
+
+
+def closest_ids(record_id: str, ids: list[str]) -> str:
+    close = [i for i in ids if i.startswith(record_id)] + difflib.get_close_matches(record_id, ids, n=5, cutoff=0.3)
+    return ", ".join(dict.fromkeys(close)) or "none"

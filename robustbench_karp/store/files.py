@@ -1,0 +1,87 @@
+"""Files under KARP_HOME: where things live, atomic writes, and stable hashes.
+
+    atomic_write_text(karp_home() / "cache" / "x.json", text)   # temp file, fsync, rename
+    config_hash({"model": "smallcnn", ...})                      # 16 hex digits of canonical JSON
+
+Files are written atomically: a temporary file in the same directory, fsync, then rename, so a
+reader never sees half a file and an interrupted write leaves the old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def karp_home() -> Path:
+    return Path(os.environ.get("KARP_HOME") or Path.home() / ".cache" / "karp-robust")
+
+
+def portable_path(path: Path) -> str:
+    """A path for records: relative to KARP_HOME when inside the store (so a store can move), else absolute."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(karp_home().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def resolve_path(text: str) -> Path:
+    """The inverse of portable_path under the current KARP_HOME."""
+    path = Path(text)
+    return path if path.is_absolute() else karp_home() / path
+
+
+def config_hash(config: dict[str, Any], length: int = 16) -> str:
+    """Stable id: sha256 of the canonical JSON of a configuration."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def current_umask() -> int:
+    """The process umask. os.umask can only be read by setting it, so it is set back at once
+    (to a common mask meanwhile, should another thread create a file in between)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """write(fileobj) into a temporary file next to path, then rename it over path.
+
+    The file gets the mode open() would give it (0644 under umask 022), not mkstemp's 0600: a
+    published site must be readable by a web server running as another user. Directories are
+    made as mkdir makes them (0755 under umask 022).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if hasattr(os, "fchmod"):  # POSIX; Windows files have no such modes
+            os.fchmod(fd, 0o666 & ~current_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))

@@ -1,0 +1,89 @@
+"""The trained-model store: a registered model's checkpoint by training recipe, trained on demand, then reused.
+
+    path = obtain_checkpoint(make_train_config("smallcnn", "mnist", "pgd-at"), device=torch.device("cpu"))
+    model = robustbench_karp.load_model("smallcnn", dataset="mnist", defense="pgd-at")   # (api.py) the same, loaded
+
+KARP_HOME/checkpoints/<model>-<dataset>-<defense>-s<seed>-<precision>-<hash>.pt holds exactly one
+recipe (options, seed and the precision it trained in): another recipe's file is never substituted.
+Concurrent runs train a missing checkpoint once (a file lock), and an interrupted training resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from robustbench_karp.store import karp_home, load_checkpoint
+from robustbench_karp.store.locks import file_lock
+from robustbench_karp.training.config import TrainConfig
+from robustbench_karp.training.estimate import describe_seconds, estimate_seconds
+from robustbench_karp.training.loop import fit, interrupted_epoch
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir() -> Path:
+    return karp_home() / "checkpoints"
+
+
+def checkpoint_path(config: TrainConfig, device: torch.device) -> Path:
+    """Where the checkpoint of config lives once trained on device: its name says the precision it trains in."""
+    return checkpoint_dir() / f"{config.stem(config.precision(device))}.pt"
+
+
+def find_checkpoint(config: TrainConfig, device: torch.device) -> Path | None:
+    """The checkpoint of exactly this configuration (recipe, options, seed and precision on device), or None.
+
+    Never another recipe's checkpoint: a different one is used only when named with --checkpoint.
+    A checkpoint named before names carried the precision (same config hash) counts when its
+    recorded precision is the one this device trains in.
+    """
+    exact = checkpoint_path(config, device)
+    if exact.is_file():
+        return exact
+    legacy = checkpoint_dir() / f"{config.stem()}.pt"
+    if legacy.is_file():
+        amp = load_checkpoint(legacy).get("amp", "none")
+        if ("bf16" if amp == "bf16" else "fp32") == config.precision(device):
+            return legacy
+    return None
+
+
+def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, device: torch.device | None = None,
+                      download: bool = True, callbacks: list | None = None,
+                      limit_seconds: float | None = None) -> Path:
+    """The stored checkpoint for config, training it with the loop when none exists.
+
+    limit_seconds: estimate the training first (estimate.py), say what is trained, why and for
+    about how long, and refuse (TrainingTooLong) past the limit; None trains without estimating.
+    """
+    device = device or torch.device("cpu")
+    found = find_checkpoint(config, device)
+    if found is not None:
+        return found
+    out = checkpoint_path(config, device)
+    with file_lock(out):  # concurrent runs train it once: the others wait here, then find it
+        found = find_checkpoint(config, device)
+        if found is not None:
+            return found
+        what = (f"{config.recipe['epochs']} epochs of {config.defense['name']} on {config.dataset} "
+                f"({out.stem})")
+        if limit_seconds is not None:
+            seconds = estimate_seconds(config, device, data_dir, download)
+            if seconds > limit_seconds:
+                raise TrainingTooLong(f"no checkpoint for {config.model}: training it ({what}) would take about "
+                                      f"{describe_seconds(seconds)} on {device}; pass --train to start it, or give "
+                                      "--checkpoint")
+            log.info("no checkpoint for %s: training it now, %s; about %s on %s", config.model, what,
+                     describe_seconds(seconds), device)
+        else:
+            log.info("no checkpoint for %s: training it now, %s", config.model, what)
+        resume = interrupted_epoch(out) is not None  # an interrupted training of this recipe continues
+        fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks, resume=resume)
+    return out
+
+
+class TrainingTooLong(ValueError):
+    """Training on demand would take longer than the caller allows (the CLI's --train lifts the limit)."""
