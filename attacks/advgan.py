@@ -33,7 +33,9 @@ warning (robustbench_karp.store.networks). `provenance(model)` names the generat
 The attack needs the run's training data: bind it first (`attack.bind(RunContext(...))`; the
 harness does). It is deterministic on CPU given RunContext.seed and never draws from `gen`. The
 target is used in the mode it is given (the harness gives eval mode); its .grad is never touched.
-A generator is trained on the device of the first batch it attacks.
+The harness calls `prepare` before the evaluation: the generator is trained there (outside the
+evaluation's cost count, timed on its own), and its sha256 and recipe enter the EvalConfig. Called
+directly, the attack trains it on the device of the first batch it attacks.
 
 Arguments:
     mode (str): "semi-white-box" or "distilled". Default "semi-white-box".
@@ -196,6 +198,20 @@ class AdvGAN(Attack):
         train = lambda net: self._train(net, model, threat, run, device)
         net, _ = networks.obtain(path, config, build, train, device)
         return net
+
+    def prepare(self, model, device: torch.device) -> dict[str, Any] | None:
+        """Train (or load) the generator, and the surrogate, before the evaluation: their sha256 and recipes enter
+        the EvalConfig (a generator trained on other hardware is other weights, so another evaluation)."""
+        threat = self._context().threat
+        if threat is None:
+            raise ValueError("advgan needs the run's threat model to prepare its generator (bind a RunContext with threat)")
+        self.generator(model, threat, device)
+        path, config, run = self._generator_key(model, threat)
+        out = {"generator": {"sha256": networks.recorded_sha256(path), "recipe": config}}
+        if self.mode == "distilled":
+            surrogate, surrogate_config, _ = self._surrogate_path(run)
+            out["surrogate"] = {"sha256": networks.recorded_sha256(surrogate), "recipe": surrogate_config}
+        return out
 
     def provenance(self, model) -> dict[str, Any]:
         """The generator (and surrogate) this run's threat model uses, with the sha256 recorded in the cache."""

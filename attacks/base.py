@@ -65,6 +65,11 @@ class Attack:
         """Extra facts for the record after a run (e.g. the sha256 of a trained generator)."""
         return {}
 
+    def prepare(self, model, device: torch.device) -> dict[str, Any] | None:
+        """Train or load what the attack needs before the evaluation starts, outside its counted cost, and return
+        that network's identity for the EvalConfig (its sha256 and recipe); None for an attack that needs none."""
+        return None
+
 
 def register(name: str):
     """Class decorator: registers a frozen-dataclass attack under `name`."""

@@ -28,7 +28,8 @@ from torch import nn
 from robustbench_karp.attacks import as_attack
 from robustbench_karp.data import DATASETS
 from robustbench_karp.devices import resolve_device
-from robustbench_karp.evaluation.engine import EvalResult, attack_batches, batch_seed, combine, expand, reseed_randomized
+from robustbench_karp.evaluation.engine import EvalResult, attack_batches, combine, expand
+from robustbench_karp.evaluation.sharded import batch_seed, reseed_randomized
 from robustbench_karp.models import Classifier
 from robustbench_karp.sources import (
     build_from_file,

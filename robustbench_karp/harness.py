@@ -5,13 +5,10 @@
 
 from __future__ import annotations
 
-import datetime
-import importlib.metadata
 import json
 import logging
 import os
-import platform
-import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,51 +21,20 @@ from robustbench_karp.attacks import Attack
 from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.devices import resolve_device
-from robustbench_karp.evaluation import checks, protocols
-from robustbench_karp.evaluation.engine import expand, run_attacks
+from robustbench_karp.evaluation.engine import run_attacks
 from robustbench_karp.evaluation.evalconfig import EvalConfig
 from robustbench_karp.evaluation.protocols import get_protocol
+from robustbench_karp.evaluation.recording import make_record, run_conditions
 from robustbench_karp.evaluation.sharded import RNG, PartialResults, evaluate_batches
 from robustbench_karp.sources import load_external, load_weights, new_model, parse_model
-from robustbench_karp.store import (
-    ResultsStore,
-    file_sha256,
-    portable_path,
-)
-from robustbench_karp.store.identity import cpu_conditions, weights_sha256
-from robustbench_karp.store.records import CONFIG_COPIES, RECORD_SCHEMA
+from robustbench_karp.store import ResultsStore, file_sha256, keep_copy, portable_path
+from robustbench_karp.store.identity import weights_sha256
 from robustbench_karp.threat import ThreatModel
 from robustbench_karp.threat.context import RunContext
 from robustbench_karp.training import checkpoints
 from robustbench_karp.training.config import make_train_config
 
 log = logging.getLogger(__name__)
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist_name, key in [("torch", "torch"), ("torchvision", "torchvision"), ("torchattacks", "torchattacks"),
-                           ("karp-robust", "karp_robust")]:
-        try:
-            out[key] = importlib.metadata.version(dist_name)
-        except importlib.metadata.PackageNotFoundError:
-            out[key] = "not installed"
-    out["git_commit"] = git_commit()
-    return out
-
-
-def git_commit() -> str | None:
-    """The source tree's commit (with '+dirty' for uncommitted changes), or None outside a git checkout."""
-    here = Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return None
 
 
 @dataclass
@@ -96,6 +62,10 @@ class EvalRequest:
     model_name: str | None = None  # the record's name for a file model (default <file>.py:<factory>)
     train_limit_seconds: float | None = None  # estimate training on demand and refuse past this (the CLI: 600 s)
     rng: str | None = RNG  # per-batch randomness (sharding, resuming); None: one generator in order (old records)
+    probes: list[Attack] | None = None  # None: the protocol's (reproduce passes a record's own)
+    restart: bool = False  # discard partial results of this config instead of resuming them
+    random_weights: bool = False  # a torchvision model without --checkpoint: its random initial weights, knowingly
+    weights_in_factory: bool = False  # a model file without --checkpoint: its factory loads the trained weights
 
 
 def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.Module, dict[str, Any], torch.device]:
@@ -118,9 +88,12 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
             raise ValueError(f"--normalize applies to model files and torchvision models; {req.model} normalizes "
                              f"with {spec.name}'s statistics")
         if req.checkpoint:
-            path = Path(req.checkpoint)
+            path = keep_copy(Path(req.checkpoint), "weights")  # the record names the store's copy, never the user's path
         else:
-            train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name, seed=req.seed)
+            # --defense-arg selects the checkpoint of exactly those options (a wrapper's options are its own)
+            own = req.defense_options if defense.classifier_defense() is defense else None
+            train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name,
+                                             defense_options=own, seed=req.seed)
             if int(os.environ.get("WORLD_SIZE", "1")) > 1 and checkpoints.find_checkpoint(train_config, device) is None:
                 raise ValueError(f"no checkpoint for {train_config.stem()}: train it first (karp-robust train "
                                  f"--model {req.model} --dataset {req.dataset} --defense "
@@ -137,7 +110,7 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
     trained_by = stored["defense"] if stored and defense.classifier_defense() is defense else None
     provenance = {"model": model_info["name"], "dataset": spec.name, "defense": req.defense,
                   "defense_config": trained_by or defense.config(),
-                  "model_source": model_info.get("source"), "model_file": model_info.get("file"),
+                  "model_source": model_info.get("source"),
                   "checkpoint": portable_path(path) if path else None,
                   "checkpoint_sha256": file_sha256(path) if path else None,
                   "weights_sha256": weights,
@@ -161,12 +134,21 @@ def _external_classifier(req: EvalRequest, source, spec, defense):
     if defense.classifier_defense().name != "standard":
         raise ValueError(f"--defense {req.defense} names how karp-robust trains a model; {req.model} comes with its "
                          "own weights (use --defense standard, or a defense that wraps a classifier)")
-    loaded = load_external(source, spec, norm=req.norm, normalize=req.normalize,
-                           checkpoint=Path(req.checkpoint) if req.checkpoint else None,
+    if req.checkpoint is None and source.kind == "torchvision" and not req.random_weights:
+        raise ValueError(f"{req.model} without --checkpoint would be evaluated with random initial weights: pass "
+                         "--checkpoint FILE, or --random-weights if that is what you mean")
+    if req.checkpoint is None and source.kind == "file" and not req.weights_in_factory:
+        raise ValueError(f"{req.model} without --checkpoint: pass --checkpoint FILE, or --weights-in-factory if "
+                         f"{source.target}() loads the trained weights itself")
+    checkpoint = Path(req.checkpoint) if req.checkpoint else None
+    if source.kind in ("file", "torchvision") and checkpoint is not None:
+        checkpoint = keep_copy(checkpoint, "weights")  # content-addressed: moving the original breaks nothing
+    if source.kind == "file" and source.path.is_file():
+        keep_copy(source.path, "models")  # reproduce imports this copy, found by its sha256 (reproduce.model_of)
+    loaded = load_external(source, spec, norm=req.norm, normalize=req.normalize, checkpoint=checkpoint,
                            robustbench_dir=req.robustbench_dir, file_sha=req.model_sha256)
     name = req.model_name or (f"{source.path.name}:{source.target}" if source.kind == "file" else req.model)  # no paths
-    info = {"name": name, "source": loaded.source, "file": str(source.path.resolve()) if source.path else None}
-    return loaded.classifier, loaded.checkpoint, {}, info
+    return loaded.classifier, loaded.checkpoint, {}, {"name": name, "source": loaded.source}
 
 
 @dataclass
@@ -174,10 +156,13 @@ class Plan:
     """A resolved evaluation: its EvalConfig (the identity), and what running it needs."""
 
     config: EvalConfig
-    attacks: list[Attack]  # bound to the run; the defense's adaptive attacks appended
+    attacks: list[Attack]  # bound to the run; the defense's adaptive attacks included
     threat: ThreatModel
     indices: torch.Tensor
     test: Any  # ImageSet of the test split
+    probes: list[Attack] = field(default_factory=list)  # measured beside the cascade (a purifier's plain PGD)
+    data_sha256: str | None = None  # the exact test points evaluated (data.ImageSet.identity)
+    preparation: dict[str, float] = field(default_factory=dict)  # attack -> seconds spent training its networks
 
     @property
     def id(self) -> str:
@@ -209,9 +194,11 @@ def _key(attack: Attack) -> str:
 
 
 def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
+    """The EvalConfig of a prepared model, and what running it needs. Networks attacks train for themselves
+    (AdvGAN's generator) are trained here, before any cost is counted, since their identity is part of the id."""
     spec = DATASETS.get(req.dataset)
     threat = ThreatModel(req.norm, spec.default_eps[req.norm] if req.eps is None else req.eps)
-    _, provenance, device = prepared
+    model, provenance, device = prepared
     test = load_split(spec, train=False, data_dir=req.data_dir, download=req.download)
     n = req.n_examples if req.n_examples is not None else min(spec.default_n_examples, len(test))
     indices = subset_indices(len(test), n)
@@ -226,12 +213,29 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     # this order and reproduce follows it; without a protocol, they run last.
     requested = adaptive + requested if protocol else requested + adaptive
     bound = [a.bind(context) for a in requested]
+    probes = [p.bind(context) for p in (req.probes if req.probes is not None else
+                                        get_protocol(req.protocol).build_probes(provenance["defense_config"])
+                                        if req.protocol else [])]
+    networks, preparation = prepare_attacks(bound, model, device)
     config = EvalConfig(model=provenance["model"], dataset=provenance["dataset"], defense=provenance["defense_config"],
                         weights=provenance["weights_sha256"], defense_weights=provenance["defense_weights_sha256"],
                         norm=threat.norm.value, eps=threat.eps, n_examples=n, seed=req.seed, batch_size=req.batch_size,
                         attacks=tuple(a.config() for a in bound), protocol=protocol,
-                        source=provenance.get("model_source"), rng=req.rng)
-    return Plan(config, bound, threat, indices, test)
+                        source=provenance.get("model_source"), rng=req.rng, probes=tuple(p.config() for p in probes),
+                        attack_networks=networks or None)
+    return Plan(config, bound, threat, indices, test, probes, test.identity(indices), preparation)
+
+
+def prepare_attacks(attacks: list[Attack], model: nn.Module, device: torch.device
+                    ) -> tuple[dict[str, Any], dict[str, float]]:
+    """({attack: its networks' identity}, {attack: seconds}) after each attack prepared what it trains."""
+    networks, seconds = {}, {}
+    for attack in attacks:
+        start = time.perf_counter()
+        identity = attack.prepare(model, device)
+        if identity is not None:
+            networks[attack.name], seconds[attack.name] = identity, time.perf_counter() - start
+    return networks, seconds
 
 
 def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train_callbacks: list | None = None,
@@ -253,7 +257,7 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
         on_start(len(plan.indices))
     if plan.config.rng == RNG:  # logical batches: resumable, and sharded under torchrun
         result = evaluate_batches(model, plan, req.seed, req.batch_size, device, store.path, on_batch=on_batch,
-                                  reporter=reporter)
+                                  reporter=reporter, restart=req.restart, conditions=run_conditions(device))
         if result is None:  # another rank than 0: rank 0 writes the record
             return None
     elif plan.config.rng is None:
@@ -262,29 +266,7 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
         result = run_attacks(model, batches, plan.attacks, plan.threat, gen, device, on_batch=on_batch)
     else:
         raise ValueError(f"unknown randomness scheme {plan.config.rng!r} (this version knows {RNG})")
-    order = [name for name, _ in expand(plan.attacks)]
-    x, y = plan.test.batch(plan.indices[: min(len(plan.indices), 200)])
-    warnings = result.warnings + checks.run_checks(model, x.to(device), y.to(device), result, plan.attacks, order,
-                                                    plan.threat, device, sweep or [])
-    config = plan.config.to_dict()
-    required = protocols.requirements(provenance["defense_config"])  # frozen in the record: builds read them here
-    record = {
-        "id": plan.id, "schema": RECORD_SCHEMA, "config": config,  # the config once: nothing copies its fields
-        **{k: v for k, v in provenance.items() if k not in CONFIG_COPIES},
-        "protocols": protocols.satisfied(config["attacks"], required), "protocol_requirements": required,
-        "attack_order": order, "attack_provenance": {name: facts for name, facts in
-                                                     ((a.name, a.provenance(model)) for a in plan.attacks) if facts},
-        "non_adaptive_accuracy": checks.non_adaptive_accuracy(result, plan.attacks, order),
-        "indices": plan.indices.tolist(),
-        "clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy,
-        "per_attack": result.per_attack,
-        "clean_mask": "".join("1" if c else "0" for c in result.clean),
-        "robust_mask": "".join("1" if r else "0" for r in result.robust),
-        "elapsed_seconds": result.elapsed_seconds, "cost": result.cost, "device": str(device),
-        "conditions": cpu_conditions(),
-        "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "warnings": warnings,
-    }
+    record = make_record(plan, model, provenance, result, device, sweep or [])
     store.append(record)
     if plan.config.rng == RNG:
         PartialResults(store.path, plan.id, []).clear()  # the record has landed: its partial results are no longer needed

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from robustbench_karp.attacks.base import attack_from_config
-from robustbench_karp.store import CheckpointError, ResultsStore, resolve_path
+from robustbench_karp.store import CheckpointError, ResultsStore, resolve_path, stored_copy
 from robustbench_karp.store.identity import cpu_differences
 from robustbench_karp.store.records import migrate
 
@@ -153,15 +153,23 @@ def external_checkpoint(record: dict[str, Any]) -> Path | None:
     return path
 
 
-def model_of(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(--model, extra EvalRequest fields) that rebuild the record's model from its recorded source."""
+def model_of(record: dict[str, Any], model_file: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """(--model, extra EvalRequest fields) that rebuild the record's model from its recorded source.
+
+    A model file is Python code: it is imported only from the store's own copy (named by its sha256) or
+    from model_file, the path the user gave on the command line, and only when its sha256 is the recorded
+    one. A path written in a record or a published entry is never followed.
+    """
     config = record["config"]
     source = config.get("source") or {}
     kind = source.get("kind")
     normalization = source.get("normalization")
     normalize = "none" if normalization is None else ",".join(str(v) for v in normalization["mean"] + normalization["std"])
     if kind == "file":
-        path = Path(record.get("model_file") or source["file"])
+        path = Path(model_file) if model_file else stored_copy("models", source["sha256"], source["file"])
+        if path is None:
+            raise ValueError(f"record {record['id']} evaluated the model file {source['file']} (sha256 "
+                             f"{source['sha256'][:16]}...), which this store does not keep: pass --model-file PATH")
         return f"{path}:{source['factory']}", {"normalize": normalize, "model_sha256": source["sha256"],
                                                 "model_name": config["model"]}
     if kind == "torchvision":
@@ -172,30 +180,52 @@ def model_of(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return config["model"], {}
 
 
-def request_of(record: dict[str, Any], checkpoint: Path | None, device: str, data_dir: Path | None, download: bool):
+def request_of(record: dict[str, Any], checkpoint: Path | None, device: str, data_dir: Path | None, download: bool,
+               model_file: Path | None = None):
     """The EvalRequest that re-runs a record's stored configuration (defense options and protocol included)."""
     from robustbench_karp.harness import EvalRequest
 
     config = record["config"]
     options = {k: v for k, v in config["defense"].items() if k != "name"}
-    model, extra = model_of(record)
+    model, extra = model_of(record, model_file)
     return EvalRequest(model=model, dataset=config["dataset"], defense=config["defense"]["name"], **extra,
                        defense_options=options, attacks=[attack_from_config(c) for c in config["attacks"]],
                        norm=config["norm"], eps=config["eps"], n_examples=config["n_examples"], seed=config["seed"],
                        batch_size=config["batch_size"], device=device,
                        checkpoint=str(checkpoint) if checkpoint else None, data_dir=data_dir,
                        download=download, protocol=config.get("protocol"),
+                       probes=[attack_from_config(c) for c in config.get("probes") or []],
                        rng=config.get("rng"))  # None: the one-generator scheme of records made before per-batch
 
 
+def check_data(record: dict[str, Any], data_dir: Path | None, download: bool) -> None:
+    """Refuse, before anything runs, test data that is not the data the record measured (DataMismatch)."""
+    from robustbench_karp.data import DATASETS, load_split, subset_indices
+
+    if not record.get("data_sha256"):
+        return  # recorded before data identities
+    config = record["config"]
+    test = load_split(DATASETS.get(config["dataset"]), train=False, data_dir=data_dir, download=download)
+    here = test.identity(subset_indices(len(test), config["n_examples"]))
+    if here != record["data_sha256"]:
+        raise DataMismatch(f"the {config['dataset']} test data here is not the data record {record['id']} measured "
+                           f"(sha256 {here[:16]}... here, {record['data_sha256'][:16]}... recorded): its numbers "
+                           "cannot match; check --data-dir")
+
+
+class DataMismatch(ValueError):
+    """The test data on disk differs from the data a record was measured on."""
+
+
 def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None = None, download: bool = True,
-          train_missing: bool = False) -> tuple[dict[str, Any], list[str]]:
+          train_missing: bool = False, model_file: Path | None = None) -> tuple[dict[str, Any], list[str]]:
     """(the re-run's record, notes): the stored config run again, into a scratch store that is then discarded."""
     from robustbench_karp.devices import resolve_device
     from robustbench_karp.harness import run_evaluation
 
     if record.get("source") == "external":
         raise ValueError(f"record {record['id']} was imported from {record.get('tool', 'another tool')}: nothing to re-run")
+    check_data(record, data_dir, download)
     dev = resolve_device(device)
     source = record["config"].get("source")
     if source:  # a zoo, file, torchvision or Python model: its own weights, checked by the re-run's weights_sha256
@@ -206,7 +236,7 @@ def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None
         checkpoint = locate_checkpoint(record, train_missing, dev)
         if recorded_weights(record):
             check_weights(record, checkpoint, rebuilt_on=dev if rebuilt else None)
-    req = request_of(record, checkpoint, device, data_dir, download)
+    req = request_of(record, checkpoint, device, data_dir, download, model_file)
     with recorded_threads(record, dev) as notes, tempfile.TemporaryDirectory(prefix="karp-reproduce-") as scratch:
         new = run_evaluation(req, store=ResultsStore(Path(scratch) / "results.sqlite"))
     if recorded_weights(record) and new["config"]["weights"] != recorded_weights(record):

@@ -67,15 +67,39 @@ def test_protocol_requirements_and_coverage(fresh_catalog):
     gan = {"name": "defense-gan", "base": "standard", "steps": 50, "restarts": 4}
     required = catalog.protocol_requirements(gan)["standard/1"]
     adaptive = DEFENSES.get("defense-gan")(**{k: v for k, v in gan.items() if k != "name"}).adaptive_attacks()
-    assert required == json.loads(json.dumps([a.config() for a in get_protocol("standard").build_attacks() + adaptive]))
-    assert catalog.protocol_requirements({"name": "no-such-defense"}) == {"standard/1": None}
+    assert required == json.loads(json.dumps([a.config() for a in get_protocol("standard/1").build_attacks() + adaptive]))
+    assert catalog.protocol_requirements({"name": "no-such-defense"}) == {"standard/1": None, "standard/2": None}
     aa = build_attack("autoattack", {"steps": "100", "square_queries": "5000"}).config()
     plain = catalog.protocol_requirements({"name": "pgd-at"})
-    assert satisfied([aa], plain) == ["standard/1"]
-    assert satisfied([{**aa, "steps": 100.0}], plain) == ["standard/1"]  # 100.0 is 100, as JSON may hold it
+    assert satisfied([aa], plain) == ["standard/1", "standard/2"]  # nothing more is asked of a plain model
+    assert satisfied([{**aa, "steps": 100.0}], plain) == ["standard/1", "standard/2"]  # 100.0 is 100, as JSON holds it
     assert satisfied([{**aa, "steps": 10}], plain) == []
     assert satisfied([aa], catalog.protocol_requirements(gan)) == []  # a purifier needs its adaptive attacks
-    assert satisfied([aa, *required], catalog.protocol_requirements(gan)) == ["standard/1"]
+    assert satisfied([aa, *required], catalog.protocol_requirements(gan)) == ["standard/1"]  # standard/2 needs the probe
+    probe = {"probe": build_attack("pgd").config()}
+    assert satisfied([aa, *required, probe], catalog.protocol_requirements(gan)) == ["standard/1", "standard/2"]
+    assert get_protocol("standard").label == "standard/2" and get_protocol("standard/1").version == 1
+
+
+# Every protocol version's requirements of a purifier, frozen: "ran standard/1" must mean the same on every
+# record. A change to AutoAttack's options or to a defense's adaptive attacks fails here: add a new version.
+FROZEN = {
+    "standard/1": [{"name": "autoattack", "square_queries": 5000, "steps": 100},
+                   {"name": "transfer-pgd", "steps": 50, "step_size": None, "restarts": 1, "random_start": True,
+                    "loss": "ce", "early_stop": False},
+                   {"name": "bpda-pgd", "steps": 50, "step_size": None, "restarts": 1, "random_start": True,
+                    "samples": 2, "loss": "ce", "early_stop": True}],
+}
+FROZEN["standard/2"] = FROZEN["standard/1"] + [{"probe": {"name": "pgd", "steps": 50, "step_size": None, "restarts": 1,
+                                                          "random_start": True, "loss": "ce", "early_stop": True}}]
+
+
+@pytest.mark.parametrize("label", sorted(FROZEN))
+def test_protocol_versions_are_frozen(label):
+    from robustbench_karp.evaluation.protocols import PROTOCOLS, canonical
+
+    required = PROTOCOLS.get(label).required_configs({"name": "defense-gan", "base": "standard"})
+    assert sorted(map(canonical, required)) == sorted(map(canonical, FROZEN[label]))
 
 
 def _run(args: list[str], env_home: Path, no_torch: bool) -> subprocess.CompletedProcess:

@@ -110,7 +110,7 @@ def test_under_a_protocol_a_purifiers_adaptive_attacks_run_first_and_reproduce_k
     # reproduce passes the recorded attacks, in their order, with the protocol: the order stays
     recorded = plan_evaluation(req, prepared).attacks
     again, label = requested_attacks(EvalRequest(**{**req.__dict__, "attacks": list(recorded)}))
-    assert [a.config() for a in again] == [a.config() for a in recorded] and label == "standard/1"
+    assert [a.config() for a in again] == [a.config() for a in recorded] and label == "standard/2"
 
 
 CPUINFO = """processor\t: 0

@@ -157,7 +157,7 @@ def test_only_protocol_entries_are_ranked_and_partial_ones_never_above_them():
                       "attacks": [{**AUTOATTACK, "steps": 10}]}
     entries = build_entries([pgd_only, protocol, weaker_options], exists)
     assert [(e["model"], e["status"], e["protocols"]) for e in entries] == [
-        ("protocol", "ranked", ["standard/1"]), ("aa-10-steps", "partial", []), ("pgd-only", "partial", [])]
+        ("protocol", "ranked", ["standard/1", "standard/2"]), ("aa-10-steps", "partial", []), ("pgd-only", "partial", [])]
     from robustbench_karp.boards.tables import boards
 
     tables = boards(entries)

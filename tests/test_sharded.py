@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.evaluation.engine import batch_seed
-from robustbench_karp.evaluation.sharded import PartialResults
+from robustbench_karp.evaluation.sharded import PartialResults, batch_seed
 from robustbench_karp.harness import EvalRequest, run_evaluation
 from robustbench_karp.store import ResultsStore
 
@@ -79,6 +78,9 @@ def test_a_partial_result_of_another_batch_size_is_not_reused(karp_home, digits_
     partial = PartialResults(store.path, whole["id"], [40, 40, 40])
     from robustbench_karp.evaluation.engine import BatchOutcome
 
+    from robustbench_karp.evaluation.recording import run_conditions
+
+    partial.check_conditions(run_conditions(torch.device("cpu")))  # as an interrupted run here would leave them
     partial.save(0, BatchOutcome([True] * 7, [True] * 7, {"pgd": 7}, {}))  # wrong size: ignored, recomputed
     same_numbers(run_evaluation(request(digits_checkpoint), store=store), whole)
 

@@ -75,6 +75,7 @@ def cmd_evaluate(args) -> int:
                        n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
                        checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download,
                        protocol=args.protocol, normalize=args.normalize, robustbench_dir=args.robustbench_dir,
+                       restart=args.restart,
                        train_limit_seconds=None if args.train else train_limit())
     records = []
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 prints and writes the record

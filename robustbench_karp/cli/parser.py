@@ -158,6 +158,8 @@ def add_evaluate(sub) -> None:
                     help="a named, versioned attack set (standard: AutoAttack plus the defense's adaptive attacks); "
                          "--attack adds to it")
     ev.add_argument("--json", action="store_true", help="print the record as one JSON object")
+    ev.add_argument("--restart", action="store_true",
+                    help="discard the finished batches an interrupted run of this config left, instead of resuming them")
     ev.add_argument("--train", action="store_true",
                     help="train a missing checkpoint even when that is estimated to take over 10 minutes")
     ev.add_argument("--save-examples", type=Path, default=None, metavar="DIR",

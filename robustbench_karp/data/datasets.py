@@ -13,6 +13,7 @@ Fixed splits and subsets (documented in the README):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -51,6 +52,18 @@ class ImageSet:
         for idx in indices.split(batch_size):
             x, y = self.batch(idx)
             yield idx, x, y
+
+    def identity(self, indices: torch.Tensor) -> str:
+        """sha256 of exactly the test points evaluated: the stored images and labels at indices, in order.
+
+        A record keeps it, so `reproduce` can say before it runs that the data on disk is not the data
+        the record measured (another copy of the dataset, a corrupted file, another split).
+        """
+        h = hashlib.sha256(f"imageset/1|{self.images.dtype}|{tuple(self.images.shape[1:])}|".encode())
+        for idx in indices.split(4096):
+            h.update(self.images[idx].contiguous().numpy().tobytes())
+            h.update(self.labels[idx].to(torch.int64).contiguous().numpy().tobytes())
+        return h.hexdigest()
 
 
 @dataclass(frozen=True)

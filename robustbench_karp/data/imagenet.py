@@ -18,6 +18,7 @@ There is no training split: karp-robust evaluates ImageNet models, it does not t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -88,6 +89,17 @@ class ImageFileSet:
         for idx in indices.split(batch_size):
             x, y = self.batch(idx)
             yield idx, x, y
+
+    def identity(self, indices: torch.Tensor) -> str:
+        """sha256 of exactly the test points evaluated: each file's bytes and label, in order (decoding is the
+        fixed Res256Crop224 of these bytes, so the bytes decide the tensors)."""
+        h = hashlib.sha256(b"imagefileset/1|")
+        for i in indices.tolist():
+            h.update(f"{int(self.labels[i])}|".encode())
+            with open(self.paths[i], "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        return h.hexdigest()
 
 
 def find_val_folder(root: Path) -> Path:

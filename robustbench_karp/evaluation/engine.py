@@ -18,7 +18,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,7 +30,14 @@ from torch import nn
 from robustbench_karp.attacks import Attack
 from robustbench_karp.evaluation.cost import attack_cost, count_passes
 from robustbench_karp.threat import ThreatModel, check_budget
-from robustbench_karp.threat.rows import OutOfMemory, forward_rows, is_randomized, physical_rows, row_limit
+from robustbench_karp.threat.rows import (
+    OutOfMemory,
+    OutOfMemoryError,
+    forward_rows,
+    is_randomized,
+    physical_rows,
+    row_limit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +81,7 @@ class EvalResult:
     record: dict[str, Any] | None = field(default=None, repr=False)  # the stored record (evaluate(..., store=True))
     # Passes through the model and wall time, in total and per attack (cost.attack_cost); {} when not counted.
     cost: dict[str, Any] = field(default_factory=dict, repr=False)
+    probes: dict[str, float] = field(default_factory=dict)  # accuracy under each probe, run beside the cascade
 
     def __repr__(self) -> str:  # not the (N,) masks
         attacks = ", ".join(f"{k} {v:.4f}" for k, v in self.per_attack.items())
@@ -117,11 +124,16 @@ class BatchOutcome:
     forward: int = 0  # every pass of the batch through the network, the engine's predictions included
     backward: int = 0
     warnings: list[str] = field(default_factory=list)
+    probes: dict[str, dict[str, float]] = field(default_factory=dict)  # per probe: robust, attacked, passes, seconds
 
 
 def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list[tuple[str, Attack]],
-                 threat: ThreatModel, gen: torch.Generator, passes, reporter=None) -> BatchOutcome:
+                 threat: ThreatModel, gen: torch.Generator, passes, reporter=None,
+                 probes: Sequence[tuple[str, Attack]] = ()) -> BatchOutcome:
     """Clean prediction, then every attack in cascade on the points still robust (model already in eval mode).
+
+    probes run after the cascade, each on every clean-correct point and apart from it: what they break
+    is counted on its own and never touches the robust mask (a purifier's plain-PGD accuracy).
 
     reporter.attack(name, points, budget) is told which attack starts on how many points, and about the most
     forward passes per point it takes (Attack.forward_budget; None if unknown), for the progress display.
@@ -139,7 +151,7 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list
                 reporter.attack(name, len(idx), attack.forward_budget())
             try:
                 x_adv = attack(model, x[idx], y[idx], threat, gen)
-            except torch.OutOfMemoryError:
+            except OutOfMemoryError:
                 if not attack.splits:
                     raise OutOfMemory(f"out of device memory in {name} on {len(idx)} points: its passes cannot be cut "
                                       "into smaller pieces without changing its random draws; pass a smaller "
@@ -156,20 +168,38 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list
         after[name] = int(still.sum())  # the sync that ends the attack's timing
         used["seconds"] = time.perf_counter() - t0
         spent[name] = used
+    probed = {name: _probe(model, x, y, clean, attack, threat, gen, passes) for name, attack in probes}
     return BatchOutcome(clean.cpu().tolist(), still.cpu().tolist(), after, spent,
-                        passes.forward - forward0, passes.backward - backward0)
+                        passes.forward - forward0, passes.backward - backward0, probes=probed)
+
+
+def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, attack: Attack,
+           threat: ThreatModel, gen: torch.Generator, passes) -> dict[str, float]:
+    """One probe on every clean-correct point: how many stay correct, and what that cost."""
+    idx = clean.nonzero().squeeze(1)
+    forward, backward, t0 = passes.forward, passes.backward, time.perf_counter()
+    robust = 0
+    if len(idx) and threat.eps > 0:
+        x_adv = attack(model, x[idx], y[idx], threat, gen)
+        check_budget(x_adv, x[idx], threat)
+        robust = int((predict(model, x_adv) == y[idx]).sum())
+    elif len(idx):
+        robust = len(idx)
+    return {"robust": robust, "attacked": len(idx), "forward": passes.forward - forward,
+            "backward": passes.backward - backward, "seconds": time.perf_counter() - t0}
 
 
 def attack_in_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: list[tuple[str, Attack]],
-                     threat: ThreatModel, gen: torch.Generator, passes, reporter=None) -> BatchOutcome:
+                     threat: ThreatModel, gen: torch.Generator, passes, reporter=None,
+                     probes: Sequence[tuple[str, Attack]] = ()) -> BatchOutcome:
     """attack_batch; on out of device memory, the batch again from the same generator state in physical pieces
     of half the rows (then a quarter, ...): the same numbers, less memory (robustbench_karp.threat.rows)."""
     state, rows = gen.get_state(), row_limit()
     while True:
         try:
             with physical_rows(rows):
-                return attack_batch(model, x, y, named, threat, gen, passes, reporter)
-        except torch.OutOfMemoryError as e:
+                return attack_batch(model, x, y, named, threat, gen, passes, reporter, probes)
+        except OutOfMemoryError as e:
             failed = (str(e).strip().splitlines() or ["out of memory"])[0]
         # out of the except block: the failed attempt's tensors, which its traceback holds, are freed first
         rows = _fewer_rows(rows or len(x), model, failed)
@@ -192,15 +222,21 @@ def _fewer_rows(rows: int, model: nn.Module, failed: str) -> int:
 
 def combine(outcomes: list[BatchOutcome], names: list[str], elapsed: float, device: torch.device,
             warnings: list[str]) -> EvalResult:
-    """The evaluation's result from its batches' outcomes, in batch order."""
+    """The evaluation's result from its batches' outcomes, in batch order (probes: those of the first batch)."""
     clean = [c for o in outcomes for c in o.clean]
     robust = [r for o in outcomes for r in o.robust]
     n = len(clean)
     per_attack = {name: {k: sum(o.spent[name][k] for o in outcomes) for k in ("attacked", "forward", "backward",
                                                                               "seconds")} for name in names}
+    probe_names = list(outcomes[0].probes) if outcomes else []
+    probed = {name: {k: sum(o.probes[name][k] for o in outcomes) for k in ("robust", "attacked", "forward", "backward",
+                                                                         "seconds")} for name in probe_names}
     cost = {"forward_passes": sum(o.forward for o in outcomes), "backward_passes": sum(o.backward for o in outcomes),
             "wall_seconds": elapsed, "device": str(device),
             "per_attack": {name: attack_cost(**used) for name, used in per_attack.items()}}
+    if probed:  # beside the cascade: their passes are in the totals above, and here on their own
+        cost["probes"] = {name: attack_cost(**{k: v for k, v in used.items() if k != "robust"})
+                          for name, used in probed.items()}
     seen = list(dict.fromkeys(warnings + [w for o in outcomes for w in o.warnings]))
     return EvalResult(
         n_examples=n,
@@ -212,19 +248,21 @@ def combine(outcomes: list[BatchOutcome], names: list[str], elapsed: float, devi
         elapsed_seconds=elapsed,
         warnings=seen,
         cost=cost,
+        probes={name: used["robust"] / max(n, 1) for name, used in probed.items()},
     )
 
 
 def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, torch.Tensor]],
                    attacks: Sequence[Attack], threat: ThreatModel, gen_of: Callable[[int], torch.Generator],
-                   device: torch.device, on_outcome: Callable[[int, BatchOutcome], None], reporter=None) -> list[str]:
+                   device: torch.device, on_outcome: Callable[[int, BatchOutcome], None], reporter=None,
+                   probes: Sequence[Attack] = ()) -> list[str]:
     """Attack each numbered batch (b, x, y) with the generator gen_of(b); on_outcome(b, outcome) after each.
 
     reporter (optional, the CLI's progress display): .batch(b), .attack(name, points, budget) and
     .tick(forward passes) after every pass through the network.
     Returns the engine's warnings (a model found in train mode is evaluated in eval mode).
     """
-    named = expand(attacks)
+    named, probed = expand(attacks), [(f"probe:{p.name}", p) for p in probes]
     warnings = []
     on_pass = reporter.tick if reporter is not None else None
     with eval_mode(model) as was_training, count_passes(model, on_pass) as passes:
@@ -233,7 +271,8 @@ def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, 
         for b, x, y in batches:
             if reporter is not None:
                 reporter.batch(b)
-            outcome = attack_in_memory(model, x.to(device), y.to(device), named, threat, gen_of(b), passes, reporter)
+            outcome = attack_in_memory(model, x.to(device), y.to(device), named, threat, gen_of(b), passes, reporter,
+                                       probed)
             release_memory()
             on_outcome(b, outcome)
     return warnings
@@ -263,16 +302,3 @@ def run_attacks(
     numbered = ((b, x, y) for b, (x, y) in enumerate(batches))
     warnings = attack_batches(model, numbered, attacks, threat, lambda b: gen, device, keep)
     return combine(outcomes, [name for name, _ in expand(attacks)], time.perf_counter() - start, device, warnings)
-
-
-def batch_seed(seed: int, b: int) -> int:
-    """A 63-bit seed for batch b of an evaluation seeded with seed (independent streams, not seed + b)."""
-    return int.from_bytes(hashlib.sha256(f"karp-batch:{seed}:{b}".encode()).digest()[:8], "little") >> 1
-
-
-def reseed_randomized(model: nn.Module, seed: int) -> None:
-    """Give every randomized module of model (a Defense-GAN purifier, ...) its batch's own random state."""
-    for module in model.modules():
-        reseed = getattr(module, "reseed", None)
-        if callable(reseed):
-            reseed(seed)

@@ -39,16 +39,25 @@ class EvalConfig:
     schema: int = SCHEMA
     source: dict[str, Any] | None = None  # a zoo, file, torchvision or Python model: its identity and normalization
     rng: str | None = None  # "per-batch/1": batch b's randomness from (seed, b) alone; None: one generator in order
+    # Measured beside the cascade, never in it: a purifier's protocol run attacks every clean-correct point with
+    # plain PGD too (the obfuscated-gradients check needs that figure); the robust accuracy ignores them.
+    probes: tuple[dict[str, Any], ...] = ()
+    # Networks attacks train for themselves before the evaluation (AdvGAN's generator): attack name -> the
+    # generator's sha256 and the recipe that trained it. Hardware-dependent, so part of the identity.
+    attack_networks: dict[str, Any] | None = None
+    certify: str | None = None  # "ibp" or "crown-ibp": certified points skip every attack (evaluation/certify.py)
 
     def __post_init__(self):
         object.__setattr__(self, "attacks", tuple(dict(a) for a in self.attacks))
+        object.__setattr__(self, "probes", tuple(dict(a) for a in self.probes))
         object.__setattr__(self, "eps", float(self.eps))
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["attacks"] = [dict(a) for a in self.attacks]
-        for key in ("source", "rng"):  # unset: ids stay what they were before these fields existed
-            if out[key] is None:
+        out["probes"] = [dict(a) for a in self.probes]
+        for key in ("source", "rng", "probes", "attack_networks", "certify"):  # unset: ids stay what they were
+            if not out[key]:                                                   # before these fields existed
                 del out[key]
         return out
 

@@ -1,6 +1,6 @@
 """Evaluation protocols: named, versioned attack sets with fixed options.
 
-    karp-robust evaluate --model smallcnn --dataset mnist --defense pgd-at --protocol standard
+    karp-robust evaluate --model smallcnn --dataset mnist --defense pgd-at --protocol standard   # the newest: standard/2
 
 A protocol fixes every option of its attacks, so "ran standard/1" means the same thing on every
 record. `standard/1` is AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square; 100
@@ -9,10 +9,20 @@ attacks the defense declares (transfer-PGD, BPDA-PGD with EOT): an honest evalua
 needs them. They run first (harness.plan_evaluation), so AutoAttack runs only on the points they
 left: a purifier's forward is costly. Another order would be another random draw of the evaluation
 (attacks draw their random starts for the points they are given, so single points can differ),
-which is why a record keeps its attack order and `reproduce` follows it. A leaderboard board ranks
-only entries whose records cover its protocol on the same test points; the others are partial
-evaluations, upper bounds on robust accuracy.
-Changing a protocol's attacks means a new version (`standard/2`); old records keep their version.
+which is why a record keeps its attack order and `reproduce` follows it.
+
+`standard/2` runs the same attacks, so its records cover standard/1 too, and adds two things:
+- a purifier's run also measures plain PGD on every clean-correct point, beside the cascade (a
+  probe): the non-adaptive accuracy the obfuscated-gradients check compares with the adaptive one;
+- where the model allows it (deterministic, and every layer bounded: evaluation/certify.py),
+  CROWN-IBP certification runs first, and certified points skip every attack: a point proven
+  robust cannot be broken, so the robust accuracy means what standard/1's means.
+
+A board ranks only entries whose records cover a protocol on the same test points; the others are
+partial evaluations, upper bounds on robust accuracy. What a protocol required of a record is frozen
+into the record when it runs (`protocol_requirements`), and builds read it from there. Changing a
+protocol's attacks, or a defense's adaptive attacks, means a new version; old records keep theirs
+(tests/test_catalog.py pins every version's requirements).
 """
 
 from __future__ import annotations
@@ -27,13 +37,17 @@ from robustbench_karp.registry import Registry
 if TYPE_CHECKING:
     from robustbench_karp.attacks import Attack
 
+Options = tuple[tuple[str, Any], ...]
+
 
 @dataclass(frozen=True)
 class Protocol:
     name: str  # e.g. "standard"
     version: int
-    attacks: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # (registered name, fixed options)
+    attacks: tuple[tuple[str, Options], ...]  # (registered name, fixed options), in run order
     description: str
+    probes: tuple[tuple[str, Options], ...] = ()  # measured beside the cascade on a purifier (one with adaptive attacks)
+    certify: str | None = None  # certification run first where the model allows it
 
     @property
     def label(self) -> str:
@@ -44,31 +58,54 @@ class Protocol:
 
         return [build_attack(name, dict(options)) for name, options in self.attacks]
 
-    def required_configs(self, defense: dict[str, Any] | None) -> list[dict[str, Any]]:
-        """Every attack config a record must hold to satisfy this protocol (the defense's adaptive ones included)."""
+    def adaptive_attacks(self, defense: dict[str, Any] | None) -> list[Attack]:
         from robustbench_karp.defenses import build_defense
 
-        attacks = self.build_attacks()
-        if defense and defense.get("name"):
-            options = {k: v for k, v in defense.items() if k != "name"}
-            attacks += build_defense(defense["name"], options).adaptive_attacks()
-        return [a.config() for a in attacks]
+        if not defense or not isinstance(defense, dict) or not defense.get("name"):
+            return []
+        return build_defense(defense["name"], {k: v for k, v in defense.items() if k != "name"}).adaptive_attacks()
+
+    def build_probes(self, defense: dict[str, Any] | None) -> list[Attack]:
+        """The probes a record of this defense measures: none unless the defense needs adaptive attacks."""
+        from robustbench_karp.attacks import build_attack
+
+        if not self.probes or not self.adaptive_attacks(defense):
+            return []
+        return [build_attack(name, dict(options)) for name, options in self.probes]
+
+    def required_configs(self, defense: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Every attack config a record must hold to satisfy this protocol: its attacks, the defense's adaptive
+        ones, and its probes (as {"probe": config}, matched against the record's config.probes)."""
+        attacks = self.build_attacks() + self.adaptive_attacks(defense)
+        return [a.config() for a in attacks] + [{"probe": p.config()} for p in self.build_probes(defense)]
 
 
 PROTOCOLS: Registry[Protocol] = Registry("protocol")
-PROTOCOLS.register("standard")(Protocol(
-    "standard", 1, (("autoattack", (("square_queries", 5000), ("steps", 100))),),
+_AUTOATTACK = (("autoattack", (("square_queries", 5000), ("steps", 100))),)
+PROTOCOLS.register("standard/1")(Protocol(
+    "standard", 1, _AUTOATTACK,
     "AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), plus the defense's adaptive attacks (BPDA, EOT, transfer)"))
+PROTOCOLS.register("standard/2")(Protocol(
+    "standard", 2, _AUTOATTACK,
+    "standard/1's attacks; a purifier's plain-PGD accuracy measured beside them; CROWN-IBP certification first "
+    "where the model allows it (certified points skip the attacks)",
+    probes=(("pgd", ()),), certify="crown-ibp"))
 DEFAULT_PROTOCOL = "standard"
 
 
 def get_protocol(name: str) -> Protocol:
-    """'standard' (the newest version) or 'standard/1' (an exact version)."""
-    base, _, version = name.partition("/")
-    protocol = PROTOCOLS.get(base)
-    if version and version != str(protocol.version):
-        raise ValueError(f"protocol {name!r}: this version of karp-robust knows {protocol.label} only")
-    return protocol
+    """'standard' (its newest version) or 'standard/1' (an exact version)."""
+    if "/" in name:
+        return PROTOCOLS.get(name)
+    versions = [PROTOCOLS.get(label) for label in PROTOCOLS.names() if label.split("/")[0] == name]
+    if not versions:
+        PROTOCOLS.get(name)  # UnknownName, listing the labels
+    return max(versions, key=lambda p: p.version)
+
+
+def record_configs(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """What a record's EvalConfig offers a protocol: its attacks, and its probes as {"probe": config}."""
+    return [*(config.get("attacks") or []), *({"probe": p} for p in config.get("probes") or [])]
 
 
 def requirements(defense: dict[str, Any] | None) -> dict[str, list[dict[str, Any]] | None]:

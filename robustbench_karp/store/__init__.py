@@ -23,11 +23,13 @@ from robustbench_karp.store.files import (
     current_umask,
     file_sha256,
     karp_home,
+    keep_copy,
     portable_path,
     resolve_path,
+    stored_copy,
 )
 from robustbench_karp.store.results import ResultsStore, StoreLocked
 
 __all__ = ["CheckpointError", "ResultsStore", "StoreLocked", "atomic_write_bytes", "atomic_write_text", "config_hash",
-           "current_umask", "file_sha256", "karp_home", "load_checkpoint", "portable_path", "resolve_path",
-           "save_checkpoint", "state_dict_in"]
+           "current_umask", "file_sha256", "karp_home", "keep_copy", "load_checkpoint", "portable_path", "resolve_path",
+           "save_checkpoint", "state_dict_in", "stored_copy"]

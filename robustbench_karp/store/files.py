@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,18 +24,41 @@ def karp_home() -> Path:
 
 
 def portable_path(path: Path) -> str:
-    """A path for records: relative to KARP_HOME when inside the store (so a store can move), else absolute."""
+    """A path for records: relative to KARP_HOME when inside the store (so a store can move), else the file's
+    name alone. Records never hold absolute paths: they are published, and a home directory is nobody's business."""
     path = Path(path).resolve()
     try:
         return str(path.relative_to(karp_home().resolve()))
     except ValueError:
-        return str(path)
+        return path.name
 
 
 def resolve_path(text: str) -> Path:
-    """The inverse of portable_path under the current KARP_HOME."""
+    """The inverse of portable_path under the current KARP_HOME (a bare file name is looked for there too)."""
     path = Path(text)
     return path if path.is_absolute() else karp_home() / path
+
+
+def keep_copy(path: Path, kind: str) -> Path:
+    """A content-addressed copy of a user's file in the store: KARP_HOME/<kind>/<sha256>/<its name>.
+
+    A record names the copy, so moving or editing the original never breaks `reproduce`, and a copy is
+    found by its sha256 alone (stored_copy): no path written in a record is ever followed.
+    """
+    path = Path(path)
+    copy = karp_home() / kind / file_sha256(path) / path.name
+    if not copy.is_file():
+        data = path.read_bytes()
+        atomic_write_bytes(copy, lambda f: f.write(data))
+    return copy
+
+
+def stored_copy(kind: str, sha256: str, name: str) -> Path | None:
+    """The store's copy of a file (keep_copy) by its sha256 and name, if it is there and unchanged."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256 or "") or Path(name).name != name or name in ("", ".", ".."):
+        return None  # never a path built from anything but a hash and a plain file name
+    copy = karp_home() / kind / sha256 / name
+    return copy if copy.is_file() and file_sha256(copy) == sha256 else None
 
 
 def config_hash(config: dict[str, Any], length: int = 16) -> str:

@@ -11,7 +11,9 @@ changes between two otherwise identical trainings; the canonical state_dict hash
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import platform
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -90,3 +92,29 @@ def cpu_differences(recorded: Mapping[str, object] | None) -> list[str]:
                  (("lacks", was - now), ("adds", now - was)) if flags]
         notes.append(f"vector ISA differs: this machine {', '.join(parts)}")
     return notes
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist_name, key in [("torch", "torch"), ("torchvision", "torchvision"), ("torchattacks", "torchattacks"),
+                           ("karp-robust", "karp_robust")]:
+        try:
+            out[key] = importlib.metadata.version(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = "not installed"
+    out["git_commit"] = git_commit()
+    return out
+
+
+def git_commit() -> str | None:
+    """The source tree's commit (with '+dirty' for uncommitted changes), or None outside a git checkout."""
+    here = Path(__file__).resolve().parent  # the package's checkout, wherever the command runs
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None

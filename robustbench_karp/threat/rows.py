@@ -28,6 +28,11 @@ import torch
 _ROWS: contextvars.ContextVar[int | None] = contextvars.ContextVar("karp_physical_rows", default=None)
 
 
+# torch.OutOfMemoryError exists from torch 2.5; torch.cuda.OutOfMemoryError (its alias since) from 1.13. Looked
+# up once here: an `except torch.OutOfMemoryError` evaluated on torch 2.4 would itself raise AttributeError.
+OutOfMemoryError: type[BaseException] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
 class OutOfMemory(RuntimeError):
     """Out of device memory where a smaller physical batch cannot help without changing a number."""
 
