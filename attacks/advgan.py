@@ -171,6 +171,9 @@ class AdvGAN(Attack):
     # --- the generator and its cache --------------------------------------------------------
 
     def _context(self) -> RunContext:
+        if self.context is not None and not self.context.dataset:
+            raise ValueError("advgan trains its generator on a dataset's training split: evaluate with dataset= "
+                             "(the images x, y alone name no training data)")
         if self.context is None:
             raise ValueError("advgan trains its generator on the run's training data, so it needs a run context: "
                              "call attack.bind(RunContext(dataset=..., model=..., seed=...)) first (the harness does)")

@@ -28,6 +28,7 @@ from torch import nn
 from robustbench_karp.attacks import as_attack
 from robustbench_karp.data import DATASETS
 from robustbench_karp.devices import resolve_device
+from robustbench_karp.evaluation.checks import run_checks
 from robustbench_karp.evaluation.engine import EvalResult, attack_batches, combine, expand
 from robustbench_karp.evaluation.sharded import batch_seed, reseed_randomized
 from robustbench_karp.models import Classifier
@@ -40,9 +41,9 @@ from robustbench_karp.sources import (
     new_model,
     parse_model,
 )
-from robustbench_karp.store import ResultsStore, atomic_write_bytes, file_sha256, karp_home, portable_path
+from robustbench_karp.store import ResultsStore, atomic_write_bytes, file_sha256, karp_home, keep_copy, portable_path
 from robustbench_karp.store.identity import weights_sha256
-from robustbench_karp.threat import ThreatModel
+from robustbench_karp.threat import RunContext, ThreatModel, check_eps
 from robustbench_karp.training.checkpoints import obtain_checkpoint
 from robustbench_karp.training.config import make_train_config
 
@@ -110,8 +111,13 @@ def evaluate(
         raise ValueError("images must lie in [0, 1]: the model normalizes inside itself")
     device = resolve_device(device)
     threat = ThreatModel(norm, eps)
-    built = [as_attack(a) for a in attacks]
+    check_eps(threat.norm, threat.eps, tuple(x.shape[1:]))
     model = model.to(device)
+    context = RunContext(dataset=dataset or "", model=model_name or type(model).__name__, data_dir=data_dir,
+                         device=device, seed=seed, checkpoint_sha256=weights_sha256(model), threat=threat)
+    built = [as_attack(a).bind(context) for a in attacks]  # AdvGAN trains on the dataset's training split
+    for attack in built:
+        attack.prepare(model, device)  # networks an attack trains for itself, before anything is timed
     start, outcomes = time.perf_counter(), []
 
     def generator(b: int) -> torch.Generator:  # batch b's own stream, as the CLI's records use (evaluation/sharded.py)
@@ -120,7 +126,12 @@ def evaluate(
 
     batches = ((b, xb, yb) for b, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size))))
     warnings = attack_batches(model, batches, built, threat, generator, device, lambda b, o: outcomes.append(o))
-    return combine(outcomes, [name for name, _ in expand(built)], time.perf_counter() - start, device, warnings)
+    order = [name for name, _ in expand(built)]
+    result = combine(outcomes, order, time.perf_counter() - start, device, warnings)
+    sample = min(len(x), 200)  # the same sanity checks the CLI's records run, on the first points
+    result.warnings += [w for w in run_checks(model, x[:sample].to(device), y[:sample].to(device), result, built, order,
+                                              threat, device, []) if w not in result.warnings]
+    return result
 
 
 def save_weights(classifier: Classifier, name: str) -> Path:
@@ -144,8 +155,9 @@ def source_of(model: nn.Module, source: str | None, channels: int) -> dict[str, 
     problem = mismatch(rebuilt, model.state_dict())
     if problem:
         raise ValueError(f"source={source!r} does not build this model's architecture ({problem})")
+    keep_copy(parsed.path, "models")  # reproduce imports the store's copy, found by its sha256
     return {"kind": "file", "file": parsed.path.name, "factory": parsed.target, "sha256": file_sha256(parsed.path),
-            "normalization": None, "path": str(parsed.path.resolve())}
+            "normalization": None}
 
 
 def evaluate_and_store(model: nn.Module, *, dataset: str, model_name: str | None, attacks: Sequence = ("pgd",),
@@ -164,10 +176,9 @@ def evaluate_and_store(model: nn.Module, *, dataset: str, model_name: str | None
     dev = resolve_device(device)
     classifier = Classifier(make_normalize(None, spec.in_channels), model).to(dev).eval()  # the CLI's file-model shape
     checkpoint = save_weights(classifier, model_name)
-    model_file = info.pop("path") if info else None
     record_source = info or {"kind": "python", "name": model_name, "normalization": None}
     provenance = {"model": model_name, "dataset": spec.name, "defense": "standard", "defense_config": {"name": "standard"},
-                  "model_source": record_source, "model_file": model_file,
+                  "model_source": record_source,
                   "checkpoint": portable_path(checkpoint), "checkpoint_sha256": file_sha256(checkpoint),
                   "weights_sha256": weights_sha256(classifier), "defense_weights_sha256": None,
                   "train_config": None, "train_conditions": None, "train_amp": None,

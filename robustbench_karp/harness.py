@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from robustbench_karp.evaluation.sharded import RNG, PartialResults, evaluate_ba
 from robustbench_karp.sources import load_external, load_weights, new_model, parse_model
 from robustbench_karp.store import ResultsStore, file_sha256, keep_copy, portable_path
 from robustbench_karp.store.identity import weights_sha256
-from robustbench_karp.threat import ThreatModel
+from robustbench_karp.threat import ThreatModel, check_eps
 from robustbench_karp.threat.context import RunContext
 from robustbench_karp.training import checkpoints
 from robustbench_karp.training.config import make_train_config
@@ -88,20 +89,23 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
             raise ValueError(f"--normalize applies to model files and torchvision models; {req.model} normalizes "
                              f"with {spec.name}'s statistics")
         if req.checkpoint:
-            path = keep_copy(Path(req.checkpoint), "weights")  # the record names the store's copy, never the user's path
+            path = Path(req.checkpoint)
         else:
             # --defense-arg selects the checkpoint of exactly those options (a wrapper's options are its own)
             own = req.defense_options if defense.classifier_defense() is defense else None
             train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name,
                                              defense_options=own, seed=req.seed)
             if int(os.environ.get("WORLD_SIZE", "1")) > 1 and checkpoints.find_checkpoint(train_config, device) is None:
-                raise ValueError(f"no checkpoint for {train_config.stem()}: train it first (karp-robust train "
-                                 f"--model {req.model} --dataset {req.dataset} --defense "
-                                 f"{defense.classifier_defense().name}), then evaluate under torchrun")
+                command = shlex.join(["karp-robust", "train", "--model", req.model, "--dataset", req.dataset,
+                                      "--defense", defense.classifier_defense().name])
+                raise ValueError(f"no checkpoint for {train_config.stem()}: train it first ({command}), then evaluate "
+                                 "under torchrun")
             path = checkpoints.obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
                                      callbacks=train_callbacks, limit_seconds=req.train_limit_seconds)
         classifier = new_model(req.model, req.dataset)
         payload, model_info = load_weights(classifier, path), {"name": req.model}
+        if req.checkpoint:
+            path = keep_copy(path, "weights")  # loaded fine: the record names the store's copy, never the user's path
     stored = payload.get("config") if isinstance(payload.get("config"), dict) else None
     weights = weights_sha256(classifier)
     context = RunContext(dataset=spec.name, model=model_info["name"], data_dir=req.data_dir, download=req.download,
@@ -134,21 +138,22 @@ def _external_classifier(req: EvalRequest, source, spec, defense):
     if defense.classifier_defense().name != "standard":
         raise ValueError(f"--defense {req.defense} names how karp-robust trains a model; {req.model} comes with its "
                          "own weights (use --defense standard, or a defense that wraps a classifier)")
+    loaded = load_external(source, spec, norm=req.norm, normalize=req.normalize,
+                           checkpoint=Path(req.checkpoint) if req.checkpoint else None,
+                           robustbench_dir=req.robustbench_dir, file_sha=req.model_sha256)
     if req.checkpoint is None and source.kind == "torchvision" and not req.random_weights:
         raise ValueError(f"{req.model} without --checkpoint would be evaluated with random initial weights: pass "
                          "--checkpoint FILE, or --random-weights if that is what you mean")
     if req.checkpoint is None and source.kind == "file" and not req.weights_in_factory:
         raise ValueError(f"{req.model} without --checkpoint: pass --checkpoint FILE, or --weights-in-factory if "
                          f"{source.target}() loads the trained weights itself")
-    checkpoint = Path(req.checkpoint) if req.checkpoint else None
+    checkpoint = loaded.checkpoint
     if source.kind in ("file", "torchvision") and checkpoint is not None:
         checkpoint = keep_copy(checkpoint, "weights")  # content-addressed: moving the original breaks nothing
-    if source.kind == "file" and source.path.is_file():
+    if source.kind == "file":
         keep_copy(source.path, "models")  # reproduce imports this copy, found by its sha256 (reproduce.model_of)
-    loaded = load_external(source, spec, norm=req.norm, normalize=req.normalize, checkpoint=checkpoint,
-                           robustbench_dir=req.robustbench_dir, file_sha=req.model_sha256)
     name = req.model_name or (f"{source.path.name}:{source.target}" if source.kind == "file" else req.model)  # no paths
-    return loaded.classifier, loaded.checkpoint, {}, {"name": name, "source": loaded.source}
+    return loaded.classifier, checkpoint, {}, {"name": name, "source": loaded.source}
 
 
 @dataclass
@@ -198,6 +203,7 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     (AdvGAN's generator) are trained here, before any cost is counted, since their identity is part of the id."""
     spec = DATASETS.get(req.dataset)
     threat = ThreatModel(req.norm, spec.default_eps[req.norm] if req.eps is None else req.eps)
+    check_eps(threat.norm, threat.eps, (spec.in_channels, spec.input_size, spec.input_size))
     model, provenance, device = prepared
     test = load_split(spec, train=False, data_dir=req.data_dir, download=req.download)
     n = req.n_examples if req.n_examples is not None else min(spec.default_n_examples, len(test))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shlex
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from robustbench_karp.attacks.base import attack_from_config
-from robustbench_karp.store import CheckpointError, ResultsStore, resolve_path, stored_copy
+from robustbench_karp.store import CheckpointError, ResultsStore, portable_path, read_records, resolve_path, stored_copy
 from robustbench_karp.store.identity import cpu_differences
 from robustbench_karp.store.records import migrate
 
@@ -33,9 +34,9 @@ MASKS = ("clean_mask", "robust_mask")
 
 def find_records(some_id: str, site: Path | None) -> list[dict[str, Any]]:
     """The records of a record id (local store first, then the site's entries) or of a published entry id."""
-    record = ResultsStore().get(some_id)
-    if record is not None:
-        return [record]
+    found = [r for r in read_records() if r["id"] == some_id]
+    if found:
+        return found[-1:]  # the newest run of the id
     for path in sorted((site / "entries").glob("*.json")) if site and (site / "entries").is_dir() else []:
         entry = json.loads(path.read_text())
         records = {r["id"]: migrate(r) for r in entry.get("records") or []}
@@ -46,37 +47,43 @@ def find_records(some_id: str, site: Path | None) -> list[dict[str, Any]]:
     return []
 
 
-def train_command(train_config: dict[str, Any]) -> str:
-    """The `karp-robust train` command that rebuilds a checkpoint by its recorded recipe."""
+def train_command(train_config: dict[str, Any], data_dir: Path | None = None) -> str:
+    """The `karp-robust train` command that rebuilds a checkpoint by its recorded recipe, shell-quoted, complete:
+    with the data directory (offline, torchvision's datasets are read from there) where the dataset needs one."""
+    from robustbench_karp.data import default_data_dir
     from robustbench_karp.defenses.base import HASH_OPTIONAL
     from robustbench_karp.training.config import make_train_config
 
     defense = dict(train_config["defense"])
     name = defense.pop("name")
-    parts = ["karp-robust train", f"--model {train_config['model']}", f"--dataset {train_config['dataset']}",
-             f"--defense {name}", f"--norm {train_config['norm']}", f"--eps {train_config['eps']!r}",
-             f"--seed {train_config['seed']}"]
+    parts = ["karp-robust", "train", "--model", train_config["model"], "--dataset", train_config["dataset"],
+             "--defense", name, "--norm", train_config["norm"], "--eps", repr(train_config["eps"]),
+             "--seed", str(train_config["seed"])]
+    if train_config["dataset"] != "digits":  # digits ships with scikit-learn; the others are files on disk
+        parts += ["--data-dir", str(data_dir or default_data_dir())]
     default = make_train_config(train_config["model"], train_config["dataset"], name, norm=train_config["norm"],
                                 eps=train_config["eps"], seed=train_config["seed"])
-    parts += [f"--defense-arg {k}={v}" for k, v in sorted(defense.items()) if default.defense.get(k) != v]
+    parts += [p for k, v in sorted(defense.items()) if default.defense.get(k) != v for p in ("--defense-arg", f"{k}={v}")]
     flags = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "optimizer": "--optimizer",
              "schedule": "--schedule", "momentum": "--momentum", "weight_decay": "--weight-decay",
              "eps_ramp_epochs": "--eps-ramp-epochs", "ema_decay": "--ema-decay", "select": "--select", "amp": "--amp"}
     recorded = {**HASH_OPTIONAL, **train_config["recipe"]}  # a record older than an optional field ran without it
     for key, value in sorted(recorded.items()):
         if default.recipe.get(key) != value and key in flags:
-            parts.append(f"{flags[key]} {value}")
+            parts += [flags[key], str(value)]
         elif key in ("channels_last", "fused") and default.recipe.get(key, False) != value:
             flag = "--" + key.replace("_", "-")
             parts.append(flag if value else flag.replace("--", "--no-", 1))
     if train_config.get("train_size"):
-        parts.append(f"--train-size {train_config['train_size']}")
-    return " ".join(parts)
+        parts += ["--train-size", str(train_config["train_size"])]
+    return shlex.join(parts)
 
 
-def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch.device) -> Path:
-    """The record's checkpoint in this store; rebuilt by its recorded recipe with train_missing, else an error."""
-    from robustbench_karp.training.checkpoints import obtain_checkpoint
+def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch.device,
+                      data_dir: Path | None = None, download: bool = True) -> Path:
+    """The record's checkpoint in this store: at its recorded path, else wherever its recorded recipe trains into
+    now (names have changed: the precision joined them); rebuilt with train_missing, else an error saying how."""
+    from robustbench_karp.training.checkpoints import checkpoint_path, find_checkpoint, obtain_checkpoint
     from robustbench_karp.training.config import TrainConfig
 
     path = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
@@ -86,10 +93,15 @@ def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch
     if not train:
         raise CheckpointError(f"checkpoint {record.get('checkpoint')} of record {record['id']} is missing and the "
                               "record holds no training config to rebuild it")
+    config = TrainConfig(**train)
+    found = find_checkpoint(config, device)
+    if found is not None:
+        return found
     if not train_missing:
         raise CheckpointError(f"checkpoint {record.get('checkpoint')} of record {record['id']} is missing; rebuild "
-                              f"it with `{train_command(train)}` (or pass --train-missing)")
-    return obtain_checkpoint(TrainConfig(**train), device=device)
+                              f"it with `{train_command(train, data_dir)}` (it writes "
+                              f"{portable_path(checkpoint_path(config, device))}), or pass --train-missing")
+    return obtain_checkpoint(config, device=device, data_dir=data_dir, download=download)
 
 
 def check_weights(record: dict[str, Any], checkpoint: Path, rebuilt_on: torch.device | None = None) -> None:
@@ -171,9 +183,11 @@ def model_of(record: dict[str, Any], model_file: Path | None = None) -> tuple[st
             raise ValueError(f"record {record['id']} evaluated the model file {source['file']} (sha256 "
                              f"{source['sha256'][:16]}...), which this store does not keep: pass --model-file PATH")
         return f"{path}:{source['factory']}", {"normalize": normalize, "model_sha256": source["sha256"],
-                                                "model_name": config["model"]}
+                                                "model_name": config["model"],
+                                                "weights_in_factory": not record.get("checkpoint")}
     if kind == "torchvision":
-        return config["model"], {"normalize": normalize}
+        return f"torchvision:{source['name']}", {"normalize": normalize, "model_name": config["model"],
+                                                  "random_weights": not record.get("checkpoint")}
     if kind == "python":
         raise ValueError(f"record {record['id']} evaluated an in-memory Python model ({source.get('name')}): "
                          "nothing here can rebuild it (store it with source='file.py:factory' to make it reproducible)")
@@ -225,6 +239,7 @@ def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None
 
     if record.get("source") == "external":
         raise ValueError(f"record {record['id']} was imported from {record.get('tool', 'another tool')}: nothing to re-run")
+    model_of(record, model_file)  # a model file to import must be the store's copy or the user's: before anything else
     check_data(record, data_dir, download)
     dev = resolve_device(device)
     source = record["config"].get("source")
@@ -233,7 +248,7 @@ def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None
     else:
         recorded = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
         rebuilt = recorded is None or not recorded.is_file()
-        checkpoint = locate_checkpoint(record, train_missing, dev)
+        checkpoint = locate_checkpoint(record, train_missing, dev, data_dir, download)
         if recorded_weights(record):
             check_weights(record, checkpoint, rebuilt_on=dev if rebuilt else None)
     req = request_of(record, checkpoint, device, data_dir, download, model_file)

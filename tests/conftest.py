@@ -155,3 +155,10 @@ def module_karp_home(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KARP_HOME", str(tmp_path_factory.mktemp("karp-home")))
         yield
+
+
+@pytest.fixture(scope="module")
+def digits_checkpoint(digits_model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "smallcnn-digits.pt"
+    torch.save(digits_model.state_dict(), path)
+    return path

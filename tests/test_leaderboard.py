@@ -105,9 +105,9 @@ def test_a_cascade_keeps_its_cumulative_accuracies():
 
 
 def test_a_missing_checkpoint_keeps_the_entry_but_not_reproducible():
-    records = [make_record("a" * 16, broken={"pgd": {0}}, checkpoint="/gone.pt"),
-               make_record("b" * 16, model="other", broken={"pgd": {0}}, checkpoint="/here.pt")]
-    entries = build_entries(records, checkpoint_exists=lambda p: p == "/here.pt")
+    records = [make_record("a" * 16, broken={"pgd": {0}}, checkpoint="checkpoints/gone.pt"),
+               make_record("b" * 16, model="other", broken={"pgd": {0}}, checkpoint="checkpoints/here.pt")]
+    entries = build_entries(records, checkpoint_exists=lambda p: p == "checkpoints/here.pt")
     status = {e["model"]: (e["reproducible"], e["reproducibility"]) for e in entries}
     assert status == {"smallcnn": (False, "no: checkpoint missing"), "other": (True, "yes")}
 

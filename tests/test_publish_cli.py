@@ -125,22 +125,23 @@ def test_leaderboard_merge_keeps_entries_of_other_stores(home, tmp_path, monkeyp
     before = {p.name: p.read_bytes() for p in (out / "entries").glob("*.json")}
     fgsm_at = next(n for n, b in before.items() if json.loads(b)["defense"] == "fgsm-at")
     assert len(before) == 2
-    # A store with the standard model's records only: a merge keeps fgsm-at's published entry as it was.
+    # A store with the standard model's records only: fgsm-at's published entry stays, re-derived to the same bytes.
     monkeypatch.setenv("KARP_HOME", str(_store_with(home, tmp_path, "b", lambda r: r["config"]["defense"]["name"] == "standard")))
-    assert main(["leaderboard", "publish", "--out", str(out), "--merge"]) == 0
-    assert {p.name: p.read_bytes() for p in (out / "entries").glob("*.json")} == before
-    assert "fgsm-at" in (out / "README.md").read_text() and "warning" not in capsys.readouterr().err
-    # Without --merge the site is this store's alone, and the other entry's file does not linger.
-    assert main(["leaderboard", "publish", "--out", str(out)]) == 0
-    assert [p.name for p in (out / "entries").glob("*.json")] == [n for n in before if n != fgsm_at]
-    assert "fgsm-at" not in (out / "README.md").read_text() and "fgsm-at" not in (out / "results.csv").read_text()
-    # A store that lacks one of an entry's published records says which it leaves out.
+    for flags in (["--merge"], []):  # keeping what is published is the default; --merge says so
+        assert main(["leaderboard", "publish", "--out", str(out), *flags]) == 0
+        assert {p.name: p.read_bytes() for p in (out / "entries").glob("*.json")} == before
+        assert "fgsm-at" in (out / "README.md").read_text() and "warning" not in capsys.readouterr().err
+    # A store that lacks one of an entry's published records: the published record stays in the entry.
     dropped = next(r["id"] for r in ResultsStore().records() if r["attack_order"] == ["fgsm"])
     monkeypatch.setenv("KARP_HOME", str(_store_with(home, tmp_path, "c", lambda r: r["id"] != dropped
                                                     and r["config"]["defense"]["name"] == "standard")))
-    assert main(["leaderboard", "publish", "--out", str(out), "--merge"]) == 0
-    err = capsys.readouterr().err
-    assert dropped in err and "leaves them out" in err
+    assert main(["leaderboard", "publish", "--out", str(out)]) == 0
+    assert {p.name: p.read_bytes() for p in (out / "entries").glob("*.json")} == before
+    # --prune: the site is this store's alone on the boards built, and the other entry's file does not linger.
+    assert main(["leaderboard", "publish", "--out", str(out), "--prune"]) == 0
+    assert [p.name for p in (out / "entries").glob("*.json")] == [n for n in before if n != fgsm_at]
+    assert "fgsm-at" not in (out / "README.md").read_text() and "fgsm-at" not in (out / "results.csv").read_text()
+    assert dropped not in (out / "results.csv").read_text()
 
 
 @pytest.mark.parametrize("damage,message", [

@@ -19,13 +19,6 @@ from robustbench_karp.store import ResultsStore
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def digits_checkpoint(digits_model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "smallcnn-digits.pt"
-    torch.save(digits_model.state_dict(), path)
-    return path
-
-
 def request(checkpoint, **kw) -> EvalRequest:
     # PGD with a random start and restarts: every batch draws random numbers, so any mix-up of streams shows
     pgd = build_attack("pgd", {"steps": 5, "restarts": 2, "random_start": True})
@@ -77,7 +70,6 @@ def test_a_partial_result_of_another_batch_size_is_not_reused(karp_home, digits_
     whole = run_evaluation(request(digits_checkpoint), store=ResultsStore(karp_home / "other.sqlite"))
     partial = PartialResults(store.path, whole["id"], [40, 40, 40])
     from robustbench_karp.evaluation.engine import BatchOutcome
-
     from robustbench_karp.evaluation.recording import run_conditions
 
     partial.check_conditions(run_conditions(torch.device("cpu")))  # as an interrupted run here would leave them

@@ -99,16 +99,23 @@ def test_bring_your_own_model_record_leaderboard_and_exact_reproduce(karp_home, 
     assert "MISMATCH" not in out and out.strip().endswith("reproduced")
 
 
-def test_reproduce_refuses_a_changed_model_file(karp_home, my_net_weights, mnist_dir, capsys, tmp_path):
+def test_reproduce_uses_the_stores_copy_and_refuses_a_changed_model_file(karp_home, my_net_weights, mnist_dir, capsys,
+                                                                         tmp_path):
     copy = tmp_path / "net.py"
     copy.write_text(MY_NET.read_text())
     args = byo_args(my_net_weights, mnist_dir, "--json")
     args[2] = f"{copy}:build"
     assert main(args) == 0
     record = json.loads(capsys.readouterr().out)
-    copy.write_text(MY_NET.read_text() + "\n# edited\n")
-    assert main(["reproduce", record["id"], "--data-dir", str(mnist_dir)]) == 2
+    copy.write_text(MY_NET.read_text() + "\n# edited\n")  # the user's file changes; the store kept its own copy
+    assert main(["reproduce", record["id"], "--data-dir", str(mnist_dir)]) == 0
+    assert capsys.readouterr().out.strip().endswith("reproduced")
+    assert main(["reproduce", record["id"], "--data-dir", str(mnist_dir), "--model-file", str(copy)]) == 2
     assert "has changed since the record was made" in capsys.readouterr().err
+    for kept in (karp_home / "models").rglob("net.py"):
+        kept.unlink()  # without the store's copy, nothing is imported unless the user names the file
+    assert main(["reproduce", record["id"], "--data-dir", str(mnist_dir)]) == 2
+    assert "--model-file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("model,extra,message", [

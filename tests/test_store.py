@@ -100,7 +100,9 @@ def test_config_hash_is_stable_and_order_free():
 def test_store_paths_are_portable(karp_home):
     inside = karp_home / "checkpoints" / "x.pt"
     assert portable_path(inside) == "checkpoints/x.pt" and resolve_path("checkpoints/x.pt") == karp_home / "checkpoints/x.pt"
-    assert portable_path("/elsewhere/y.pt") == "/elsewhere/y.pt" and resolve_path("/elsewhere/y.pt").is_absolute()
+    # Outside the store a record keeps the file's name only, and a path from a record never leads out of the store.
+    assert portable_path("/elsewhere/y.pt") == "y.pt" and resolve_path("/elsewhere/y.pt") == karp_home / "y.pt"
+    assert resolve_path("../../etc/passwd") == karp_home / "passwd"
 
 
 def _hold_write_lock(path):

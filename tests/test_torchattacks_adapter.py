@@ -18,7 +18,7 @@ from robustbench_karp.attacks.torchattacks_adapter import NORMS, TorchAttack, de
 from robustbench_karp.cli import main
 from robustbench_karp.cli.evaluate import parse_attacks
 from robustbench_karp.cli.parser import build_parser
-from robustbench_karp.evaluation.engine import predict
+from robustbench_karp.evaluation.engine import predict, run_attacks
 from robustbench_karp.threat import BudgetViolation, ThreatModel, check_budget
 from robustbench_karp.threat.context import RunContext
 
@@ -107,8 +107,10 @@ def test_larger_eps_is_refused_at_bind_and_caught_by_the_budget_check(model, bat
         attack.bind(RunContext(dataset="digits", model="smallcnn", threat=LINF))
     bound("torchattacks:PGD", LINF, {"eps": "0.05"})  # a smaller ball is inside the run's: allowed
     x, y = batch
-    with pytest.raises(BudgetViolation, match="exceeds linf eps"):  # the library path never binds: the engine raises
+    with pytest.raises(ValueError, match="exceeds this run's linf eps 0.1"):  # the library binds, as the CLI does
         evaluate(model, x, y, attacks=[attack], norm="linf", eps=0.1, device="cpu")
+    with pytest.raises(BudgetViolation, match="exceeds linf eps"):  # an unbound attack in the engine: the check raises
+        run_attacks(model, [(x, y)], [attack], LINF, torch.Generator().manual_seed(0), torch.device("cpu"))
 
 
 def test_minimum_norm_attacks_are_projected_and_say_so(model, batch):

@@ -37,12 +37,12 @@ GROUP_FIELDS = ("model", "dataset", "defense", "defense_config", "weights", "nor
 ENTRY_SCHEMA = 2
 REQUIRED_FIELDS = ("id", "clean_accuracy", "robust_accuracy")
 REQUIRED_CONFIG = ("model", "dataset", "defense", "norm", "eps")
-BULKY_FIELDS = ("indices",)  # kept out of the published provenance (the first n test points; masks stay, for reproduce)
-CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "status", "protocols", "model", "model_id", "defense",
-               "training", "weights", "clean_accuracy", "clean_ci_low", "clean_ci_high", "robust_accuracy", "robust_ci_low",
-               "robust_ci_high", "robust_source", "n", "attacks", "seeds", "flags", "reproducible", "external", "link", "venue",
-               "additional_data", "forward_passes", "grad_evals_per_point", "forward_passes_per_point", "wall_seconds",
-               "devices", "record_ids"]
+BULKY_FIELDS = ("indices",)  # left out of a published record when they are the first n test points (records.py)
+CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "status", "protocols", "evaluated_by", "model",
+               "model_id", "defense", "training", "weights", "clean_accuracy", "clean_ci_low", "clean_ci_high",
+               "robust_accuracy", "robust_ci_low", "robust_ci_high", "robust_source", "n", "attacks", "seeds",
+               "flags", "reproducible", "external", "link", "venue", "additional_data", "forward_passes",
+               "grad_evals_per_point", "forward_passes_per_point", "wall_seconds", "devices", "record_ids"]
 
 
 def _age(record: dict[str, Any]) -> tuple[bool, str]:
@@ -129,14 +129,13 @@ def _wrapper_options(record: dict[str, Any], classifier_defense: str | None) -> 
     return "".join(f"{part}; " for part in [", ".join(off)] if part) + f"classifier {classifier_defense}, "
 
 
-def _reproducibility(chosen: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> str:
+def _reproducibility(chosen: list[dict[str, Any]], checkpoint_ok: Callable[[dict[str, Any]], bool]) -> str:
     if any(is_external(r) for r in chosen):
         return "external"
-    return "yes" if any(r.get("checkpoint") and checkpoint_exists(r["checkpoint"]) for r in chosen) else \
-        "no: checkpoint missing"
+    return "yes" if any(r.get("checkpoint") and checkpoint_ok(r) for r in chosen) else "no: checkpoint missing"
 
 
-def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]
+def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_ok: Callable[[dict[str, Any]], bool]
            ) -> dict[str, Any]:
     records = sorted(records, key=lambda r: (_age(r), r["id"]))
     chosen, subset, left_out = choose_set(records)
@@ -146,12 +145,14 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exi
                      f"left out (other test points): {', '.join(r['id'] for r in left_out)}")
     notes += list(dict.fromkeys(note for r in chosen for note in r.get("notes") or []))  # an import's eps footnote
     masked = bool(chosen[0].get("robust_mask"))
-    reproducibility = _reproducibility(chosen, checkpoint_exists)
+    reproducibility = _reproducibility(chosen, checkpoint_ok)
     protocols = entry_protocols(chosen, fields["defense_config"])
     return {
         "schema": ENTRY_SCHEMA, "entry_id": config_hash(fields), **fields, "eps_label": eps_label(fields["eps"]),
         "training": training_label(chosen[0]), "protocols": protocols,
-        "status": "external" if reproducibility == "external" else ("ranked" if protocols else "partial"),
+        # Every row that ran AutoAttack standard competes on one board: our protocol runs and RobustBench's imports
+        "status": "ranked" if protocols or reproducibility == "external" else "partial",
+        "evaluated_by": next((r.get("tool") for r in chosen if r.get("tool")), None) or "karp-robust",
         "clean_accuracy": k_clean / n if masked and n else float(chosen[0]["clean_accuracy"]),
         "robust_accuracy": k_robust / n if masked and n else float(chosen[0]["robust_accuracy"]),
         "clean_ci": list(wilson_interval(k_clean, n)), "robust_ci": list(wilson_interval(k_robust, n)),
@@ -166,8 +167,16 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_exi
         "reproducible": reproducibility == "yes", "reproducibility": reproducibility, "notes": notes,
         **{field: chosen[0].get(field) for field in ABOUT_FIELDS},
         "cost": entry_cost(chosen + subset, n),  # passes per test point and wall time; None if a record has none
-        "records": [{k: v for k, v in r.items() if k not in BULKY_FIELDS} for r in records],
+        "records": [published_record(r) for r in records],
     }
+
+
+def published_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as an entry publishes it: whole (the board re-derives every number from it), less its indices when
+    they are the first n test points, which store/records.py restores on read."""
+    if record.get("indices") == list(range(len(record.get("indices") or []))):
+        return {k: v for k, v in record.items() if k not in BULKY_FIELDS}
+    return record
 
 
 def entry_protocols(chosen: list[dict[str, Any]], defense: dict[str, Any] | None) -> list[str]:
@@ -189,16 +198,18 @@ def entry_flags(per_attack: dict[str, float]) -> list[str]:
 
 # What an imported record says about its model, shown beside it; None for our own entries.
 ABOUT_FIELDS = ("model_id", "link", "venue", "additional_data", "forward_passes", "robust_source")
-TIERS = {"ranked": 0, "external": 1, "partial": 2}
+TIERS = {"ranked": 0, "external": 0, "partial": 1}  # "external": the status imports had before they were ranked
 
 
 def rank_key(entry: dict[str, Any]) -> tuple:
-    """Within a board (dataset, norm, eps): protocol entries first, by the worst case; partial ones never above them."""
+    """Within a board (dataset, norm, eps): every entry that ran AutoAttack standard (a protocol run here, or
+    RobustBench's evaluation), by the worst case; partial evaluations (upper bounds) never above them."""
     return (entry["dataset"], entry["norm"], entry["eps"], TIERS.get(entry.get("status", "partial"), 2),
             -entry["robust_accuracy"], -entry["clean_accuracy"], entry["model"], entry["defense"], entry["entry_id"])
 
 
-def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool]) -> list[dict[str, Any]]:
+def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[str], bool] | None = None, *,
+                  checkpoint_ok: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
     """Leaderboard entries, one per (model, dataset, defense and its options, weights, norm, eps), ranked.
 
     The newest record of each id counts (records are immutable; a re-run, or a re-import, is newer).
@@ -208,7 +219,8 @@ def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[st
 
     Args:
         records: evaluation records (harness.run_evaluation) and imported external ones.
-        checkpoint_exists: whether a record's checkpoint path still exists (injected: this stays pure).
+        checkpoint_exists: whether a record's checkpoint path still exists (injected: this stays pure); or
+        checkpoint_ok: whether a record's checkpoint still holds its weights, given the record (the CLI's check).
     """
     newest: dict[str, dict[str, Any]] = {}
     for record in records:
@@ -222,7 +234,8 @@ def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[st
         key = _group_key(record)
         fields[key] = group_fields(record)
         groups.setdefault(key, {})[record["id"]] = record
-    entries = [_entry(fields[key], list(by_id.values()), checkpoint_exists) for key, by_id in groups.items()]
+    ok = checkpoint_ok or (lambda r: bool(checkpoint_exists and checkpoint_exists(r["checkpoint"])))
+    entries = [_entry(fields[key], list(by_id.values()), ok) for key, by_id in groups.items()]
     return sorted(entries, key=rank_key)
 
 

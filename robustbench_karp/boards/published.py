@@ -1,18 +1,26 @@
-"""A published leaderboard site read back: its entries checked, older schemas migrated, fresh entries merged in.
+"""A published leaderboard site read back: its entries checked, older schemas migrated, every entry re-derived.
 
     published = load_published(Path("leaderboard"))
-    entries, dropped = merge_entries(published, build_entries(records, exists))
+    entries = rederive(published, store_records, checkpoint_ok)     # from the records, never from the entries
     render_site(entries, Path("leaderboard"))
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from robustbench_karp.boards.counts import entry_cost
-from robustbench_karp.boards.entries import ENTRY_SCHEMA, GROUP_FIELDS, entry_protocols, group_fields, rank_key, training_label
+from robustbench_karp.boards.entries import (
+    ENTRY_SCHEMA,
+    GROUP_FIELDS,
+    build_entries,
+    entry_protocols,
+    group_fields,
+    training_label,
+)
 from robustbench_karp.store import config_hash
 from robustbench_karp.store.records import migrate
 
@@ -84,23 +92,31 @@ def load_published(out_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def merge_entries(published: list[dict[str, Any]], fresh: list[dict[str, Any]]
-                  ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    """Published entries updated by fresh ones (build_entries' output), ranked; and what the update drops.
+def site_records(published: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every record a published site holds (each entry publishes all of its records)."""
+    return [r for e in published for r in e["records"]]
 
-    A fresh entry replaces the published entry of its group (model, dataset, defense and options,
-    weights, norm, eps); a published entry with no fresh counterpart stays as published, reproducibility included
-    (it was decided on the machine that published it). Returns (entries, dropped): dropped maps an
-    entry id to the published record ids its fresh entry no longer holds (their results leave the site).
+
+def rederive(published: list[dict[str, Any]], records: list[dict[str, Any]],
+             checkpoint_ok: Callable[[dict[str, Any]], bool],
+             keep: Callable[[dict[str, Any]], bool] = lambda entry: True) -> list[dict[str, Any]]:
+    """Every entry recomputed from records: the build's own and those its published entries hold.
+
+    Nothing published is trusted as it sits on disk: numbers, status, protocols and flags come from the
+    records' masks and configs. A published entry's records stay unless keep(entry) is false (--prune of
+    the boards being built). An entry none of whose records are the build's own keeps the reproducibility
+    decided where it was published (its checkpoint was there, not here).
     """
-    by_id = {e["entry_id"]: e for e in published}
-    dropped: dict[str, list[str]] = {}
-    for entry in fresh:
-        old = by_id.get(entry["entry_id"])
-        if old is not None:
-            kept = {r["id"] for r in entry["records"]}
-            lost = sorted({r["id"] for r in old["records"]} - kept)
-            if lost:
-                dropped[entry["entry_id"]] = lost
-        by_id[entry["entry_id"]] = entry
-    return sorted(by_id.values(), key=rank_key), dropped
+    key = lambda r: (r["id"], str(r.get("created_utc")))  # noqa: E731
+    own = {key(r) for r in records}
+    union = list(records) + [r for e in published if keep(e) for r in e["records"] if key(r) not in own]
+    unique = list({key(r): r for r in union}.values())
+    if not unique:
+        return []
+    entries = build_entries(unique, checkpoint_ok=checkpoint_ok)
+    before = {e["entry_id"]: e for e in published}
+    for e in entries:
+        old = before.get(e["entry_id"])
+        if old is not None and not any(key(r) in own for r in e["records"]):
+            e["reproducible"], e["reproducibility"] = old["reproducible"], old["reproducibility"]
+    return entries

@@ -28,6 +28,7 @@ from robustbench_karp.store import config_hash
 from robustbench_karp.store.records import RECORD_SCHEMA
 
 THREAT_MODELS = {"linf": "linf", "l2": "l2"}
+DATASETS = ("cifar10", "cifar100", "imagenet")  # RobustBench's boards, each a registered dataset here
 CORRUPTIONS = {"corruptions", "corruptions_3d"}
 DEFAULT_N_EXAMPLES = 10000  # RobustBench evaluates AutoAttack on the full CIFAR-10/100 test set
 N_EXAMPLES = {"imagenet": 5000}  # ... and on its fixed 5,000-image ILSVRC-2012 validation subset
@@ -101,6 +102,9 @@ def _board(data: dict[str, Any], source: str, dataset: str | None, norm: str | N
                            "or pass --norm)", threat)
     own = data.get("dataset")
     chosen = (dataset or path_dataset or _text(data, "dataset")).strip().lower()
+    if chosen not in DATASETS:  # a board, a file name and a printed command are built from it: only known names
+        raise ValueError(f"robustbench model_info: dataset {chosen!r} is not one RobustBench ranks and karp-robust "
+                         f"knows ({', '.join(DATASETS)})")
     warnings = []
     if isinstance(own, str) and own.strip().lower() != chosen:
         where = "as asked" if dataset else f"from its path {PurePath(source).parent.as_posix()}/"

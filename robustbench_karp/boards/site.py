@@ -108,6 +108,19 @@ def render_site(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str
     Files of an earlier build that this one does not write (entries/*.json, curves/*.png) are
     removed after the new files are in place, so entries/ is exactly the published set.
     """
+    files = site_files(entries, Path(out_dir), examples)
+    written = []
+    for rel, content in files.items():
+        atomic_write_bytes(Path(out_dir) / rel, lambda f, c=content: f.write(c))
+        written.append(Path(out_dir) / rel)
+    for pattern in ("entries/*.json", "curves/*.png", "examples/*.png"):
+        for stale in set(Path(out_dir).glob(pattern)) - set(written):
+            stale.unlink()
+    return written
+
+
+def site_files(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str, bytes] | None = None) -> dict[str, bytes]:
+    """The site's files (relative path -> bytes) for entries; out_dir only lends the examples already published."""
     if not entries:
         raise ValueError("no entries to publish: run `karp-robust evaluate` or `karp-robust compare` first")
     entries = with_examples(entries, Path(out_dir), examples or {})
@@ -123,14 +136,7 @@ def render_site(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str
     files.update({path: png for path, _, png in figs})
     files.update({e["examples"]: (examples or {}).get(e["entry_id"]) or (Path(out_dir) / e["examples"]).read_bytes()
                   for e in entries if e.get("examples")})
-    written = []
-    for rel, content in files.items():
-        atomic_write_bytes(Path(out_dir) / rel, lambda f, c=content: f.write(c))
-        written.append(Path(out_dir) / rel)
-    for pattern in ("entries/*.json", "curves/*.png", "examples/*.png"):
-        for stale in set(Path(out_dir).glob(pattern)) - set(written):
-            stale.unlink()
-    return written
+    return files
 
 
 def with_examples(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str, bytes]) -> list[dict[str, Any]]:

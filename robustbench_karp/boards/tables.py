@@ -7,6 +7,7 @@ Pure functions of the entries: no I/O, no clock, no torch, no matplotlib.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 from robustbench_karp.boards.format import eps_label, slug
@@ -48,7 +49,7 @@ def _cells(rank: int, e: dict[str, Any], codes: dict[str, str], ranked: bool = T
     seeds = ", ".join(str(s) for s in e["seeds"]) or "-"
     training = e.get("training") or "-"
     rank_cell = (str(rank), rank) if ranked else ("–", rank)
-    protocols = ", ".join(e.get("protocols") or []) or "-"
+    protocols = protocol_cell(e)
     model = f"{e['model_id']} ({e['model']})" if e.get("model_id") else e["model"]
     defense = f"{e['defense']} · {e['venue']}" if e.get("venue") else e["defense"]
     robust = _percent_ci(e["robust_accuracy"], e["robust_ci"])
@@ -95,6 +96,21 @@ def _separation(ranked: list[dict[str, Any]]) -> str:
     return f"Not statistically separated (95% CIs of robust accuracy overlap): {'; '.join(pairs)}."
 
 
+def protocol_cell(e: dict[str, Any]) -> str:
+    """Which protocol ran and who evaluated it: 'standard/2 · karp-robust', 'AutoAttack · robustbench', or '-'.
+
+    Of one protocol's versions only the newest the entry covers is shown (a standard/2 run covers standard/1).
+    """
+    if e.get("external"):
+        return f"AutoAttack · {e.get('evaluated_by') or e.get('tool') or 'external'}"
+    newest: dict[str, str] = {}
+    for label in e.get("protocols") or []:
+        name, _, version = label.partition("/")
+        if name not in newest or int(version or 0) > int(newest[name].partition("/")[2] or 0):
+            newest[name] = label
+    return ", ".join(f"{label} · karp-robust" for label in newest.values()) or "-"
+
+
 def _tier(e: dict[str, Any]) -> str:
     if e["eps"] == 0:
         return "clean"
@@ -124,7 +140,8 @@ def boards(ranked_entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 for rank, e in enumerate(ranked, start=1)]
         out.append({
             "id": f"board-{key}", "table_id": f"table-{key}", "dataset": dataset, "norm": norm, "eps": eps, "tier": tier,
-            "title": title, "command": f"karp-robust leaderboard build --dataset {dataset} --norm {norm} --eps {label}",
+            "title": title, "command": shlex.join(["karp-robust", "leaderboard", "build", "--dataset", dataset,
+                                                           "--norm", norm, "--eps", label]),
             "rows": rows, "legend": legend, "separation": _separation(ranked) if tier != "partial" else
             "Partial evaluations are not ranked: run `karp-robust evaluate --protocol standard` on them.",
             "notes": [f"{e['entry_id']}: {note}" for e in ranked for note in e["notes"]],

@@ -65,8 +65,12 @@ def cmd_evaluate(args) -> int:
     from robustbench_karp.evaluation.protocols import get_protocol
     from robustbench_karp.harness import EvalRequest, prepare, run_evaluation
     from robustbench_karp.sources import parse_model
+    from robustbench_karp.threat import check_eps
 
-    DATASETS.get(args.dataset), parse_model(args.model), DEFENSES.get(args.defense)  # fail fast on names
+    spec = DATASETS.get(args.dataset)
+    parse_model(args.model), DEFENSES.get(args.defense)  # fail fast on names
+    for eps in args.eps or []:  # eps in the wrong units (8 for 8/255) fails now, before any model is trained
+        check_eps(args.norm, eps, (spec.in_channels, spec.input_size, spec.input_size))
     if args.protocol:
         get_protocol(args.protocol)
     attacks = [] if args.protocol and not args.attacks else parse_attacks(args)
@@ -75,7 +79,8 @@ def cmd_evaluate(args) -> int:
                        n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
                        checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download,
                        protocol=args.protocol, normalize=args.normalize, robustbench_dir=args.robustbench_dir,
-                       restart=args.restart,
+                       restart=args.restart, random_weights=args.random_weights,
+                       weights_in_factory=args.weights_in_factory, model_name=args.name,
                        train_limit_seconds=None if args.train else train_limit())
     records = []
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 prints and writes the record

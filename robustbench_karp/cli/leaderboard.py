@@ -9,18 +9,24 @@ import re
 import sys
 from pathlib import Path
 
-from robustbench_karp.store import ResultsStore, atomic_write_text, resolve_path
+from robustbench_karp.store import ResultsStore, atomic_write_text, file_sha256, read_records, resolve_path, stored_copy
 
 
-def _exists(path: str) -> bool:
-    return resolve_path(path).is_file()
+def checkpoint_ok(record: dict) -> bool:
+    """reproducible: yes means the record's checkpoint is here and holds its weights (the file it was evaluated
+    from, by sha256), and for a model file the store's copy of the module is here too."""
+    path = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
+    if path is None or not path.is_file() or file_sha256(path) != record.get("checkpoint_sha256"):
+        return False
+    source = record["config"].get("source") or {}
+    return source.get("kind") != "file" or stored_copy("models", source.get("sha256", ""), source.get("file", "")) is not None
 
 
 def entries_of(records: list[dict]) -> list[dict]:
     """Leaderboard entries (their flags include the cross-record check: a multi-step attack weaker than a single-step one)."""
     from robustbench_karp.boards.entries import build_entries
 
-    return build_entries(records, checkpoint_exists=_exists)
+    return build_entries(records, checkpoint_ok=checkpoint_ok)
 
 
 def default_site() -> Path | None:
@@ -30,7 +36,7 @@ def default_site() -> Path | None:
 
 
 def cmd_leaderboard(args) -> int:
-    actions = {"add-external": _add_external, "export": _export, "build": _build, "publish": _build}
+    actions = {"add-external": _add_external, "export": _export, "build": _build, "publish": _build, "verify": _verify}
     return actions[args.action](args)
 
 
@@ -75,7 +81,7 @@ def _find_entry(entry_id: str, site: Path | None) -> dict:
     """The entry of this id built from the store, else the one published in site."""
     from robustbench_karp.boards.published import load_published
 
-    entries = entries_of(ResultsStore().records())
+    entries = entries_of(read_records())
     entries += load_published(site) if site is not None else []
     for entry in entries:
         if entry["entry_id"] == entry_id:
@@ -99,7 +105,8 @@ def _export(args) -> int:
 
 
 def _build(args) -> int:
-    from robustbench_karp.boards.published import load_published, merge_entries
+    """Re-derive every entry from records: this store's, and those the site already publishes (kept unless --prune)."""
+    from robustbench_karp.boards.published import load_published, rederive
     from robustbench_karp.boards.site import render_site
 
     out = args.out or default_site()
@@ -111,21 +118,28 @@ def _build(args) -> int:
                 and (args.norm is None or board["norm"] == args.norm)
                 and (args.eps is None or any(abs(float(board["eps"]) - e) < 1e-9 for e in args.eps)))
 
-    records = [r for r in ResultsStore().records() if asked(r["config"])]
-    entries = entries_of(records) if records else []
+    records = [r for r in read_records() if asked(r["config"])]
     published = load_published(Path(out))
-    # A build limited to some boards never deletes the others: published entries outside them stay.
-    entries += [] if args.merge else [e for e in published if not asked(e)]
-    if args.merge:
-        entries, dropped = merge_entries(published, entries)
-        for entry_id, record_ids in dropped.items():
-            print(f"warning: entry {entry_id}: published record(s) {', '.join(record_ids)} are not in this store; "
-                  "the rebuilt entry leaves them out", file=sys.stderr)
+    keep = (lambda e: not asked(e)) if args.prune else (lambda e: True)  # a limited build never touches other boards
+    entries = rederive(published, records, checkpoint_ok, keep)
     written = render_site(entries, Path(out), examples=example_grids(entries, args.examples) if args.examples else None)
     not_reproducible = sum(1 for e in entries if not e["reproducible"] and not e["external"])
     print(f"wrote {len(written)} files for {len(entries)} entries to {out}"
           + (f" ({not_reproducible} not reproducible: checkpoint missing)" if not_reproducible else ""))
     return 0
+
+
+def _verify(args) -> int:
+    from robustbench_karp.boards.verify import verify_site
+
+    site = args.site or default_site()
+    if site is None:
+        raise ValueError("not in a source checkout: pass the site's directory")
+    problems = verify_site(Path(site))
+    for problem in problems:
+        print(problem)
+    print(f"{site}: {'verified: every entry, record and page re-derives' if not problems else f'{len(problems)} problem(s)'}")
+    return 1 if problems else 0
 
 
 def example_grids(entries: list[dict], folder: Path) -> dict[str, bytes]:

@@ -99,10 +99,18 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="download missing torchvision datasets")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit 2, like every other bad input (--help still shows usage)."""
+
+    def error(self, message: str):
+        usage = " ".join([*self.prog.split(), "--help"])  # prog is "karp-robust evaluate" for a subcommand
+        self.exit(2, f"karp-robust: error: {message} ({usage} shows the usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="karp-robust", description="Adversarial-robustness benchmarking for PyTorch.")
+    parser = OneLineParser(prog="karp-robust", description="Adversarial-robustness benchmarking for PyTorch.")
     parser.add_argument("--version", action=VersionAction, help="print karp-robust's and torch's versions and exit")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_evaluate(sub)
     add_train(sub)
     add_publishing(sub)
@@ -138,6 +146,12 @@ def add_evaluate(sub) -> None:
     ev.add_argument("--normalize", default=None, metavar="none|MEAN,STD",
                     help="what a model file or torchvision model expects: none ([0, 1] pixels) or C means then C "
                          "stds, e.g. 0.1307,0.3081 (torchvision default: ImageNet's)")
+    ev.add_argument("--random-weights", action="store_true",
+                    help="evaluate a torchvision model with its random initial weights (without it, --checkpoint is needed)")
+    ev.add_argument("--weights-in-factory", action="store_true",
+                    help="a model file's factory loads its trained weights itself (without it, --checkpoint is needed)")
+    ev.add_argument("--name", default=None, metavar="NAME",
+                    help="the name a model file's or torchvision model's records and leaderboard rows show")
     ev.add_argument("--robustbench-dir", type=Path, default=None, metavar="DIR",
                     help="RobustBench checkpoints as <DIR>/<dataset>/<Linf|L2>/<ModelID>.pt "
                          "(default $KARP_HOME/robustbench)")
@@ -219,10 +233,15 @@ def add_publishing(sub) -> None:
         p.add_argument("--eps", type=eps_list, default=None, help="only these eps (comma-separated)")
         p.add_argument("--out", type=Path, required=action == "publish", default=None)
         p.add_argument("--merge", action="store_true",
-                       help="keep the entries already published there that this store has no records for "
-                            "(a site built from several stores); the store's records replace the rest")
+                       help="(the default) keep the entries already published there, re-derived from their records, "
+                            "beside this store's: a site built from several stores")
+        p.add_argument("--prune", action="store_true",
+                       help="drop the published entries of the boards built that this store has no records for")
         p.add_argument("--examples", type=Path, default=None, metavar="DIR",
                        help="the `evaluate --save-examples` folder: each entry with a grid there links to it")
+    ver = lb_sub.add_parser("verify", help="re-derive a published site from its records; exit 1 on any disagreement")
+    ver.add_argument("site", type=Path, nargs="?", default=None, metavar="DIR",
+                     help="the published site (default: the repository's leaderboard/)")
     ext = lb_sub.add_parser("add-external", help="import RobustBench model_info JSON files as external entries")
     ext.add_argument("files", type=Path, nargs="+", metavar="FILE",
                      help="model_info/<dataset>/<Linf|L2>/<model id>.json (a re-import replaces the entry's row)")
@@ -242,6 +261,8 @@ def add_publishing(sub) -> None:
     rep.add_argument("--append", action="store_true", help="append the re-run to the store when it matched")
     rep.add_argument("--train-missing", action="store_true",
                      help="rebuild a missing checkpoint by the record's recorded recipe")
+    rep.add_argument("--model-file", type=Path, default=None, metavar="PATH",
+                     help="a model file record's module, when this store keeps no copy of it (its sha256 must match)")
     rep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     rep.add_argument("--data-dir", type=Path, default=None)
     rep.add_argument("--download", action=argparse.BooleanOptionalAction, default=True)

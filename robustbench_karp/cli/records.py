@@ -20,17 +20,13 @@ from typing import Any
 from tabulate import tabulate
 
 from robustbench_karp.boards.format import eps_label
-from robustbench_karp.store import ResultsStore, atomic_write_bytes, karp_home
+from robustbench_karp.store import atomic_write_bytes, karp_home, read_records
 from robustbench_karp.store.records import defense_name
 
 
 def stored_records() -> list[dict[str, Any]]:
-    """Every record in the store, oldest first; an empty list (and no file created) when there is no store yet."""
-    db = karp_home() / "results.sqlite"
-    pending = db.parent / "pending" / db.stem
-    if not db.exists() and not pending.is_dir():
-        return []
-    return ResultsStore(db).records()
+    """Every record in the store, oldest first, read without creating or changing anything ([] with no store)."""
+    return read_records(karp_home() / "results.sqlite")
 
 
 def record_attack_names(record: dict[str, Any]) -> list[str]:

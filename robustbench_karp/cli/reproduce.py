@@ -5,7 +5,7 @@ from __future__ import annotations
 from tabulate import tabulate
 
 from robustbench_karp.cli.leaderboard import closest_ids, default_site
-from robustbench_karp.store import ResultsStore
+from robustbench_karp.store import ResultsStore, read_records
 
 
 def cmd_reproduce(args) -> int:
@@ -14,13 +14,13 @@ def cmd_reproduce(args) -> int:
     site = args.site or default_site()
     records = find_records(args.id, site)
     if not records:
-        ids = sorted({r["id"] for r in ResultsStore().records()})
+        ids = sorted({r["id"] for r in read_records()})
         raise ValueError(f"unknown record or entry id {args.id!r} (looked in the store and in {site or 'no site'}); "
                          f"closest in the store: {closest_ids(args.id, ids)}")
     ok = True
     for record in records:
         new, notes = rerun(record, device=args.device, data_dir=args.data_dir, download=args.download,
-                           train_missing=args.train_missing)
+                           train_missing=args.train_missing, model_file=args.model_file)
         matched = report_reproduction(record, new, notes)
         ok &= matched
         if matched and args.append:

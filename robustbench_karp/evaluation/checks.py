@@ -23,8 +23,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustbench_karp.attacks.pgd import PGD
-from robustbench_karp.evaluation.engine import EvalResult, eval_mode, expand, predict
+from robustbench_karp.evaluation.engine import EvalResult, eval_mode, expand, in_pieces_on_oom, predict
 from robustbench_karp.threat import ThreatModel
+from robustbench_karp.threat.rows import forward_rows, pieces
 
 UNBOUNDED_MAX_ACCURACY = 0.05  # an attack on the whole box should leave about nothing
 ZERO_GRADIENT_SHARE = 0.10
@@ -74,17 +75,20 @@ def sweep_checks(result: EvalResult, threat: ThreatModel, sweep: list[dict[str, 
 def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence) -> list[str]:
     """Randomness, probabilities instead of logits, zero or non-finite input gradients (on a sample)."""
     out = []
-    with torch.no_grad():
-        first, second = model(x), model(x)
+    with torch.no_grad():  # in physical pieces when memory asks
+        first, second = forward_rows(model, x), forward_rows(model, x)
     if not torch.allclose(first, second, rtol=1e-4, atol=1e-5) and not any(_flag(p, "eot") for _, p in expand(attacks)):
         out.append("the model's outputs differ on the same input (randomized) and no EOT attack was run")
     ones = torch.ones(len(first), device=first.device)  # on the outputs' device: a CPU tensor fails against CUDA outputs
     if first.min() >= 0 and first.max() <= 1 and torch.allclose(first.sum(1), ones, atol=1e-3):
         out.append("the model returns probabilities instead of logits: losses on them saturate (use logits)")
-    x = x.clone().requires_grad_(True)
-    with torch.enable_grad():
-        (g,) = torch.autograd.grad(F.cross_entropy(model(x), y, reduction="sum"), x, allow_unused=True)
-    g = torch.zeros_like(x) if g is None else g.flatten(1)
+    grads = []
+    for rows in pieces(len(x)):
+        xi = x[rows].clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(F.cross_entropy(model(xi), y[rows], reduction="sum"), xi, allow_unused=True)
+        grads.append(torch.zeros_like(xi) if g is None else g)
+    g = torch.cat(grads).flatten(1)
     bad = (~torch.isfinite(g).all(1)) | (g == 0).all(1)
     if bad.float().mean() > ZERO_GRADIENT_SHARE:
         out.append(f"{bad.float().mean():.0%} of the sampled inputs have zero or non-finite input gradients "
@@ -107,10 +111,18 @@ def unbounded_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: 
 def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: EvalResult, attacks: Sequence,
                order: list[str], threat: ThreatModel, device: torch.device, sweep: list[dict[str, Any]],
                non_adaptive: float | None = None) -> list[str]:
-    """Every check that applies to one evaluation, on a sample batch (x, y) of its test points.
+    """Every check that applies to one evaluation, on a sample batch (x, y) of its test points; on out of device
+    memory in physical pieces of half the rows, as the engine runs a batch.
 
     non_adaptive: the plain attacks' robust accuracy (a probe's, on every point); None: read off the cascade.
     """
+    return in_pieces_on_oom(lambda: _run_checks(model, x, y, result, attacks, order, threat, device, sweep, non_adaptive),
+                            model, len(x))
+
+
+def _run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: EvalResult, attacks: Sequence,
+                order: list[str], threat: ThreatModel, device: torch.device, sweep: list[dict[str, Any]],
+                non_adaptive: float | None) -> list[str]:
     out = cascade_checks(result, attacks, order) + sweep_checks(result, threat, sweep)
     with eval_mode(model):
         out += model_checks(model, x, y, attacks)

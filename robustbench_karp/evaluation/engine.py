@@ -208,6 +208,18 @@ def attack_in_memory(model: nn.Module, x: torch.Tensor, y: torch.Tensor, named: 
             torch.cuda.empty_cache()
 
 
+def in_pieces_on_oom(run: Callable[[], Any], model: nn.Module, n: int) -> Any:
+    """run(); on out of device memory, again in physical pieces of half the rows (then a quarter, ...)."""
+    rows = row_limit()
+    while True:
+        try:
+            with physical_rows(rows):
+                return run()
+        except OutOfMemoryError as e:
+            failed = (str(e).strip().splitlines() or ["out of memory"])[0]
+        rows = _fewer_rows(rows or n, model, failed)
+
+
 def _fewer_rows(rows: int, model: nn.Module, failed: str) -> int:
     if is_randomized(model):
         raise OutOfMemory("out of device memory, and the model draws its own randomness per row of its input, so "

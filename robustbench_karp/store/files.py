@@ -34,9 +34,12 @@ def portable_path(path: Path) -> str:
 
 
 def resolve_path(text: str) -> Path:
-    """The inverse of portable_path under the current KARP_HOME (a bare file name is looked for there too)."""
+    """The inverse of portable_path: a path inside the current KARP_HOME. Records are data, published and
+    shared: a path in one that is absolute or climbs out of the store is never followed, only its name."""
     path = Path(text)
-    return path if path.is_absolute() else karp_home() / path
+    if path.is_absolute() or ".." in path.parts:
+        path = Path(path.name)
+    return karp_home() / path
 
 
 def keep_copy(path: Path, kind: str) -> Path:

@@ -28,6 +28,7 @@ never kept the options. Pure: no I/O, no torch.
 from __future__ import annotations
 
 import copy
+from pathlib import PurePath
 from typing import Any
 
 RECORD_SCHEMA = 3
@@ -38,11 +39,11 @@ BOARD_FIELDS = ("model", "dataset", "defense", "norm", "eps", "n_examples", "att
 
 def migrate(record: dict[str, Any]) -> dict[str, Any]:
     """The record in this version's schema (a new dict; the argument is left as it was)."""
-    if record.get("schema") == RECORD_SCHEMA:
-        return record
     if not isinstance(record, dict) or "id" not in record:
         raise ValueError("not an evaluation record (no id)")
-    out = copy.deepcopy(record)
+    if record.get("schema") == RECORD_SCHEMA:
+        return _with_indices(_no_absolute_paths(copy.deepcopy(record)))
+    out = _no_absolute_paths(copy.deepcopy(record))
     config = out.get("config") if isinstance(out.get("config"), dict) else None
     if record.get("source") == "external":
         config = _external_config(out)
@@ -53,7 +54,31 @@ def migrate(record: dict[str, Any]) -> dict[str, Any]:
     for key in CONFIG_COPIES:
         out.pop(key, None)
     out["config"], out["schema"] = config, RECORD_SCHEMA
-    return out
+    return _with_indices(out)
+
+
+def _with_indices(record: dict[str, Any]) -> dict[str, Any]:
+    """A published record leaves out its indices when they are the first n test points (boards/entries.py):
+    they are restored here, so every reader sees them."""
+    if "indices" in record or not record.get("robust_mask"):
+        return record
+    return {**record, "indices": list(range(len(record["robust_mask"])))}
+
+
+def _no_absolute_paths(record: dict[str, Any]) -> dict[str, Any]:
+    """Records from before portable paths named files by absolute path (a home directory, published): only the
+    file name is kept. A path is provenance, never identity, and nothing follows one from a record."""
+    def name_only(value: Any) -> Any:
+        return PurePath(value).name if isinstance(value, str) and (value.startswith("/") or value[1:3] == ":\\") \
+            else value
+
+    record.pop("model_file", None)  # the module file's absolute path: its name and sha256 are in config.source
+    if "checkpoint" in record:
+        record["checkpoint"] = name_only(record["checkpoint"])
+    for facts in (record.get("attack_provenance") or {}).values():
+        for key in [k for k in facts if k.endswith("_path")]:
+            facts[key] = name_only(facts[key])
+    return record
 
 
 def _defense_of(record: dict[str, Any]) -> dict[str, Any] | str | None:

@@ -162,3 +162,28 @@ class ResultsStore:
     def _select(self, query: str, args: tuple = ()) -> list[tuple]:
         with self._connect() as db:
             return db.execute(query, args).fetchall()
+
+
+def read_records(path: Path | None = None) -> list[dict[str, Any]]:
+    """Every record of a results database, oldest first, without creating or changing anything: the database is
+    opened read-only, and records still waiting in its pending folder are read, not committed. [] with no store."""
+    path = Path(path) if path is not None else karp_home() / "results.sqlite"
+    rows: list[tuple[str, str, str]] = []
+    if path.is_file():
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=ResultsStore.BUSY_TIMEOUT_SECONDS)
+        try:
+            rows = db.execute("SELECT id, created_utc, record FROM records ORDER BY row").fetchall()
+        finally:
+            db.close()
+    seen = {(i, created) for i, created, _ in rows}
+    pending = path.parent / "pending" / path.stem
+    for file in sorted(pending.glob("*.json")) if pending.is_dir() else []:
+        try:
+            record = json.loads(file.read_text())
+            key = (str(record["id"]), str(record["created_utc"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if key not in seen:
+            seen.add(key)
+            rows.append((*key, json.dumps(record)))
+    return [migrate(json.loads(text)) for _, _, text in rows]

@@ -20,10 +20,11 @@ from robustbench_karp.threat.ball import (
     ThreatModel,
     budget_tolerance,
     check_budget,
+    check_eps,
     random_normal,
     random_uniform,
 )
 from robustbench_karp.threat.context import RunContext
 
 __all__ = ["BudgetViolation", "Norm", "Objective", "RunContext", "ThreatModel", "ascend", "budget_tolerance",
-           "check_budget", "random_normal", "random_uniform"]
+           "check_budget", "check_eps", "random_normal", "random_uniform"]

@@ -84,6 +84,19 @@ class ThreatModel:
         return self.project(x + delta, x) if clip else x + delta
 
 
+def check_eps(norm: str, eps: float, image_shape: tuple[int, ...] | None = None) -> None:
+    """Refuse an eps in the wrong units: images are in [0, 1], so a Linf eps above 1 allows any image (8 meant
+    8/255?), and an L2 eps above the image's diameter sqrt(C*H*W) likewise."""
+    if Norm(norm) is Norm.LINF and eps > 1:
+        hint = f" (did you mean {int(eps)}/255?)" if float(eps).is_integer() else ""
+        raise ValueError(f"linf eps {eps:g} is above 1: eps is in [0, 1] pixel units{hint}")
+    if Norm(norm) is Norm.L2 and image_shape is not None:
+        diameter = math.sqrt(math.prod(image_shape))
+        if eps > diameter:
+            raise ValueError(f"l2 eps {eps:g} is above the diameter of the [0, 1] image box ({diameter:.4g} for images "
+                             f"of shape {tuple(image_shape)}): eps is in pixel units")
+
+
 def check_budget(x_adv: torch.Tensor, x: torch.Tensor, threat: ThreatModel) -> None:
     """Raise BudgetViolation unless x_adv is finite, inside [0, 1] and within eps of x."""
     if x_adv.shape != x.shape:

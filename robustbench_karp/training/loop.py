@@ -169,12 +169,16 @@ def split_train(data: ImageSet, config: TrainConfig) -> tuple[torch.Tensor, torc
 
 
 def _load_resume(last: Path, config: TrainConfig, model: nn.Module, optimizer, scheduler,
-                 average: WeightAverage | None, memory: ExampleMemory | None) -> TrainState:
+                 average: WeightAverage | None, memory: ExampleMemory | None, world: int = 1) -> TrainState:
     if not last.is_file():
         raise ResumeError(f"--resume: no interrupted run to resume ({last} does not exist)")
     payload = load_checkpoint(last)
     if payload.get("config") != asdict(config):
         raise ResumeError(f"--resume: {last} belongs to a different configuration")
+    saved_world = int(payload.get("world_size", 1))
+    if saved_world != world:  # the schedule's length and each rank's share of the data depend on it
+        raise ResumeError(f"{last} was trained by {saved_world} process(es) and this run has {world}: resuming would "
+                          "change its learning-rate schedule; run with the same number of processes, or --restart")
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
@@ -248,7 +252,7 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
     last = out.with_suffix(".last.pt")
     average = WeightAverage(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
     memory = ExampleMemory(len(data), tuple(data.images.shape[1:]), env.device) if defense.uses_memory() else None
-    state = _load_resume(last, config, model, optimizer, scheduler, average, memory) if resume else TrainState()
+    state = _load_resume(last, config, model, optimizer, scheduler, average, memory, env.world) if resume else TrainState()
     wrapped = nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
     evaluated = average.model if average else model  # the weights that are validated and kept
     try:
@@ -268,7 +272,8 @@ def fit(config: TrainConfig, out: Path, *, data_dir: Path | None = None, device:
                 save_checkpoint(last, {"config": asdict(config), "state_dict": model.state_dict(),
                                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                        "average": average.state_dict() if average else None,
-                                       "memory": memory.state_dict() if memory else None, "state": asdict(state)})
+                                       "memory": memory.state_dict() if memory else None, "state": asdict(state),
+                                       "world_size": env.world})
                 write_logs(out.with_suffix(""), state.history)
             for cb in callbacks:
                 cb.on_epoch(state.history[-1])

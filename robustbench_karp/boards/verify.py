@@ -1,0 +1,105 @@
+"""Check a published site against its own records: `karp-robust leaderboard verify [DIR]`.
+
+    problems = verify_site(Path("leaderboard"))     # [] when every published number re-derives
+
+A published number is trusted only if the site's records give it back:
+- every record: its id is its config's hash (config_hash of the EvalConfig, or of an import's identity),
+  its masks have one '0'/'1' per test point, and its accuracies are exactly what its masks count;
+- every entry: recomputed from the records (boards/published.rederive), every field agrees with the
+  published one, except where the site was built (reproducibility, the examples link);
+- every page: README.md, results.csv, index.html and the curves render again byte for byte.
+An import's numbers are re-read from the model_info file it carries. Pure, apart from reading the site.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from robustbench_karp.boards.published import load_published, rederive
+from robustbench_karp.boards.robustbench_import import import_robustbench
+from robustbench_karp.boards.site import site_files
+from robustbench_karp.store import config_hash
+
+WHERE_BUILT = ("reproducible", "reproducibility", "examples")  # decided on the machine that built the site
+
+
+def record_problems(record: dict[str, Any]) -> list[str]:
+    """What in one record does not hold together (an empty list when everything does)."""
+    rid, config = record["id"], record["config"]
+    if record.get("source") == "external":
+        return _import_problems(record)
+    out = []
+    if (config.get("schema") or 0) < 2:
+        out.append(f"record {rid}: made before the EvalConfig, so its id cannot be re-derived from its config")
+    elif config_hash(config) != rid:
+        out.append(f"record {rid}: its id is not its config's hash ({config_hash(config)})")
+    clean, robust = record.get("clean_mask"), record.get("robust_mask")
+    if not clean or not robust:
+        return out + [f"record {rid}: no per-example masks, so its numbers cannot be re-derived"]
+    n = config.get("n_examples")
+    for name, mask in (("clean_mask", clean), ("robust_mask", robust)):
+        if len(mask) != n or set(mask) - {"0", "1"}:
+            out.append(f"record {rid}: {name} is not {n} characters of '0'/'1'")
+            return out
+    for field, mask in (("clean_accuracy", clean), ("robust_accuracy", robust)):
+        counted = mask.count("1") / max(n, 1)
+        if record.get(field) != counted:
+            out.append(f"record {rid}: {field} {record.get(field)} but its mask counts {counted}")
+    if any(r == "1" and c == "0" for c, r in zip(clean, robust)):
+        out.append(f"record {rid}: a point is robust but not clean-correct")
+    order, per_attack = record.get("attack_order") or [], record.get("per_attack") or {}
+    if order and order[-1] in per_attack and per_attack[order[-1]] != record.get("robust_accuracy"):
+        out.append(f"record {rid}: accuracy after its last attack {per_attack[order[-1]]} is not its robust accuracy")
+    return out
+
+
+def _import_problems(record: dict[str, Any]) -> list[str]:
+    """An import's numbers and id, read again from the model_info it carries."""
+    config = record["config"]
+    try:
+        again = import_robustbench(record["model_info"], record.get("imported_from") or "model_info.json",
+                                   dataset=config["dataset"], norm=config["norm"],
+                                   imported_utc=record.get("created_utc"))
+    except (KeyError, ValueError) as e:
+        return [f"record {record['id']}: its model_info does not import ({e})"]
+    fields = ("id", "clean_accuracy", "robust_accuracy", "per_attack")
+    return [f"record {record['id']}: {f} {record.get(f)!r} but its model_info gives {again.get(f)!r}"
+            for f in fields if record.get(f) != again.get(f)]
+
+
+def verify_site(site: Path) -> list[str]:
+    """Every disagreement between a published site and what its records give; [] when there is none."""
+    site = Path(site)
+    published = load_published(site)  # a damaged or mislabelled entry file is a ValueError already
+    if not published:
+        return [f"{site}: no published entries"]
+    problems = [p for e in published for r in e["records"] for p in record_problems(r)]
+    derived = {e["entry_id"]: e for e in rederive(published, [], checkpoint_ok=lambda r: False)}
+    shown = {path.stem: json.loads(path.read_text()) for path in (site / "entries").glob("*.json")}  # as on disk
+    for entry_id in sorted(set(shown) | set(derived)):
+        if entry_id not in derived:
+            problems.append(f"entry {entry_id}: published, but its records make no such entry")
+            continue
+        if entry_id not in shown:
+            problems.append(f"entry {entry_id}: its records make it, but it is not published")
+            continue
+        for field in WHERE_BUILT:  # the published values, so that the pages compare too
+            if field in shown[entry_id]:
+                derived[entry_id][field] = shown[entry_id][field]
+        problems += [f"entry {entry_id}: {field} is {_short(shown[entry_id].get(field))} but its records give "
+                     f"{_short(derived[entry_id].get(field))}"
+                     for field in sorted(set(shown[entry_id]) | set(derived[entry_id]))
+                     if shown[entry_id].get(field) != derived[entry_id].get(field)]
+    if not problems:
+        for rel, content in site_files(list(derived.values()), site).items():
+            path = site / rel
+            if not rel.startswith("entries/") and (not path.is_file() or path.read_bytes() != content):
+                problems.append(f"{rel}: not what the entries render")
+    return problems
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
