@@ -1,6 +1,7 @@
 """The DEVICE paths in one short script: AMP bf16 + channels-last training, DDP over NCCL under torchrun,
-evaluation and reproduction on the GPU, a batch in physical pieces (the out-of-memory path), and PGD-40 and
-AutoAttack time against torchattacks.
+evaluation and reproduction on the GPU, a batch in physical pieces (the out-of-memory path), PGD-40 and
+AutoAttack time against torchattacks (and the original AutoAttack, pyautoattack, when installed), and with
+2 GPUs a 2-rank NCCL evaluation whose record must equal the single-process one.
 
     python benchmarks/gpu_check.py --data-dir /path/with/MNIST/raw --out results.json
 
@@ -79,6 +80,31 @@ def ddp_check(data_dir: Path, home: Path) -> dict:
     return result
 
 
+def ddp_eval_check(data_dir: Path, home: Path) -> dict:
+    """torchrun evaluation over NCCL with 2 ranks (each on its own GPU, cuda:LOCAL_RANK): the record must equal the
+    single-process one (id, masks). Skipped with fewer than 2 GPUs."""
+    gpus = torch.cuda.device_count() if DEVICE.type == "cuda" else 0
+    if gpus < 2:
+        print(f"ddp evaluation: skipped ({gpus} GPU)", flush=True)
+        return {"skipped": f"{gpus} GPU"}
+    args = ["evaluate", "--model", "smallcnn", "--dataset", "mnist", "--defense", "fgsm-at", "--checkpoint",
+            str(home / "fgsm-at.pt"), "--data-dir", str(data_dir), "--no-download", "--attack", "pgd", "--attack-arg",
+            "steps=20", "--n-examples", "1000", "--batch-size", "250", "--eps", "0.3", "--json", "--device", "cuda"]
+    single = subprocess.run([sys.executable, "-m", "robustbench_karp", *args], capture_output=True, text=True,
+                            env={**os.environ, "KARP_HOME": str(home / "single")}, timeout=600)
+    start = time.perf_counter()
+    ranks = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                            "robustbench_karp", *args], capture_output=True, text=True,
+                           env={**os.environ, "KARP_HOME": str(home / "ranks")}, timeout=600)
+    result = {"gpus": gpus, "returncode": ranks.returncode, "seconds": time.perf_counter() - start,
+              "tail": ranks.stderr[-600:] if ranks.returncode else ""}
+    if single.returncode == 0 and ranks.returncode == 0:
+        one, two = json.loads(single.stdout.splitlines()[-1]), json.loads(ranks.stdout.splitlines()[-1])
+        result |= {key: one[key] == two[key] for key in ("id", "clean_mask", "robust_mask")}
+    print(f"ddp evaluation nccl, 2 ranks: {result}", flush=True)
+    return result
+
+
 def throughput(model, test, indices, batch_size: int) -> dict:
     """PGD-40 (eps 0.3, step 0.01) on the GPU: our engine vs torchattacks.PGD plus its accuracy count."""
     threat, out = ThreatModel("linf", 0.3), {}
@@ -149,8 +175,21 @@ def autoattack_time(home: Path, test, indices, batch_size: int = 500) -> dict:
         correct += int((predict(model, attack(x, y)) == y).sum())
     sync()
     t_ref = time.perf_counter() - start
-    return {"ours_s": t_ours, "torchattacks_s": t_ref, "time_ratio": t_ours / t_ref, "ours_acc": ours,
-            "torchattacks_acc": correct / len(indices), "n": len(indices)}
+    out = {"ours_s": t_ours, "torchattacks_s": t_ref, "time_ratio": t_ours / t_ref, "ours_acc": ours,
+           "torchattacks_acc": correct / len(indices), "n": len(indices)}
+    try:  # the original AutoAttack (pip install pyautoattack), when it is there
+        from autoattack import AutoAttack as Original
+    except ImportError:
+        return out | {"original": "not installed (pip install pyautoattack)"}
+    x, y = test.batch(indices)
+    sync()
+    start = time.perf_counter()
+    original = Original(model, norm="Linf", eps=0.3, version="standard", seed=0, verbose=False)
+    x_adv = original.run_standard_evaluation(x.to(DEVICE), y.to(DEVICE), bs=batch_size)
+    sync()
+    t_orig = time.perf_counter() - start
+    acc = (predict(model, x_adv) == y.to(DEVICE)).float().mean().item()
+    return out | {"original_s": t_orig, "ratio_to_original": t_ours / t_orig, "original_acc": acc}
 
 
 def main() -> None:
@@ -167,7 +206,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "cpu"
     result = {"torch": torch.__version__, "device": name}
     print(result, flush=True)
-    for name, check in (("train", train_check), ("ddp", ddp_check), ("eval", eval_checks)):
+    for name, check in (("train", train_check), ("ddp", ddp_check), ("eval", eval_checks),
+                        ("ddp_eval", ddp_eval_check)):
         try:
             result[name] = check(args.data_dir, home)
         except Exception as e:  # report every check, even after one fails

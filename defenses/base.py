@@ -95,6 +95,11 @@ class Defense:
         """True when loss() takes `memory=`: the batch's rows of the loop's per-example memory."""
         return False
 
+    def uses_ramp(self) -> bool:
+        """True when loss() takes `ramp=`: how far the eps warm-up has come, in [0, 1] (certified training's
+        kappa and beta follow it)."""
+        return False
+
     @classmethod
     def recipe_for(cls, dataset: str) -> Recipe:
         return cls.recipes.get(dataset, cls.recipes["default"])

@@ -26,8 +26,10 @@ import torch
 from torch import nn
 
 from robustbench_karp.attacks import as_attack
+from robustbench_karp.certification import certify as certify_points
 from robustbench_karp.data import DATASETS
 from robustbench_karp.devices import resolve_device
+from robustbench_karp.evaluation.certified import certification_method
 from robustbench_karp.evaluation.checks import run_checks
 from robustbench_karp.evaluation.engine import EvalResult, attack_batches, combine, expand
 from robustbench_karp.evaluation.sharded import batch_seed, reseed_randomized
@@ -65,6 +67,8 @@ def evaluate(
     model_name: str | None = None,
     source: str | None = None,
     data_dir: Any = None,
+    certify: str | None = None,
+    check_certified: bool = False,
 ) -> EvalResult:
     """Library entry point: robust accuracy of any nn.Module mapping [0, 1] images to logits.
 
@@ -77,9 +81,11 @@ def evaluate(
         store: True (the default store) or a ResultsStore: write a record, as the CLI does; needs dataset=
             and model_name= (or source=), so that the record names its test points and its model.
         source: "file.py:factory" that rebuilds the architecture, so `reproduce` can re-run the record.
+        certify: "ibp" or "crown-ibp": prove points robust first (certified_accuracy); they skip the attacks.
+        check_certified: attack certified points too; a break raises CertificationConflict (a bug somewhere).
     Returns:
-        EvalResult with clean_accuracy, robust_accuracy (per-example worst case), per_attack, and the
-        stored record when store is set.
+        EvalResult with clean_accuracy, robust_accuracy (per-example worst case), per_attack,
+        certified_accuracy (with certify), and the stored record when store is set.
     """
     if store:
         if x is not None or y is not None:
@@ -88,11 +94,12 @@ def evaluate(
             raise ValueError("a stored evaluation needs dataset= (its fixed test points make the record reproducible)")
         record = evaluate_and_store(model, dataset=dataset, model_name=model_name, attacks=attacks, norm=norm, eps=eps,
                                     n_examples=n_examples, seed=seed, batch_size=batch_size, device=device,
-                                    store=None if store is True else store, source=source, data_dir=data_dir)
+                                    store=None if store is True else store, source=source, certify=certify, data_dir=data_dir)
         return EvalResult(record["config"]["n_examples"], record["clean_accuracy"], record["robust_accuracy"],
                           record["per_attack"], [c == "1" for c in record["clean_mask"]],
                           [r == "1" for r in record["robust_mask"]], record["elapsed_seconds"],
-                          list(record["warnings"]), record)
+                          list(record["warnings"]), record, cost=record["cost"], probes=record.get("probes") or {},
+                          certified=[c == "1" for c in record["certified_mask"]] if "certified_mask" in record else None)
     if dataset is not None:
         from robustbench_karp.data import load_split, subset_indices
 
@@ -125,7 +132,11 @@ def evaluate(
         return torch.Generator(device=device).manual_seed(batch_seed(seed, b))
 
     batches = ((b, xb, yb) for b, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size))))
-    warnings = attack_batches(model, batches, built, threat, generator, device, lambda b, o: outcomes.append(o))
+    method = certification_method(certify, None, model, None, x[:1].to(device))
+    certifier = None if method is None else (lambda m, xb, yb: certify_points(m, xb, yb, norm=threat.norm.value,
+                                                                              eps=threat.eps, method=method))
+    warnings = attack_batches(model, batches, built, threat, generator, device, lambda b, o: outcomes.append(o),
+                              certifier=certifier, method=method, check_certified=check_certified)
     order = [name for name, _ in expand(built)]
     result = combine(outcomes, order, time.perf_counter() - start, device, warnings)
     sample = min(len(x), 200)  # the same sanity checks the CLI's records run, on the first points
@@ -163,7 +174,8 @@ def source_of(model: nn.Module, source: str | None, channels: int) -> dict[str, 
 def evaluate_and_store(model: nn.Module, *, dataset: str, model_name: str | None, attacks: Sequence = ("pgd",),
                        norm: str = "linf", eps: float | None = None, n_examples: int | None = None, seed: int = 0,
                        batch_size: int = 500, device: str | torch.device = "auto", store: ResultsStore | None = None,
-                       source: str | None = None, data_dir: Path | None = None, download: bool = True) -> dict[str, Any]:
+                       source: str | None = None, data_dir: Path | None = None, download: bool = True,
+                       certify: str | None = None) -> dict[str, Any]:
     """Evaluate model (taking [0, 1] images, normalizing itself) on dataset's fixed test points; store the record."""
     from robustbench_karp.harness import EvalRequest, run_evaluation
 
@@ -185,7 +197,7 @@ def evaluate_and_store(model: nn.Module, *, dataset: str, model_name: str | None
                   "train_outcome": None}
     req = EvalRequest(model=model_name, dataset=spec.name, attacks=[as_attack(a) for a in attacks], norm=norm, eps=eps,
                       n_examples=n_examples, seed=seed, batch_size=batch_size, device=str(dev), data_dir=data_dir,
-                      download=download)
+                      download=download, certify=certify)
     return run_evaluation(req, store=store or ResultsStore(), prepared=(classifier, provenance, dev))
 
 

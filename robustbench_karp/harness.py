@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from robustbench_karp.attacks import Attack
+from robustbench_karp.certification import certify
 from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.devices import resolve_device
+from robustbench_karp.evaluation.certified import certification_method
 from robustbench_karp.evaluation.engine import run_attacks
 from robustbench_karp.evaluation.evalconfig import EvalConfig
 from robustbench_karp.evaluation.protocols import get_protocol
@@ -65,6 +67,8 @@ class EvalRequest:
     rng: str | None = RNG  # per-batch randomness (sharding, resuming); None: one generator in order (old records)
     probes: list[Attack] | None = None  # None: the protocol's (reproduce passes a record's own)
     restart: bool = False  # discard partial results of this config instead of resuming them
+    certify: str | None = None  # "ibp" or "crown-ibp": certified points skip the attacks (standard/2 asks for it)
+    check_certified: bool = False  # attack certified points too: any break is a CertificationConflict
     random_weights: bool = False  # a torchvision model without --checkpoint: its random initial weights, knowingly
     weights_in_factory: bool = False  # a model file without --checkpoint: its factory loads the trained weights
 
@@ -166,6 +170,8 @@ class Plan:
     indices: torch.Tensor
     test: Any  # ImageSet of the test split
     probes: list[Attack] = field(default_factory=list)  # measured beside the cascade (a purifier's plain PGD)
+    certifier: Callable | None = None  # (model, x, y) -> Certificate, run before the attacks
+    check_certified: bool = False
     data_sha256: str | None = None  # the exact test points evaluated (data.ImageSet.identity)
     preparation: dict[str, float] = field(default_factory=dict)  # attack -> seconds spent training its networks
 
@@ -223,13 +229,18 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
                                         get_protocol(req.protocol).build_probes(provenance["defense_config"])
                                         if req.protocol else [])]
     networks, preparation = prepare_attacks(bound, model, device)
+    method = certification_method(req.certify, req.protocol, model, provenance["defense_config"],
+                                  test.batch(indices[:1])[0].to(device))
     config = EvalConfig(model=provenance["model"], dataset=provenance["dataset"], defense=provenance["defense_config"],
                         weights=provenance["weights_sha256"], defense_weights=provenance["defense_weights_sha256"],
                         norm=threat.norm.value, eps=threat.eps, n_examples=n, seed=req.seed, batch_size=req.batch_size,
                         attacks=tuple(a.config() for a in bound), protocol=protocol,
                         source=provenance.get("model_source"), rng=req.rng, probes=tuple(p.config() for p in probes),
-                        attack_networks=networks or None)
-    return Plan(config, bound, threat, indices, test, probes, test.identity(indices), preparation)
+                        attack_networks=networks or None, certify=method)
+    certifier = None if method is None else (
+        lambda m, x, y: certify(m, x, y, norm=threat.norm.value, eps=threat.eps, method=method))
+    return Plan(config, bound, threat, indices, test, probes=probes, data_sha256=test.identity(indices),
+                preparation=preparation, certifier=certifier, check_certified=req.check_certified)
 
 
 def prepare_attacks(attacks: list[Attack], model: nn.Module, device: torch.device

@@ -79,7 +79,7 @@ def cmd_evaluate(args) -> int:
                        n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
                        checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download,
                        protocol=args.protocol, normalize=args.normalize, robustbench_dir=args.robustbench_dir,
-                       restart=args.restart, random_weights=args.random_weights,
+                       restart=args.restart, random_weights=args.random_weights, certify=args.certify,
                        weights_in_factory=args.weights_in_factory, model_name=args.name,
                        train_limit_seconds=None if args.train else train_limit())
     records = []

@@ -171,6 +171,9 @@ def add_evaluate(sub) -> None:
     ev.add_argument("--protocol", default=None, metavar="NAME",
                     help="a named, versioned attack set (standard: AutoAttack plus the defense's adaptive attacks); "
                          "--attack adds to it")
+    ev.add_argument("--certify", default=None, choices=["ibp", "crown-ibp"],
+                    help="prove points robust first (a certified lower bound beside the attacks' upper bound); "
+                         "certified points skip every attack")
     ev.add_argument("--json", action="store_true", help="print the record as one JSON object")
     ev.add_argument("--restart", action="store_true",
                     help="discard the finished batches an interrupted run of this config left, instead of resuming them")

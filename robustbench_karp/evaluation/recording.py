@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from robustbench_karp.evaluation import checks, protocols
+from robustbench_karp.evaluation.certified import bracket_warning, certified_fields
 from robustbench_karp.evaluation.engine import EvalResult, expand
 from robustbench_karp.store.identity import cpu_conditions, versions
 from robustbench_karp.store.records import CONFIG_COPIES, RECORD_SCHEMA
@@ -46,6 +47,7 @@ def make_record(plan, model: nn.Module, provenance: dict[str, Any], result: Eval
     base = non_adaptive(result, plan.attacks, order)
     warnings = result.warnings + checks.run_checks(model, x.to(device), y.to(device), result, plan.attacks, order,
                                                     plan.threat, device, sweep, non_adaptive=base)
+    warnings += bracket_warning(result, plan.config.defense)
     config = plan.config.to_dict()
     required = protocols.requirements(provenance["defense_config"])  # frozen in the record: builds read them here
     cost = dict(result.cost)
@@ -64,6 +66,7 @@ def make_record(plan, model: nn.Module, provenance: dict[str, Any], result: Eval
         "per_attack": result.per_attack,
         "clean_mask": "".join("1" if c else "0" for c in result.clean),
         "robust_mask": "".join("1" if r else "0" for r in result.robust),
+        **certified_fields(result, plan),
         "elapsed_seconds": result.elapsed_seconds, "cost": cost, "device": str(device),
         "conditions": cpu_conditions(),
         "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),

@@ -36,7 +36,14 @@ import torch
 from torch import nn
 
 from robustbench_karp.devices import setup_distributed
-from robustbench_karp.evaluation.engine import BatchOutcome, EvalResult, attack_batches, combine, expand
+from robustbench_karp.evaluation.engine import (
+    BatchOutcome,
+    CertificationConflict,
+    EvalResult,
+    attack_batches,
+    combine,
+    expand,
+)
 from robustbench_karp.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -166,8 +173,12 @@ def evaluate_batches(model: nn.Module, plan, seed: int, batch_size: int, device:
         return torch.Generator(device=device).manual_seed(batch_seed(seed, b))
 
     batches = ((b, *plan.test.batch(logical[b])) for b in mine)
-    warnings = attack_batches(model, batches, plan.attacks, plan.threat, generator, device, keep, reporter,
-                              probes=plan.probes)
+    try:
+        warnings = attack_batches(model, batches, plan.attacks, plan.threat, generator, device, keep, reporter,
+                                  probes=plan.probes, certifier=plan.certifier, method=plan.config.certify,
+                                  check_certified=plan.check_certified)
+    except CertificationConflict as e:  # name the test point
+        raise e.at(e.batch, int(logical[e.batch][e.position])) from None
     if dist.world > 1:
         import torch.distributed as tdist
 

@@ -124,8 +124,11 @@ def train_epoch(model, defense: Defense, data: ImageSet, train_idx: torch.Tensor
         scale = min(1.0, (epoch + step / steps) / ramp) if ramp > 0 else 1.0
         threat = ThreatModel(config.norm, config.eps * scale)
         rows = memory.rows(idx) if memory is not None else None
+        extra = {"memory": rows} if rows is not None else {}
+        if defense.uses_ramp():
+            extra["ramp"] = scale
         with autocast:
-            loss, logits = defense.loss(model, x, y, threat, gen, **({"memory": rows} if rows is not None else {}))
+            loss, logits = defense.loss(model, x, y, threat, gen, **extra)
         bad = ~torch.isfinite(loss.detach()).all()
         first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, step), first_bad)
         if rows is not None:

@@ -1,0 +1,200 @@
+"""Certified lower bounds: exact where the answer is known, sound against strong attacks, tighter with CROWN,
+refused in one line where they cannot apply, and cheaper evaluations for the points they prove."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from robustbench_karp.api import evaluate
+from robustbench_karp.certification import UnsupportedOp, certify, margins
+from robustbench_karp.certification.margins import SAFETY_ABSOLUTE, SAFETY_RELATIVE
+from robustbench_karp.cli import main
+from robustbench_karp.evaluation.batch import CertificationConflict
+from robustbench_karp.models import Classifier, Normalize
+from robustbench_karp.sources import new_model
+from robustbench_karp.threat import ThreatModel
+
+
+def tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
+    return split.batch(torch.arange(len(split)))
+
+
+@pytest.fixture(scope="module")
+def linear_model(digits):
+    """Flatten -> Linear, trained on the digits: the one network whose worst margin has a closed form."""
+    x, y = tensors(digits[0])
+    torch.manual_seed(0)
+    model = Classifier(Normalize((0.5,), (0.25,)), nn.Sequential(nn.Flatten(), nn.Linear(64, 10)))
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval()
+
+
+def closed_form(model, x, y, eps):
+    """(w_y - w_k) . c + (b_y - b_k) - |w_y - w_k| . r over the box [max(x - eps, 0), min(x + eps, 1)]."""
+    linear = model.backbone[1]
+    w = linear.weight.double() / 0.25  # the Normalize folded in: (x - 0.5) / 0.25
+    b = linear.bias.double() - (linear.weight.double() * 0.5 / 0.25).sum(1)
+    lo, hi = (x.double() - eps).clamp(0, 1).flatten(1), (x.double() + eps).clamp(0, 1).flatten(1)
+    c, r = (lo + hi) / 2, (hi - lo) / 2
+    d = w[y].unsqueeze(1) - w.unsqueeze(0)  # (B, K, 64)
+    exact = (d * c.unsqueeze(1)).sum(-1) + (b[y].unsqueeze(1) - b) - (d.abs() * r.unsqueeze(1)).sum(-1)
+    return exact.masked_fill(F.one_hot(y, 10).bool(), float("inf"))
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_both_methods_are_exact_on_a_linear_model(linear_model, digits, method):
+    x, y = tensors(digits[1])
+    x, y = x[:100], y[:100]
+    for eps in (0.02, 0.1, 0.3):
+        exact = closed_form(linear_model, x, y, eps)
+        bound = margins(linear_model, x.double(), y, ThreatModel("linf", eps), method)
+        finite = torch.isfinite(exact)
+        assert (bound[finite] - exact[finite]).abs().max() < 1e-9
+        cert = certify(linear_model, x, y, eps=eps, method=method)
+        scale = linear_model(x).abs().amax(1).double()
+        worst = exact.amin(1)
+        clear = (worst - (SAFETY_ABSOLUTE + SAFETY_RELATIVE * scale)).abs() > 1e-6  # off the safety margin's edge
+        assert torch.equal(cert.certified[clear], (worst > SAFETY_ABSOLUTE + SAFETY_RELATIVE * scale)[clear])
+
+
+def margin_pgd():
+    return ("pgd", {"steps": 100, "restarts": 10, "loss": "margin"})
+
+
+def square():
+    return ("autoattack", {"steps": 100, "square_queries": 5000})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,eps", [("ibp", 0.002), ("crown-ibp", 0.005)])  # where each certifies most points
+def test_no_certified_point_of_a_trained_smallcnn_is_broken(digits_model, digits, method, eps):
+    """PGD-100 x 10 restarts with the margin loss, then AutoAttack (Square at 5,000 queries), on every point:
+    certified ones too (check_certified). Any break raises CertificationConflict, and the test fails."""
+    x, y = tensors(digits[1])
+    result = evaluate(digits_model, x[:40], y[:40], attacks=[margin_pgd(), square()], eps=eps, certify=method,
+                      check_certified=True, device="cpu")
+    assert result.certified_accuracy > 0.2
+
+
+@pytest.mark.slow
+def test_a_certifier_that_certifies_everything_is_caught(digits_model, digits, monkeypatch):
+    """The mutant the soundness tests guard against: it must stop the evaluation, naming point, attack, margins."""
+    from robustbench_karp import api
+    from robustbench_karp.certification import Certificate
+
+    x, y = tensors(digits[1])
+    monkeypatch.setattr(api, "certify_points", lambda m, xb, yb, **kw: Certificate(
+        torch.ones(len(xb), dtype=torch.bool), torch.ones(len(xb), dtype=torch.float64)))
+    with pytest.raises(CertificationConflict, match=r"point \d+ .*certified by crown-ibp \(worst margin >= 1\) but pgd "
+                                                    r"broke it \(margin -"):
+        evaluate(digits_model, x[:40], y[:40], attacks=[margin_pgd()], eps=0.1, certify="crown-ibp",
+                 check_certified=True, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def certified_model(digits):
+    """certcnn trained by the ibp defense for a few epochs on the digits (eps 0.1): a model built to certify."""
+    from robustbench_karp.defenses import build_defense
+
+    x, y = tensors(digits[0])
+    torch.manual_seed(0)
+    model = new_model("certcnn", "digits").train()
+    defense = build_defense("ibp", {})
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    epochs = 30
+    for epoch in range(epochs):
+        ramp = min(1.0, epoch / (epochs / 2))
+        for idx in torch.randperm(len(x), generator=torch.Generator().manual_seed(epoch)).split(128):
+            loss, _ = defense.loss(model, x[idx], y[idx], ThreatModel("linf", 0.1 * ramp), None, ramp=ramp)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_the_certified_trained_model_is_sound_and_crown_is_at_least_as_tight(certified_model, digits):
+    x, y = tensors(digits[1])
+    ibp = certify(certified_model, x, y, eps=0.1, method="ibp")
+    crown = certify(certified_model, x, y, eps=0.1, method="crown-ibp")
+    assert crown.certified.sum() >= ibp.certified.sum() > 0.3 * len(y)
+    assert (crown.margin >= ibp.margin - 1e-9).float().mean() > 0.95  # CROWN is tighter almost everywhere
+    result = evaluate(certified_model, x[:40], y[:40], attacks=[margin_pgd(), square()], eps=0.1, certify="crown-ibp",
+                      check_certified=True, device="cpu")
+    assert result.certified_accuracy <= result.robust_accuracy
+
+
+def test_l2_bounds_are_sound_against_l2_pgd(digits_model, digits):
+    x, y = tensors(digits[1])
+    result = evaluate(digits_model, x[:40], y[:40], attacks=[("pgd", {"steps": 50, "restarts": 3, "loss": "margin"})],
+                      norm="l2", eps=0.005, certify="crown-ibp", check_certified=True, device="cpu")
+    assert 0 < result.certified_accuracy <= result.robust_accuracy
+
+
+def test_residual_networks_bound_with_ibp_and_crown():
+    torch.manual_seed(0)
+    model = new_model("resnet18", "digits").eval()
+    x = torch.rand(3, 1, 8, 8)
+    y = model(x).argmax(1)
+    for method in ("ibp", "crown-ibp"):
+        bound = margins(model, x.double(), y, ThreatModel("linf", 1e-7), method).amin(1)
+        assert torch.isfinite(bound).all()
+
+
+def test_an_unsupported_op_is_one_line_naming_it():
+    model = new_model("stn", "digits").eval()
+    with pytest.raises(UnsupportedOp, match="grid_sample") as caught:
+        certify(model, torch.rand(2, 1, 8, 8), torch.tensor([0, 1]), eps=0.1)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model", "stn", "--certify", "ibp"], "grid_sample"),
+    (["--defense", "defense-gan", "--defense-arg", "epochs=1", "--defense-arg", "train_size=64", "--certify", "ibp"],
+     "does not apply"),
+    (["--certify", "zonotope"], "invalid choice: 'zonotope' (choose from 'ibp', 'crown-ibp')"),
+])
+def test_bad_certification_requests_exit_2_writing_nothing(karp_home, digits_checkpoint, extra, message, capsys,
+                                                           tmp_path):
+    model = ["--model", "smallcnn", "--checkpoint", str(digits_checkpoint)] if "stn" not in extra else []
+    args = ["evaluate", *model, "--n-examples", "20", "--attack", "fgsm", *extra]
+    if "stn" in extra:
+        torch.save(new_model("stn", "digits").state_dict(), tmp_path / "stn.pt")
+        args += ["--checkpoint", str(tmp_path / "stn.pt")]
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own refusal (an unknown method): one line, exit 2
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (karp_home / "results.sqlite").exists() or main(["records", "list"]) == 0 and \
+        "no records" in capsys.readouterr().out
+
+
+def test_certified_points_skip_the_attacks_and_the_record_says_so(karp_home, digits_checkpoint, capsys):
+    args = ["evaluate", "--model", "smallcnn", "--checkpoint", str(digits_checkpoint), "--n-examples", "100",
+            "--eps", "0.004", "--attack", "pgd", "--attack-arg", "steps=20", "--json"]
+    assert main([*args, "--certify", "crown-ibp"]) == 0
+    certified = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert certified["config"]["certify"] == "crown-ibp" and "certify" not in plain["config"]
+    mask = certified["certified_mask"]
+    assert certified["certified_accuracy"] == mask.count("1") / 100 > 0
+    assert all(r == "1" for c, r in zip(mask, certified["robust_mask"]) if c == "1")  # certified points are robust
+    # every point the plain run left robust and the certified run did not certify went through the same attack
+    attacked = certified["cost"]["per_attack"]["pgd"]["attacked_points"]
+    assert attacked == plain["cost"]["per_attack"]["pgd"]["attacked_points"] - mask.count("1")
+    info = certified["certification"]
+    assert info["method"] == "crown-ibp" and info["bounds"] == "float64" and info["certified_points"] == mask.count("1")
+    assert info["saved_forward_passes"] == mask.count("1") * 20 and info["seconds"] > 0
