@@ -122,8 +122,8 @@ def test_page_rows_sorting_and_plots(browser, tmp_path):
     clean.click()
     assert column_order(table, "clean-95-ci")[1] == [0.95, 0.9, 0.85]
 
-    passes = table.find_element(By.XPATH, ".//th[normalize-space()='forward passes']")
-    passes.click()  # every value unknown ('-'): sorting keeps the rows, and throws nothing
+    certified = table.find_element(By.XPATH, ".//th[starts-with(normalize-space(), 'certified')]")
+    certified.click()  # every value unknown ('-'): sorting keeps the rows, and throws nothing
     assert column_order(table, "n")[1] == [100, 20, 20]
 
     images = browser.execute_script(
@@ -164,3 +164,29 @@ def test_flag_codes_legend_and_paper_links(browser, tmp_path):
     masking = browser.find_element(By.ID, "board-mnist-linf-0-3-partial")
     assert [li.text for li in masking.find_elements(By.CSS_SELECTOR, "ul.legend li")] == [
         "F2: gradient masking suspected: black-box square beats white-box pgd on 2 points"]
+
+
+def test_the_reflowed_table_fits_1280_pixels_and_shows_the_bracket(browser, tmp_path):
+    """At 1,280 px every row's entry id is on screen without scrolling; the other columns fold under it."""
+    from selenium.webdriver.common.by import By
+
+    render_site(with_a_protocol_entry(golden_entries()), tmp_path / "site")
+    browser.set_window_size(1280, 900)
+    browser.get((tmp_path / "site" / "index.html").as_uri())
+    width = browser.execute_script("return window.innerWidth;")
+    assert browser.execute_script("return document.documentElement.scrollWidth;") <= width  # no horizontal scroll
+    for cell in browser.find_elements(By.CSS_SELECTOR, "td.entry-id"):
+        right = browser.execute_script("return arguments[0].getBoundingClientRect().right;", cell)
+        assert 0 < right <= width
+    heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#table-mnist-linf-0-1-partial th")]
+    assert "certified % [95% CI] · gap" in heads and "attacks run" not in heads  # folded into the entry id
+    row = browser.find_element(By.CSS_SELECTOR, "#table-mnist-linf-0-1-partial tbody tr")
+    assert row.find_element(By.CSS_SELECTOR, "td.certified-95-ci-gap").text == "35.0 [18.1, 56.7] · 40.0"
+    summary = row.find_element(By.CSS_SELECTOR, "td.entry-id summary")
+    assert not row.find_element(By.CSS_SELECTOR, "td.entry-id dl").is_displayed()
+    summary.click()
+    details = row.find_element(By.CSS_SELECTOR, "td.entry-id dl")
+    assert details.is_displayed() and "attacks run" in details.text and "pgd" in details.text
+    code = browser.find_elements(By.CSS_SELECTOR, "p.separation code")  # Markdown code renders as code
+    assert any(c.text == "karp-robust evaluate --protocol standard" for c in code)
+

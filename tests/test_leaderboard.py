@@ -205,7 +205,8 @@ def test_golden_entries_external_flagged_and_curves():
     assert by_name[("smallcnn", "trades", 0.3)]["cost"]["backward_per_point"] is None  # its record predates the counts
     assert by_name[("smallcnn", "trades", 0.3)]["flags"] == [
         "gradient masking suspected: black-box square beats white-box pgd on 2 points"]
-    assert curves(entries)[("mnist", "linf", "smallcnn / trades")] == [(0.0, 0.85), (0.1, 0.75), (0.2, 0.6), (0.3, 0.55)]
+    assert curves(entries)[("mnist", "linf", "smallcnn / trades")] == [  # eps 0 is clean; the others ran no protocol
+        (0.0, 0.85, "protocol"), (0.1, 0.75, "partial"), (0.2, 0.6, "partial"), (0.3, 0.55, "partial")]
 
 
 def fgsm_record(rid: str, sha: str, eps: float, seed: int, defense_options: dict, epochs: int) -> dict:

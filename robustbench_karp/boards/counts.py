@@ -112,6 +112,24 @@ def worst_case_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]]
     return clean.bit_count(), robust.bit_count(), n, notes
 
 
+def certified_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]] = ()) -> tuple[int, list[str]] | None:
+    """(points proven robust, the methods that proved them) over the entry's points, or None when no record certified.
+
+    A certificate is a proof whoever made it, so a point certified by any record is certified (an OR)."""
+    certifying = [r for r in [*chosen, *subset] if r.get("certified_mask")]
+    if not certifying or not chosen[0].get("robust_mask"):
+        return None
+    n = _set_size(chosen)
+    positions = {index: i for i, index in enumerate(chosen[0]["indices"])}
+    proven = 0
+    for r in certifying:
+        for index, bit in zip(r["indices"], r["certified_mask"]):
+            if bit == "1" and index in positions:
+                proven |= 1 << (n - 1 - positions[index])
+    methods = sorted({str((r.get("certification") or {}).get("method") or r["config"].get("certify")) for r in certifying})
+    return proven.bit_count(), methods
+
+
 def accuracy_per_attack(records: list[dict[str, Any]]) -> dict[str, float]:
     """Accuracy after each attack; a cascade [a, b] gives 'a' and the cumulative 'a+b'. Repeats keep the worst."""
     out: dict[str, float] = {}

@@ -18,12 +18,13 @@ from robustbench_karp import catalog
 from robustbench_karp.boards.counts import (
     accuracy_per_attack,
     attack_names,
+    certified_counts,
     choose_set,
     entry_cost,
     wilson_interval,
     worst_case_counts,
 )
-from robustbench_karp.boards.format import eps_label
+from robustbench_karp.boards.format import CERTIFIED, eps_label
 from robustbench_karp.boards.robustbench_import import import_robustbench
 from robustbench_karp.evaluation.protocols import satisfied
 from robustbench_karp.store import config_hash
@@ -40,7 +41,8 @@ REQUIRED_CONFIG = ("model", "dataset", "defense", "norm", "eps")
 BULKY_FIELDS = ("indices",)  # left out of a published record when they are the first n test points (records.py)
 CSV_COLUMNS = ["entry_id", "dataset", "norm", "eps", "eps_label", "status", "protocols", "evaluated_by", "model",
                "model_id", "defense", "training", "weights", "clean_accuracy", "clean_ci_low", "clean_ci_high",
-               "robust_accuracy", "robust_ci_low", "robust_ci_high", "robust_source", "n", "attacks", "seeds",
+               "robust_accuracy", "robust_ci_low", "robust_ci_high", "certified_accuracy", "certified_ci_low",
+               "certified_ci_high", "certification", "robust_source", "n", "attacks", "seeds",
                "flags", "reproducible", "external", "link", "venue", "additional_data", "forward_passes",
                "grad_evals_per_point", "forward_passes_per_point", "wall_seconds", "devices", "record_ids"]
 
@@ -145,17 +147,24 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_ok:
                      f"left out (other test points): {', '.join(r['id'] for r in left_out)}")
     notes += list(dict.fromkeys(note for r in chosen for note in r.get("notes") or []))  # an import's eps footnote
     masked = bool(chosen[0].get("robust_mask"))
+    certified = certified_counts(chosen, subset)
     reproducibility = _reproducibility(chosen, checkpoint_ok)
     protocols = entry_protocols(chosen, fields["defense_config"])
+    coverage = {} if protocols else protocol_coverage(subset, fields["defense_config"])
     return {
         "schema": ENTRY_SCHEMA, "entry_id": config_hash(fields), **fields, "eps_label": eps_label(fields["eps"]),
         "training": training_label(chosen[0]), "protocols": protocols,
         # Every row that ran AutoAttack standard competes on one board: our protocol runs and RobustBench's imports
         "status": "ranked" if protocols or reproducibility == "external" else "partial",
+        "protocol_coverage": coverage,  # a partial entry's protocol runs on a subset of its points: label -> points
         "evaluated_by": next((r.get("tool") for r in chosen if r.get("tool")), None) or "karp-robust",
         "clean_accuracy": k_clean / n if masked and n else float(chosen[0]["clean_accuracy"]),
         "robust_accuracy": k_robust / n if masked and n else float(chosen[0]["robust_accuracy"]),
         "clean_ci": list(wilson_interval(k_clean, n)), "robust_ci": list(wilson_interval(k_robust, n)),
+        # certified <= true robust <= attacked: how much a stronger attack could still find (None: not certified)
+        "certified_accuracy": certified[0] / n if certified and n else None,
+        "certified_ci": list(wilson_interval(certified[0], n)) if certified and n else None,
+        "k_certified": certified[0] if certified else None, "certification": certified[1] if certified else None,
         "n": n, "k_clean": k_clean, "k_robust": k_robust,
         "attacks": attack_names(chosen + subset), "per_attack": accuracy_per_attack(chosen),
         "record_ids": [r["id"] for r in chosen + subset], "left_out_record_ids": [r["id"] for r in left_out],
@@ -183,6 +192,15 @@ def entry_protocols(chosen: list[dict[str, Any]], defense: dict[str, Any] | None
     """The protocols the union of the records' attacks covers, on the entry's own test points."""
     return satisfied([c for r in chosen for c in r["config"].get("attacks") or [] if isinstance(c, dict)],
                      catalog.protocol_requirements(defense))
+
+
+def protocol_coverage(subset: list[dict[str, Any]], defense: dict[str, Any] | None) -> dict[str, int]:
+    """label -> the most points a record on a subset of the entry's points ran the protocol on."""
+    out: dict[str, int] = {}
+    for r in subset:
+        for label in entry_protocols([r], defense):
+            out[label] = max(out.get(label, 0), len(r.get("indices") or []))
+    return out
 
 
 def entry_flags(per_attack: dict[str, float]) -> list[str]:
@@ -239,18 +257,24 @@ def build_entries(records: list[dict[str, Any]], checkpoint_exists: Callable[[st
     return sorted(entries, key=rank_key)
 
 
-def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tuple[float, float]]]:
-    """Robustness curves: (dataset, norm, label) -> [(eps, robust accuracy)] sorted by eps; one per checkpoint.
+def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tuple[float, float, str]]]:
+    """Robustness curves: (dataset, norm, label) -> [(eps, robust accuracy, kind)] sorted by eps; one per checkpoint.
 
+    kind is "protocol" where the entry ran an evaluation protocol (or is clean, eps 0), else "partial". A
+    checkpoint certified at two eps or more also gets "<label> · certified": [(eps, certified accuracy, "certified")].
     eps = 0 entries are the clean points. A checkpoint evaluated at a single eps is no curve and is
     left out (an imported board of single-eps entries draws nothing). The label is "model / defense",
     with the training and seed added where two curves would share it.
     """
-    series: dict[tuple, list[tuple[float, float]]] = {}
+    series: dict[tuple, list[tuple[float, float, str]]] = {}
+    proven: dict[tuple, list[tuple[float, float, str]]] = {}
     for e in entries:
         key = (e["dataset"], e["norm"], e["model"], e["defense"], e.get("training", ""), tuple(e["seeds"]),
                e.get("weights") or e["entry_id"])
-        series.setdefault(key, []).append((e["eps"], e["robust_accuracy"]))
+        kind = "protocol" if e.get("status") != "partial" or e["eps"] == 0 else "partial"
+        series.setdefault(key, []).append((e["eps"], e["robust_accuracy"], kind))
+        if e.get("certified_accuracy") is not None:
+            proven.setdefault(key, []).append((e["eps"], e["certified_accuracy"], "certified"))
     kept = {k: sorted(points) for k, points in series.items() if len(points) > 1}
     short = {k: f"{k[2]} / {k[3]}" for k in kept}
     shared = {label for label in short.values() if list(short.values()).count(label) > 1}
@@ -260,4 +284,6 @@ def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tup
         detail = ", ".join(p for p in (k[4], f"seed {seeds}" if seeds else "") if p)
         label = f"{short[k]} ({detail})" if short[k] in shared and detail else short[k]
         out.setdefault((k[0], k[1], label), []).extend(points)
+        if len(proven.get(k, [])) > 1:
+            out.setdefault((k[0], k[1], label + CERTIFIED), []).extend(proven[k])
     return {key: sorted(points) for key, points in sorted(out.items())}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 
+CERTIFIED = " · certified"  # a curve label ending so: the certified curve under its attacked one
+
 
 def slug(text: str) -> str:
     """A file- and id-safe form of text: 'CIFAR-10' -> 'cifar-10', '8/255' -> '8-255', '0.3' -> '0-3'."""

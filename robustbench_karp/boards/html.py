@@ -20,7 +20,12 @@ CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 80em; padding: 0 1em; color: #222; }
 div.scroll { overflow-x: auto; }
 table.leaderboard { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
-table.leaderboard th, table.leaderboard td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; }
+table.leaderboard th, table.leaderboard td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left;
+  max-width: 14em; overflow-wrap: anywhere; vertical-align: top; }
+table.leaderboard details summary { cursor: pointer; font-family: monospace; }
+table.leaderboard details dl { margin: 0.3em 0; font-size: 0.9em; }
+table.leaderboard details dt { font-weight: bold; }
+table.leaderboard details dd { margin: 0 0 0.2em 0; }
 table.leaderboard th button { font: inherit; font-weight: bold; background: none; border: 0; cursor: pointer; padding: 0; }
 table.leaderboard th[aria-sort=ascending] button::after { content: " \\25B2"; }
 table.leaderboard th[aria-sort=descending] button::after { content: " \\25BC"; }
@@ -69,9 +74,19 @@ def _inline(text: str) -> str:
     return re.sub(r"`([^`]*)`", r"<code>\1</code>", html.escape(text))
 
 
-def _table(board: dict[str, Any], columns: list[tuple[str, str]]) -> list[str]:
+def _details(row: dict[str, Any], folded: list[tuple[int, str]]) -> str:
+    """The columns the page folds away, as a small list inside the entry id's cell."""
+    items = "".join(f"<dt>{html.escape(name)}</dt><dd>{html.escape(row['cells'][i][0])}</dd>" for i, name in folded)
+    examples = (f'<dt>examples</dt><dd><a class="examples" href="{html.escape(row["examples"])}">grid</a></dd>'
+                if row.get("examples") else "")
+    return f"<details><summary>{html.escape(row['entry_id'])}</summary><dl>{items}{examples}</dl></details>"
+
+
+def _table(board: dict[str, Any], all_columns: list[tuple[str, str]], shown: tuple[str, ...]) -> list[str]:
+    columns = [(i, name, kind) for i, (name, kind) in enumerate(all_columns) if name in shown]
+    folded = [(i, name) for i, (name, _) in enumerate(all_columns) if name not in shown]
     heads = "".join(f'<th scope="col" data-type="{kind}"><button type="button">{html.escape(name)}</button></th>'
-                    for name, kind in columns)
+                    for _, name, kind in columns)
     out = ['<div class="scroll">', f'<table class="leaderboard" id="{board["table_id"]}">',
            f"<thead><tr>{heads}</tr></thead>", "<tbody>"]
     for row in board["rows"]:
@@ -79,14 +94,15 @@ def _table(board: dict[str, Any], columns: list[tuple[str, str]]) -> list[str]:
         classes = " ".join(c for c, on in [("entry", True), ("flagged", row["flags"]), ("external", status == "external"),
                                            ("not-reproducible", status.startswith("no"))] if on)
         cells = []
-        for (text, value), (name, kind) in zip(row["cells"], columns):
+        for i, name, kind in columns:
+            text, value = row["cells"][i]
             attrs = f' class="{kind} {slug(name)}" data-value="{html.escape(str(value))}"'
             shown = html.escape(text)
             if name == "flags" and row["flags"]:  # the codes; the full text as a tooltip and in the legend
                 attrs += f' title="{html.escape(chr(10).join(row["flags"]))}"'
                 shown = f"\u26a0 {shown}"
-            if name == "entry id" and row.get("examples"):  # the evaluate --save-examples grid of this entry
-                shown += f' <a class="examples" href="{html.escape(row["examples"])}">examples</a>'
+            if name == "entry id":  # with the folded columns (and the examples grid) under it
+                shown = _details(row, folded)
             if name == "defense" and row["link"]:
                 shown = f'<a href="{html.escape(row["link"])}" rel="noopener noreferrer">{shown}</a>'
             cells.append(f"<td{attrs}>{shown}</td>")
@@ -95,7 +111,7 @@ def _table(board: dict[str, Any], columns: list[tuple[str, str]]) -> list[str]:
 
 
 def render_html(intro: list[str], tables: list[dict[str, Any]], columns: list[tuple[str, str]],
-                figures: list[tuple[str, str, bytes]]) -> str:
+                figures: list[tuple[str, str, bytes]], shown: tuple[str, ...] | None = None) -> str:
     """The whole page. figures: (path, alt text, PNG bytes), embedded as data: URIs."""
     out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -110,13 +126,13 @@ def render_html(intro: list[str], tables: list[dict[str, Any]], columns: list[tu
         out += [f'<section class="board" id="{b["id"]}" data-dataset="{html.escape(b["dataset"])}" '
                 f'data-norm="{html.escape(b["norm"])}" data-eps="{b["eps"]!r}">',
                 f"<h2>{html.escape(b['title'])}</h2>", f'<p class="command"><code>{html.escape(b["command"])}</code></p>']
-        out += _table(b, columns)
+        out += _table(b, columns, shown or tuple(name for name, _ in columns))
         if b["legend"]:
             out += ['<ul class="legend">'] + [f'<li><span class="code">{html.escape(code)}</span>: {_inline(text)}</li>'
                                               for code, text in b["legend"]] + ["</ul>"]
-        out.append(f'<p class="separation">{html.escape(b["separation"])}</p>')
+        out.append(f'<p class="separation">{_inline(b["separation"])}</p>')
         if b["notes"]:
-            out += ['<ul class="notes">'] + [f"<li>{html.escape(n)}</li>" for n in b["notes"]] + ["</ul>"]
+            out += ['<ul class="notes">'] + [f"<li>{_inline(n)}</li>" for n in b["notes"]] + ["</ul>"]
         out.append("</section>")
     out += ['<section id="curves">', "<h2>Robustness curves</h2>"]
     for path, alt, png in figures:

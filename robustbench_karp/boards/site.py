@@ -18,7 +18,7 @@ from tabulate import tabulate
 from robustbench_karp.boards.entries import CSV_COLUMNS, curves, rank_key
 from robustbench_karp.boards.format import slug
 from robustbench_karp.boards.html import render_html
-from robustbench_karp.boards.tables import COLUMNS, boards
+from robustbench_karp.boards.tables import COLUMNS, PAGE_COLUMNS, boards
 from robustbench_karp.store import atomic_write_bytes
 
 INTRO = [
@@ -71,6 +71,9 @@ def render_csv(entries: list[dict[str, Any]]) -> str:
     rows = [{**{c: e.get(c) for c in CSV_COLUMNS}, "protocols": "; ".join(e.get("protocols") or []),
              "clean_ci_low": e["clean_ci"][0], "clean_ci_high": e["clean_ci"][1],
              "robust_ci_low": e["robust_ci"][0], "robust_ci_high": e["robust_ci"][1],
+             "certified_ci_low": (e.get("certified_ci") or [None, None])[0],
+             "certified_ci_high": (e.get("certified_ci") or [None, None])[1],
+             "certification": "; ".join(e.get("certification") or []) or None,
              "attacks": "; ".join(e["attacks"]), "seeds": "; ".join(map(str, e["seeds"])), "flags": "; ".join(e["flags"]),
              "reproducible": e["reproducibility"], "record_ids": "; ".join(e["record_ids"]),
              "forward_passes": str(e["forward_passes"]) if e.get("forward_passes") else None,  # not 1.000000
@@ -132,7 +135,7 @@ def site_files(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str,
                                for e in sorted(entries, key=lambda e: e["entry_id"])}
     files["README.md"] = render_markdown(tables, figs).encode()
     files["results.csv"] = render_csv(entries).encode()
-    files["index.html"] = render_html(INTRO, tables, COLUMNS, figs).encode()
+    files["index.html"] = render_html(INTRO, tables, COLUMNS, figs, PAGE_COLUMNS).encode()
     files.update({path: png for path, _, png in figs})
     files.update({e["examples"]: (examples or {}).get(e["entry_id"]) or (Path(out_dir) / e["examples"]).read_bytes()
                   for e in entries if e.get("examples")})
