@@ -32,6 +32,7 @@ from robustbench_karp.devices import resolve_device
 from robustbench_karp.evaluation.certified import certification_method
 from robustbench_karp.evaluation.checks import run_checks
 from robustbench_karp.evaluation.engine import EvalResult, attack_batches, combine, expand
+from robustbench_karp.evaluation.examples import AdversarialCollector
 from robustbench_karp.evaluation.sharded import batch_seed, reseed_randomized
 from robustbench_karp.models import Classifier
 from robustbench_karp.sources import (
@@ -69,6 +70,7 @@ def evaluate(
     data_dir: Any = None,
     certify: str | None = None,
     check_certified: bool = False,
+    return_adversarial: bool = False,
 ) -> EvalResult:
     """Library entry point: robust accuracy of any nn.Module mapping [0, 1] images to logits.
 
@@ -83,6 +85,8 @@ def evaluate(
         source: "file.py:factory" that rebuilds the architecture, so `reproduce` can re-run the record.
         certify: "ibp" or "crown-ibp": prove points robust first (certified_accuracy); they skip the attacks.
         check_certified: attack certified points too; a break raises CertificationConflict (a bug somewhere).
+        return_adversarial: result.adversarial holds every point's worst-case x_adv (the first attack's success,
+            else the last attempt, else the clean image), result.broken which points an attack broke.
     Returns:
         EvalResult with clean_accuracy, robust_accuracy (per-example worst case), per_attack,
         certified_accuracy (with certify), and the stored record when store is set.
@@ -135,10 +139,13 @@ def evaluate(
     method = certification_method(certify, None, model, None, x[:1].to(device))
     certifier = None if method is None else (lambda m, xb, yb: certify_points(m, xb, yb, norm=threat.norm.value,
                                                                               eps=threat.eps, method=method))
+    collector = AdversarialCollector() if return_adversarial else None
     warnings = attack_batches(model, batches, built, threat, generator, device, lambda b, o: outcomes.append(o),
-                              certifier=certifier, method=method, check_certified=check_certified)
+                              collector, certifier=certifier, method=method, check_certified=check_certified)
     order = [name for name, _ in expand(built)]
     result = combine(outcomes, order, time.perf_counter() - start, device, warnings)
+    if collector is not None:
+        result.adversarial, result.broken = collector.tensors(x, batch_size)
     sample = min(len(x), 200)  # the same sanity checks the CLI's records run, on the first points
     result.warnings += [w for w in run_checks(model, x[:sample].to(device), y[:sample].to(device), result, built, order,
                                               threat, device, []) if w not in result.warnings]

@@ -24,7 +24,7 @@ from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.devices import resolve_device
 from robustbench_karp.evaluation.certified import certification_method
-from robustbench_karp.evaluation.engine import run_attacks
+from robustbench_karp.evaluation.engine import expand, run_attacks
 from robustbench_karp.evaluation.evalconfig import EvalConfig
 from robustbench_karp.evaluation.protocols import get_protocol
 from robustbench_karp.evaluation.recording import make_record, run_conditions
@@ -270,6 +270,8 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
     model, provenance, device = prepared
     store = store or ResultsStore()
     plan = plan or plan_evaluation(req, prepared)
+    if reporter is not None and hasattr(reporter, "expect"):  # the progress display estimates the run's time left
+        reporter.expect([(name, attack.forward_budget()) for name, attack in expand(plan.attacks)], req.batch_size)
     if on_start:
         on_start(len(plan.indices))
     if plan.config.rng == RNG:  # logical batches: resumable, and sharded under torchrun

@@ -259,6 +259,23 @@ def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None
     return new, notes
 
 
+def why_not(old: dict[str, Any], new: dict[str, Any], notes: list[str]) -> str:
+    """One line on why a re-run did not match: other weights (and how the hardware differs), other points broken."""
+    if not recorded_weights(old):
+        return "the record predates weights hashing, so its checkpoint cannot be checked to hold the same weights"
+    weights = [n for n in notes if "weights differ" in n]
+    if weights:
+        return "; ".join(weights)
+    points = [old["indices"][i] if old.get("indices") else i
+              for i, (a, b) in enumerate(zip(old.get("robust_mask") or "", new.get("robust_mask") or "")) if a != b]
+    hardware = [n for n in notes if "differs" in n]
+    where = f" (the hardware differs: {'; '.join(hardware)})" if hardware else ""
+    if points:
+        shown = ", ".join(map(str, points[:10])) + (f" and {len(points) - 10} more" if len(points) > 10 else "")
+        return f"robust on other points: test point(s) {shown}{where}"
+    return f"the numbers differ{where}"
+
+
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any, bool]]:
     """(quantity, recorded, now, ok) for every compared number and mask; exact on CPU, GPU_TOLERANCE elsewhere."""
     exact = old.get("device") == "cpu" and new.get("device") == "cpu"

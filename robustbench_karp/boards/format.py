@@ -29,3 +29,14 @@ def eps_label(eps: float | None) -> str:
 
 def shorten(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def fraction(value: float | None) -> str:
+    """An accuracy as the command line shows it: a fraction with four digits ('0.9760'); '' for None."""
+    return "" if value is None else f"{value:.4f}"
+
+
+def percent(value: float) -> str:
+    """An accuracy as the pages show it: a percentage with one decimal ('97.6')."""
+    return f"{100 * value:.1f}"
+

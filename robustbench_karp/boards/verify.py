@@ -4,7 +4,8 @@
 
 A published number is trusted only if the site's records give it back:
 - every record: its id is its config's hash (config_hash of the EvalConfig, or of an import's identity),
-  its masks have one '0'/'1' per test point, and its accuracies are exactly what its masks count;
+  its masks have one '0'/'1' per test point, its accuracies are exactly what its masks count, and every
+  certified point is robust;
 - every entry: recomputed from the records (boards/published.rederive), every field agrees with the
   published one, except where the site was built (reproducibility, the examples link);
 - every page: README.md, results.csv, index.html and the curves render again byte for byte.
@@ -49,6 +50,16 @@ def record_problems(record: dict[str, Any]) -> list[str]:
             out.append(f"record {rid}: {field} {record.get(field)} but its mask counts {counted}")
     if any(r == "1" and c == "0" for c, r in zip(clean, robust)):
         out.append(f"record {rid}: a point is robust but not clean-correct")
+    certified = record.get("certified_mask")
+    if certified is not None:
+        if len(certified) != n or set(certified) - {"0", "1"}:
+            out.append(f"record {rid}: certified_mask is not {n} characters of '0'/'1'")
+        else:
+            if record.get("certified_accuracy") != certified.count("1") / max(n, 1):
+                out.append(f"record {rid}: certified_accuracy {record.get('certified_accuracy')} but its mask counts "
+                           f"{certified.count('1') / max(n, 1)}")
+            if any(c == "1" and r == "0" for c, r in zip(certified, robust)):
+                out.append(f"record {rid}: a certified point is not robust (a certificate contradicts an attack)")
     order, per_attack = record.get("attack_order") or [], record.get("per_attack") or {}
     if order and order[-1] in per_attack and per_attack[order[-1]] != record.get("robust_accuracy"):
         out.append(f"record {rid}: accuracy after its last attack {per_attack[order[-1]]} is not its robust accuracy")

@@ -7,6 +7,7 @@ import sys
 
 from tabulate import tabulate
 
+from robustbench_karp.boards.format import fraction
 from robustbench_karp.cli.leaderboard import entries_of
 from robustbench_karp.cli.progress import EvalProgress, TqdmTraining
 from robustbench_karp.store import ResultsStore
@@ -76,11 +77,11 @@ def print_matrix(rows: list[tuple[str, list[dict]]], columns: list[str]) -> None
     table = []
     for defense, records in rows:
         entry = entries_of(records)[0]
-        cells = [f"{r['robust_accuracy']:.4f}" for r in records]
-        worst = f"{entry['robust_accuracy']:.4f} [{entry['robust_ci'][0]:.3f}, {entry['robust_ci'][1]:.3f}]"
-        table.append([defense, f"{entry['clean_accuracy']:.4f}", *cells, worst, len(entry["flags"])])
+        cells = [fraction(r["robust_accuracy"]) for r in records]
+        worst = f"{fraction(entry['robust_accuracy'])} [{fraction(entry['robust_ci'][0])}, {fraction(entry['robust_ci'][1])}]"
+        table.append([defense, fraction(entry["clean_accuracy"]), *cells, worst, str(len(entry["flags"]))])
     print(tabulate(table, headers=["defense", "clean", *columns, "worst case [95% CI]", "flags"],
-                   tablefmt="github"))
+                   tablefmt="github", disable_numparse=True))
     for defense, records in rows:
         for flag in entries_of(records)[0]["flags"]:
             print(f"warning ({defense}): {flag}")

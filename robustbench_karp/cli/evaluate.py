@@ -8,9 +8,11 @@ import os
 import shutil
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from tabulate import tabulate
 
+from robustbench_karp.boards.format import fraction
 from robustbench_karp.cli.progress import EvalProgress, TqdmTraining
 from robustbench_karp.store import atomic_write_bytes
 
@@ -79,7 +81,8 @@ def cmd_evaluate(args) -> int:
                        n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
                        checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download,
                        protocol=args.protocol, normalize=args.normalize, robustbench_dir=args.robustbench_dir,
-                       restart=args.restart, random_weights=args.random_weights, certify=args.certify,
+                       restart=args.restart or bool(args.save_adversarial),  # every batch's x_adv: none resumed
+                       random_weights=args.random_weights, certify=args.certify,
                        weights_in_factory=args.weights_in_factory, model_name=args.name,
                        train_limit_seconds=None if args.train else train_limit())
     records = []
@@ -88,20 +91,19 @@ def cmd_evaluate(args) -> int:
         req = EvalRequest(**{**base.__dict__, "eps": eps})
         prepared = prepare(req, train_callbacks=[TqdmTraining()])  # a fresh model per config: no state carries over
         with EvalProgress() as progress:
-            reporter = progress if main_rank else None
-            if args.save_examples:
-                from robustbench_karp.evaluation.examples import ExampleSaver
-
-                reporter = ExampleSaver(reporter)
+            saver, collector, reporter = _reporters(args, progress if main_rank else None)
             record = run_evaluation(req, prepared=prepared, on_start=progress.start if main_rank else None,
                                     on_batch=progress.update if main_rank else None, sweep=records,
                                     reporter=reporter)
         if record is None:  # another rank's share is done; rank 0 gathered it
             continue
         records.append(record)
-        if args.save_examples:
-            for png in reporter.write(args.save_examples, record, record["config"]["eps"], record["config"]["norm"]):
+        if saver is not None:
+            for png in saver.write(args.save_examples, record, record["config"]["eps"], record["config"]["norm"]):
                 print(f"examples: {png}", file=sys.stderr)
+        if collector is not None:
+            path = save_adversarial(args.save_adversarial, record, collector, req, several=len(args.eps or []) > 1)
+            print(f"adversarial examples of all {record['config']['n_examples']} points: {path}", file=sys.stderr)
         if not args.json:
             print_record(record)
     if args.json:
@@ -110,12 +112,48 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _reporters(args, progress):
+    """(example saver, adversarial collector, the engine's reporter): the collectors wrap the progress display."""
+    from robustbench_karp.evaluation.examples import AdversarialCollector, ExampleSaver
+
+    saver = ExampleSaver(progress) if args.save_examples else None
+    if args.save_adversarial and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("--save-adversarial collects every batch in one process: run it without torchrun")
+    collector = AdversarialCollector(saver or progress) if args.save_adversarial else None
+    return saver, collector, collector or saver or progress
+
+
+def save_adversarial(out: Path, record: dict, collector, req, several: bool) -> Path:
+    """Every point's worst-case x_adv (examples.AdversarialCollector) as a tensor file, with its test indices."""
+    import torch
+
+    from robustbench_karp.boards.format import eps_label, slug
+    from robustbench_karp.data import DATASETS, load_split
+    from robustbench_karp.store import atomic_write_bytes
+
+    config = record["config"]
+    if several:  # an eps sweep: one file per eps
+        out = out.with_name(f"{out.stem}-eps-{slug(eps_label(config['eps']))}{out.suffix}")
+    test = load_split(DATASETS.get(config["dataset"]), train=False, data_dir=req.data_dir, download=req.download)
+    indices = torch.tensor(record["indices"])
+    x, y = test.batch(indices)
+    x_adv, broken = collector.tensors(x, config["batch_size"])
+    payload = {"x_adv": x_adv, "indices": indices, "y": y, "broken": broken, "record": record["id"],
+               "norm": config["norm"], "eps": config["eps"]}
+    atomic_write_bytes(out, lambda f: torch.save(payload, f))
+    return out
+
+
 def print_record(record: dict) -> None:
     spent = (record.get("cost") or {}).get("per_attack") or {}
-    rows = [["clean", f"{record['clean_accuracy']:.4f}", ""]]
-    rows += [[f"after {name}", f"{acc:.4f}", f"{spent[name]['wall_seconds']:.1f}" if name in spent else ""]
-             for name, acc in record["per_attack"].items()]
-    rows.append(["robust (worst case)", f"{record['robust_accuracy']:.4f}", ""])
+    rows = [["clean", fraction(record["clean_accuracy"]), ""]]
+    if record.get("certified_accuracy") is not None:  # proven robust: the attacks skipped these points
+        certification = record["certification"]
+        rows.append([f"certified ({certification['method']})", fraction(record["certified_accuracy"]),
+                     f"{certification['seconds']:.1f}"])
+    rows += [[f"after {name}", fraction(acc), f"{spent[name]['wall_seconds']:.1f}" if name in spent else ""]
+             for name, acc in ((n, record["per_attack"][n]) for n in record.get("attack_order") or record["per_attack"])]
+    rows.append(["robust (worst case)", fraction(record["robust_accuracy"]), ""])
     config = record["config"]
     defense = config["defense"]["name"]
     if config.get("source") and defense == "standard":
@@ -124,7 +162,8 @@ def print_record(record: dict) -> None:
              f"   n={config['n_examples']}   seed={config['seed']}"
              + (f"   protocol {', '.join(record['protocols'])}" if record.get("protocols") else ""))
     print(title)
-    print(tabulate(rows, headers=["", "accuracy", "seconds"], tablefmt="github"))
+    print(tabulate(rows, headers=["", "accuracy", "seconds"], tablefmt="github", disable_numparse=True,
+                   colalign=("left", "right", "right")))
     for warning in record.get("warnings", []):
         print(f"warning: {warning}")
     print(f"record {record['id']}  ({record['elapsed_seconds']:.1f} s on {record['device']})")

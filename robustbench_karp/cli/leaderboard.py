@@ -9,7 +9,16 @@ import re
 import sys
 from pathlib import Path
 
-from robustbench_karp.store import ResultsStore, atomic_write_text, file_sha256, read_records, resolve_path, stored_copy
+from robustbench_karp.store import (
+    ResultsStore,
+    atomic_write_text,
+    deleted_ids,
+    file_sha256,
+    read_records,
+    resolve_path,
+    stored_copy,
+)
+from robustbench_karp.store.records import defense_name
 
 
 def checkpoint_ok(record: dict) -> bool:
@@ -54,7 +63,7 @@ def _read_json(path: Path) -> dict:
 
 def _add_external(args) -> int:
     """Import RobustBench model_info files; all are checked before any is stored."""
-    from robustbench_karp.boards.format import eps_label
+    from robustbench_karp.boards.format import eps_label, fraction
     from robustbench_karp.boards.robustbench_import import import_robustbench
 
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
@@ -70,8 +79,8 @@ def _add_external(args) -> int:
     for record in records:
         store.append(record)
         print(f"imported external entry {record['model_id']} ({record['config']['dataset']} {record['config']['norm']} "
-              f"eps {eps_label(record['config']['eps'])}: clean {record['clean_accuracy']:.4f}, robust "
-              f"{record['robust_accuracy']:.4f} from {record['robust_source']})")
+              f"eps {eps_label(record['config']['eps'])}: clean {fraction(record['clean_accuracy'])}, robust "
+              f"{fraction(record['robust_accuracy'])} from {record['robust_source']})")
         for warning in record["warnings"]:
             print(f"warning: {record['model_id']}: {warning}", file=sys.stderr)
     return 0
@@ -113,13 +122,17 @@ def _build(args) -> int:
     if out is None:
         raise ValueError("not in a source checkout: pass --out DIR")
 
-    def asked(board: dict) -> bool:  # a record's config, or an entry
+    def asked(board: dict) -> bool:  # an entry, or a record's config with its defense's name
         return ((args.dataset is None or board["dataset"] == args.dataset)
                 and (args.norm is None or board["norm"] == args.norm)
-                and (args.eps is None or any(abs(float(board["eps"]) - e) < 1e-9 for e in args.eps)))
+                and (args.eps is None or any(abs(float(board["eps"]) - e) < 1e-9 for e in args.eps))
+                and (args.model is None or board["model"] == args.model)
+                and (args.defense is None or board["defense"] == args.defense))
 
-    records = [r for r in read_records() if asked(r["config"])]
-    published = load_published(Path(out))
+    records = [r for r in read_records() if asked({**r["config"], "defense": defense_name(r)})]
+    gone = set(deleted_ids())  # `records delete` was asked to take these off the site too
+    published = [{**e, "records": [r for r in e["records"] if r["id"] not in gone]} for e in load_published(Path(out))]
+    published = [e for e in published if e["records"]]
     keep = (lambda e: not asked(e)) if args.prune else (lambda e: True)  # a limited build never touches other boards
     entries = rederive(published, records, checkpoint_ok, keep)
     written = render_site(entries, Path(out), examples=example_grids(entries, args.examples) if args.examples else None)
@@ -143,13 +156,17 @@ def _verify(args) -> int:
 
 
 def example_grids(entries: list[dict], folder: Path) -> dict[str, bytes]:
-    """entry id -> the PNG grid `evaluate --save-examples` wrote for one of its records (its last attack's)."""
+    """entry id -> the PNG grid `evaluate --save-examples` wrote for one of its records: that of the attack that
+    broke the most points (a grid of an attack that broke nothing shows unbroken points only)."""
     grids = {}
     for e in entries:
         for record in e.get("records") or []:
             pngs = {p.stem: p for p in (Path(folder) / record["id"]).glob("*.png")}
-            order = [re.sub(r"[^A-Za-z0-9._-]", "_", name) for name in record.get("attack_order") or []]
-            chosen = next((pngs[n] for n in reversed(order) if n in pngs), None) or next(iter(sorted(pngs.values())), None)
+            order = record.get("attack_order") or []
+            after = [record["clean_accuracy"]] + [record["per_attack"].get(name, 0.0) for name in order]
+            broke = {re.sub(r"[^A-Za-z0-9._-]", "_", name): before - now for name, before, now in zip(order, after, after[1:])}
+            ranked = sorted((n for n in broke if n in pngs), key=lambda n: -broke[n])  # ties: the earlier attack
+            chosen = pngs[ranked[0]] if ranked else next(iter(sorted(pngs.values())), None)
             if chosen is not None:
                 grids[e["entry_id"]] = chosen.read_bytes()
                 break

@@ -179,6 +179,9 @@ def add_evaluate(sub) -> None:
                     help="discard the finished batches an interrupted run of this config left, instead of resuming them")
     ev.add_argument("--train", action="store_true",
                     help="train a missing checkpoint even when that is estimated to take over 10 minutes")
+    ev.add_argument("--save-adversarial", type=Path, default=None, metavar="FILE",
+                    help="write every test point's worst-case x_adv (the first attack's success, else the last attempt) "
+                         "with its test index, as a tensor file")
     ev.add_argument("--save-examples", type=Path, default=None, metavar="DIR",
                     help="write, per attack, a PNG grid (clean, adversarial, amplified perturbation, labels) and "
                          "the adversarial points as tensors, under DIR/<record id>/")
@@ -234,6 +237,8 @@ def add_publishing(sub) -> None:
         p.add_argument("--dataset", default=None)
         p.add_argument("--norm", default=None, choices=["linf", "l2"])
         p.add_argument("--eps", type=eps_list, default=None, help="only these eps (comma-separated)")
+        p.add_argument("--model", default=None, help="only this model's entries")
+        p.add_argument("--defense", default=None, help="only this defense's entries")
         p.add_argument("--out", type=Path, required=action == "publish", default=None)
         p.add_argument("--merge", action="store_true",
                        help="(the default) keep the entries already published there, re-derived from their records, "
@@ -281,6 +286,10 @@ def add_records(sub) -> None:
         p.add_argument("--dataset", default=None)
         p.add_argument("--defense", default=None)
         p.add_argument("--attack", default=None, help="records that ran this attack")
+    delete = rec_sub.add_parser("delete", help="remove records from the store (published files stay until the next "
+                                               "leaderboard build, which drops their rows)")
+    delete.add_argument("ids", nargs="+", metavar="ID", help="record ids or unique prefixes")
+    delete.add_argument("--yes", action="store_true", help="do not ask first")
     show = rec_sub.add_parser("show", help="one record: configuration, numbers per attack, provenance, warnings")
     show.add_argument("id", help="record id or a unique prefix of it")
     show.add_argument("--json", action="store_true", help="print the stored record as one JSON object")

@@ -19,8 +19,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from robustbench_karp.boards.format import eps_label
-from robustbench_karp.store import atomic_write_bytes, karp_home, read_records
+from robustbench_karp.boards.format import eps_label, fraction
+from robustbench_karp.store import ResultsStore, atomic_write_bytes, karp_home, read_records
 from robustbench_karp.store.records import defense_name
 
 
@@ -51,18 +51,14 @@ def _created(record: dict[str, Any]) -> str:
     return str(record.get("created_utc", ""))[:16].replace("T", " ")
 
 
-def _fraction(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
 def cmd_records_list(args) -> int:
     records = [r for r in stored_records() if matches(r, args)]
     if not records:
         print(f"no records{' match these filters' if _filtered(args) else ''} in {karp_home() / 'results.sqlite'}")
         return 0
     rows = [[r["id"], _created(r), c.get("model"), c.get("dataset"), defense_name(r), c.get("norm"),
-             eps_label(c.get("eps")), c.get("n_examples"), _fraction(r.get("clean_accuracy")),
-             _fraction(r.get("robust_accuracy")), ", ".join(record_attack_names(r))]
+             eps_label(c.get("eps")), c.get("n_examples"), fraction(r.get("clean_accuracy")),
+             fraction(r.get("robust_accuracy")), ", ".join(record_attack_names(r))]
             for r, c in ((r, r["config"]) for r in records)]
     print(tabulate(rows, headers=["id", "created (UTC)", "model", "dataset", "defense", "norm", "eps", "n", "clean",
                                   "robust", "attacks"], tablefmt="github", disable_numparse=True,
@@ -110,9 +106,9 @@ def show_record(record: dict[str, Any], runs: int) -> None:
         config.append(["protocol", f"{c.get('protocol') or '-'} (satisfies: {', '.join(r.get('protocols') or []) or 'none'})"])
     print(tabulate(config, tablefmt="plain"))
     print()
-    rows = [["clean", _fraction(r.get("clean_accuracy"))]]
-    rows += [[f"after {name}", _fraction(acc)] for name, acc in r.get("per_attack", {}).items()]
-    rows.append(["robust (worst case)", _fraction(r.get("robust_accuracy"))])
+    rows = [["clean", fraction(r.get("clean_accuracy"))]]
+    rows += [[f"after {name}", fraction(acc)] for name, acc in r.get("per_attack", {}).items()]
+    rows.append(["robust (worst case)", fraction(r.get("robust_accuracy"))])
     print(tabulate(rows, headers=["", "accuracy"], tablefmt="github", disable_numparse=True, colalign=["left", "right"]))
     print()
     print("provenance")
@@ -203,5 +199,26 @@ def cmd_records_export(args) -> int:
     return 0
 
 
+def cmd_records_delete(args) -> int:
+    """Remove records, after asking (or with --yes); a build then drops their rows from the published site."""
+    records = stored_records()
+    chosen = list(dict.fromkeys(find_record(prefix, records)[0]["id"] for prefix in args.ids))
+    for rid in chosen:
+        r = next(r for r in records if r["id"] == rid)
+        print(f"{rid}  {_created(r)}  {r['config'].get('model')} / {r['config'].get('dataset')} / {defense_name(r)}  "
+              f"{r['config'].get('norm')} eps={eps_label(r['config'].get('eps'))}  robust {fraction(r.get('robust_accuracy'))}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ValueError(f"records delete: {len(chosen)} record(s) to delete and no terminal to ask: pass --yes")
+        if input(f"delete {len(chosen)} record(s)? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    removed = ResultsStore(karp_home() / "results.sqlite").delete(chosen)
+    print(f"deleted {removed} row(s) of {len(chosen)} record(s); published files are unchanged until the next "
+          "`karp-robust leaderboard build`, which drops their rows")
+    return 0
+
+
 def cmd_records(args) -> int:
-    return {"list": cmd_records_list, "show": cmd_records_show, "export": cmd_records_export}[args.action](args)
+    return {"list": cmd_records_list, "show": cmd_records_show, "export": cmd_records_export,
+            "delete": cmd_records_delete}[args.action](args)

@@ -9,7 +9,8 @@ and AutoAttack's checks. Checks on one record (run_checks, after every evaluatio
 - a large share of zero or non-finite input gradients;
 - the model's outputs differ on the same input (randomness) and no EOT attack was run;
 - the model returns probabilities instead of logits;
-- an adaptive attack (BPDA/EOT/transfer) finds much less robustness than the plain ones (obfuscated gradients).
+- an adaptive attack (BPDA/EOT/transfer) finds much less robustness than the plain ones (obfuscated gradients);
+- clean accuracy at chance (untrained or wrong weights, or the wrong normalization).
 The train-mode check lives in the engine; `leaderboard.entry_flags` compares attacks across records.
 """
 
@@ -30,6 +31,7 @@ from robustbench_karp.threat.rows import forward_rows, pieces
 UNBOUNDED_MAX_ACCURACY = 0.05  # an attack on the whole box should leave about nothing
 ZERO_GRADIENT_SHARE = 0.10
 OBFUSCATION_GAP = 0.10  # non-adaptive minus adaptive robust accuracy
+CHANCE_FACTOR = 1.5  # clean accuracy at most this many times 1/classes: the model is no better than a guess
 
 
 def _flag(attack, name: str) -> bool:
@@ -96,6 +98,15 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Se
     return out
 
 
+def chance_check(result: EvalResult, classes: int) -> list[str]:
+    """Clean accuracy no better than guessing: untrained or wrong weights (a model file whose factory loads none),
+    or the wrong normalization; every robust number of such a model is meaningless."""
+    if classes > 1 and result.n_examples >= 20 and result.clean_accuracy <= CHANCE_FACTOR / classes:
+        return [f"clean accuracy {result.clean_accuracy:.1%} is at chance for {classes} classes: untrained or wrong "
+                "weights, or the wrong input normalization?"]
+    return []
+
+
 def unbounded_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> list[str]:
     """PGD with eps = 1 in Linf can reach any image: a model that survives it is masking gradients."""
     x, y = x[:100], y[:100]
@@ -125,6 +136,8 @@ def _run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: Eval
                 non_adaptive: float | None) -> list[str]:
     out = cascade_checks(result, attacks, order) + sweep_checks(result, threat, sweep)
     with eval_mode(model):
+        with torch.no_grad():
+            out += chance_check(result, int(forward_rows(model, x[:1]).shape[1]))
         out += model_checks(model, x, y, attacks)
         if threat.eps > 0:
             out += unbounded_check(model, x, y, device)

@@ -59,6 +59,8 @@ class EvalResult:
     cost: dict[str, Any] = field(default_factory=dict, repr=False)
     probes: dict[str, float] = field(default_factory=dict)  # accuracy under each probe, run beside the cascade
     certified: list[bool] | None = None  # (N,) proven robust (None: no certification ran)
+    adversarial: torch.Tensor | None = field(default=None, repr=False)  # (N, C, H, W) worst-case x_adv, when asked
+    broken: torch.Tensor | None = field(default=None, repr=False)  # (N,) bool: an attack broke the point
 
     def __repr__(self) -> str:  # not the (N,) masks
         attacks = ", ".join(f"{k} {v:.4f}" for k, v in self.per_attack.items())

@@ -1,4 +1,5 @@
-"""Adversarial examples you can see: `evaluate --save-examples DIR`.
+"""Adversarial examples: a few you can see (`evaluate --save-examples DIR`), or every one (`--save-adversarial FILE`,
+`evaluate(..., return_adversarial=True)`).
 
 Per attack, up to `per_attack` points it was run on (the ones it broke first), written as
     DIR/<record id>/<attack>.png   rows: clean image, adversarial image, perturbation (amplified:
@@ -7,6 +8,10 @@ Per attack, up to `per_attack` points it was run on (the ones it broke first), w
     DIR/<record id>/<attack>.pt    {"x", "x_adv" (k, C, H, W) in [0, 1], "y", "predicted" (k,),
                                     "batch", "position" (k,): the logical batch and the place in it}
 Collected while the evaluation runs (no second attack), written only once the record exists.
+
+AdversarialCollector keeps one x_adv for every test point, as torchattacks and foolbox return one: the
+first attack's adversarial example that broke it, else the last attempt on it, else (a point never
+attacked: misclassified clean, certified, or eps 0) the clean image itself.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import torch
 from robustbench_karp.store import atomic_write_bytes
 
 
-class ExampleSaver:
-    """The engine's reporter for adversarial examples; forwards progress calls to `progress` (or drops them)."""
+class Forwarding:
+    """An engine reporter that passes progress calls on to `progress` (the CLI's bar, or another reporter)."""
 
-    def __init__(self, progress=None, per_attack: int = 8):
-        self.progress, self.per_attack = progress, per_attack
-        self.b, self.kept = 0, {}  # attack name -> list of (broken, batch, position, x, x_adv, y, predicted)
+    def __init__(self, progress=None):
+        self.progress, self.b = progress, 0
+
+    def expect(self, attacks: list, batch_size: int) -> None:
+        if self.progress is not None and hasattr(self.progress, "expect"):
+            self.progress.expect(attacks, batch_size)
 
     def batch(self, b: int) -> None:
         self.b = b
@@ -40,6 +48,41 @@ class ExampleSaver:
             self.progress.tick(passes)
 
     def adversarial(self, name, idx, x, x_adv, y, predicted) -> None:
+        if self.progress is not None and hasattr(self.progress, "adversarial"):
+            self.progress.adversarial(name, idx, x, x_adv, y, predicted)
+
+
+class AdversarialCollector(Forwarding):
+    """Every point's worst-case x_adv: the first attack's success, else the last attempt (see the module docstring)."""
+
+    def __init__(self, progress=None):
+        super().__init__(progress)
+        self.kept: dict[tuple[int, int], tuple[torch.Tensor, bool]] = {}  # (batch, position) -> (x_adv, broken)
+
+    def adversarial(self, name, idx, x, x_adv, y, predicted) -> None:
+        super().adversarial(name, idx, x, x_adv, y, predicted)
+        for j, position in enumerate(idx.tolist()):
+            if not self.kept.get((self.b, position), (None, False))[1]:  # a point already broken keeps that example
+                self.kept[(self.b, position)] = (x_adv[j].detach().cpu(), bool(predicted[j] != y[j]))
+
+    def tensors(self, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """((N, C, H, W) x_adv, (N,) broken) for the N points x (in evaluation order, logical batches of batch_size)."""
+        x_adv, broken = x.detach().cpu().clone(), torch.zeros(len(x), dtype=torch.bool)
+        for (b, position), (point, hit) in self.kept.items():
+            x_adv[b * batch_size + position], broken[b * batch_size + position] = point, hit
+        return x_adv, broken
+
+
+class ExampleSaver(Forwarding):
+    """The engine's reporter for adversarial examples you can see; forwards progress calls (or drops them)."""
+
+    def __init__(self, progress=None, per_attack: int = 8):
+        super().__init__(progress)
+        self.per_attack = per_attack
+        self.kept = {}  # attack name -> list of (broken, batch, position, x, x_adv, y, predicted)
+
+    def adversarial(self, name, idx, x, x_adv, y, predicted) -> None:
+        super().adversarial(name, idx, x, x_adv, y, predicted)
         kept = self.kept.setdefault(name, [])
         broken = (predicted != y).cpu()
         for i in torch.argsort((~broken).int(), stable=True)[: self.per_attack].tolist():  # broken points first

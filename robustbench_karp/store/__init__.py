@@ -28,8 +28,8 @@ from robustbench_karp.store.files import (
     resolve_path,
     stored_copy,
 )
-from robustbench_karp.store.results import ResultsStore, StoreLocked, read_records
+from robustbench_karp.store.results import ResultsStore, StoreLocked, deleted_ids, read_records
 
 __all__ = ["CheckpointError", "ResultsStore", "StoreLocked", "atomic_write_bytes", "atomic_write_text", "config_hash",
-           "current_umask", "file_sha256", "karp_home", "keep_copy", "load_checkpoint", "portable_path",
+           "current_umask", "deleted_ids", "file_sha256", "karp_home", "keep_copy", "load_checkpoint", "portable_path",
            "read_records", "resolve_path", "save_checkpoint", "state_dict_in", "stored_copy"]

@@ -145,6 +145,22 @@ class ResultsStore:
             time.sleep(pause)
             pause = min(2 * pause, self.MAX_PAUSE_SECONDS)
 
+    def delete(self, ids: list[str]) -> int:
+        """Remove every run of these record ids (and any still pending); remember them, so that the next
+        leaderboard build drops them from a published site too. Returns how many rows went."""
+        def remove() -> int:
+            with self._connect() as db:
+                marks = ",".join("?" * len(ids))
+                return db.execute(f"DELETE FROM records WHERE id IN ({marks})", tuple(ids)).rowcount
+
+        removed = self._retrying(remove)
+        for pending in self.pending_dir.glob("*.json") if self.pending_dir.is_dir() else []:
+            if any(pending.name.startswith(f"{i}-") for i in ids):
+                pending.unlink(missing_ok=True)
+        gone = sorted(set(deleted_ids(self.path)) | set(ids))
+        atomic_write_text(_tombstones(self.path), json.dumps(gone, indent=0) + "\n")
+        return removed
+
     def records(self) -> list[dict[str, Any]]:
         """Every record, oldest first, in this version's schema (store/records.py migrates older ones)."""
         rows = self._retrying(lambda: self._select("SELECT record FROM records ORDER BY row"))
@@ -187,3 +203,17 @@ def read_records(path: Path | None = None) -> list[dict[str, Any]]:
             seen.add(key)
             rows.append((*key, json.dumps(record)))
     return [migrate(json.loads(text)) for _, _, text in rows]
+
+
+def _tombstones(path: Path) -> Path:
+    return Path(path).with_name(Path(path).stem + ".deleted.json")
+
+
+def deleted_ids(path: Path | None = None) -> list[str]:
+    """The record ids `records delete` removed from this store (a build drops them from a published site too)."""
+    try:
+        ids = json.loads(_tombstones(Path(path) if path else karp_home() / "results.sqlite").read_text())
+    except (OSError, ValueError):
+        return []
+    return [str(i) for i in ids] if isinstance(ids, list) else []
+
