@@ -68,6 +68,7 @@ class EvalRequest:
     probes: list[Attack] | None = None  # None: the protocol's (reproduce passes a record's own)
     restart: bool = False  # discard partial results of this config instead of resuming them
     certify: str | None = None  # "ibp" or "crown-ibp": certified points skip the attacks (standard/2 asks for it)
+    train_eps: float | None = None  # the checkpoint trained at this eps (None: the dataset's default eps)
     check_certified: bool = False  # attack certified points too: any break is a CertificationConflict
     random_weights: bool = False  # a torchvision model without --checkpoint: its random initial weights, knowingly
     weights_in_factory: bool = False  # a model file without --checkpoint: its factory loads the trained weights
@@ -98,7 +99,7 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
             # --defense-arg selects the checkpoint of exactly those options (a wrapper's options are its own)
             own = req.defense_options if defense.classifier_defense() is defense else None
             train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name,
-                                             defense_options=own, seed=req.seed)
+                                             defense_options=own, seed=req.seed, eps=req.train_eps)
             if int(os.environ.get("WORLD_SIZE", "1")) > 1 and checkpoints.find_checkpoint(train_config, device) is None:
                 command = shlex.join(["karp-robust", "train", "--model", req.model, "--dataset", req.dataset,
                                       "--defense", defense.classifier_defense().name])

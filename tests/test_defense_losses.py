@@ -157,6 +157,25 @@ def n_fgsm_loss(model, x, y, eps, seed, config):
     return F.cross_entropy(model(x_adv), y), x_adv
 
 
+def ibp_loss(model, x, y, eps, seed, config):
+    """IBP (Gowal et al. 2018) at the end of its ramp: kappa * CE(z(x), y) + (1 - kappa) * CE(z_worst, y), z_worst
+    from interval bounds through Flatten -> Linear -> ReLU -> Linear over [x - eps, x + eps] cut to [0, 1], the
+    margin z_y - z_k folded into the last layer (written out here with no bound-propagation helper)."""
+    first, last = model[1], model[3]
+    lower, upper = (x - eps).clamp(0, 1).flatten(1), (x + eps).clamp(0, 1).flatten(1)
+    center, radius = (lower + upper) / 2, (upper - lower) / 2
+    hidden_c = center @ first.weight.T + first.bias
+    hidden_r = radius @ first.weight.abs().T
+    h_lo, h_hi = (hidden_c - hidden_r).relu(), (hidden_c + hidden_r).relu()
+    h_c, h_r = (h_lo + h_hi) / 2, (h_hi - h_lo) / 2
+    w = last.weight[y].unsqueeze(1) - last.weight.unsqueeze(0)  # (B, K, hidden): w_y - w_k
+    b = last.bias[y].unsqueeze(1) - last.bias.unsqueeze(0)
+    margin = (w * h_c.unsqueeze(1)).sum(-1) + b - (w.abs() * h_r.unsqueeze(1)).sum(-1)  # row y: 0
+    worst = -margin
+    kappa = config["kappa_end"]
+    return kappa * F.cross_entropy(model(x), y) + (1 - kappa) * F.cross_entropy(worst, y), x
+
+
 EXPECTED = {
     "standard": standard_loss,
     "pgd-at": pgd_at_loss,
@@ -165,6 +184,8 @@ EXPECTED = {
     "fgsm-at": fgsm_at_loss,
     "n-fgsm": n_fgsm_loss,
     "defense-gan": pgd_at_loss,  # with base=pgd-at (OPTIONS)
+    "ibp": ibp_loss,
+    "crown-ibp": ibp_loss,  # at the end of its ramp beta is 0: CROWN-IBP's bound is IBP's
 }
 
 
@@ -174,7 +195,8 @@ def run_defense(name: str, model, x, y):
     defense = build_defense(name, OPTIONS.get(name, {}))
     spy = Spy(model)
     loss, _ = defense.loss(spy, x, y, ThreatModel("linf", EPS), torch.Generator().manual_seed(SEED))
-    return loss, spy.inputs[-1], defense.classifier_defense().config()
+    inputs = [t for t in spy.inputs if isinstance(t, torch.Tensor)]  # not the proxies of a torch.fx trace (IBP)
+    return loss, inputs[-1], defense.classifier_defense().config()
 
 
 def clean_ce(model, x, y) -> float:

@@ -43,8 +43,12 @@ def test_save_examples_writes_a_grid_and_true_adversarial_points(karp_home, digi
     assert main(["leaderboard", "build", "--out", str(site), "--examples", str(out)]) == 0
     (entry,) = [json.loads(p.read_text()) for p in (site / "entries").glob("*.json")]
     assert entry["examples"] == f"examples/{entry['entry_id']}.png"
-    assert (site / entry["examples"]).read_bytes() == (folder / "pgd.png").read_bytes()
-    assert f'<a class="examples" href="examples/{entry["entry_id"]}.png">examples</a>' in (site / "index.html").read_text()
+    # the linked grid is that of the attack that broke the most points (an attack that broke none shows no change)
+    drops = {"fgsm": record["clean_accuracy"] - record["per_attack"]["fgsm"],
+             "pgd": record["per_attack"]["fgsm"] - record["per_attack"]["pgd"]}
+    most = max(drops, key=lambda name: (drops[name], name == "fgsm"))
+    assert (site / entry["examples"]).read_bytes() == (folder / f"{most}.png").read_bytes()
+    assert f'<a class="examples" href="examples/{entry["entry_id"]}.png">grid</a>' in (site / "index.html").read_text()
     assert main(["leaderboard", "build", "--out", str(site)]) == 0  # a rebuild without the folder keeps it
     assert (site / entry["examples"]).is_file() and 'class="examples"' in (site / "index.html").read_text()
 

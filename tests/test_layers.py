@@ -1,7 +1,7 @@
 """The package's architecture, enforced: every import goes down a layer (or stays in its part), and none loops.
 
     cli -> api, harness, reproduce -> training -> boards -> catalog -> evaluation -> defenses -> attacks
-        -> threat -> sources -> zoo -> data, models -> store -> registry, progress, devices
+        -> certification -> threat -> sources -> zoo -> data, models -> store -> registry, progress, devices
 
 The imports are read with `ast` from the source files (module level, inside functions, and under
 TYPE_CHECKING alike: each is a dependency), so the picture holds whatever a run happens to import.
@@ -27,6 +27,7 @@ LAYERS = [
     ["zoo"],
     ["sources"],
     ["threat"],
+    ["certification"],
     ["attacks"],
     ["defenses"],
     ["evaluation"],
@@ -149,7 +150,7 @@ def test_no_import_cycles():
 def test_the_check_catches_an_upward_import_and_a_cycle():
     edges = graph()
     assert upward_imports({**edges, "robustbench_karp.store.files": {"robustbench_karp.evaluation.engine"}}) == [
-        "robustbench_karp.store.files imports robustbench_karp.evaluation.engine (layer 1 -> 8)"]
+        "robustbench_karp.store.files imports robustbench_karp.evaluation.engine (layer 1 -> 9)"]
     looped = {**edges, "robustbench_karp.evaluation.evalconfig": {"robustbench_karp.evaluation.engine"},
               "robustbench_karp.evaluation.engine": edges["robustbench_karp.evaluation.engine"]
               | {"robustbench_karp.evaluation.evalconfig"}}
@@ -170,7 +171,7 @@ def test_an_upward_import_written_in_a_source_file_is_found(tmp_path, monkeypatc
         monkeypatch.delitem(PACKAGE_DIRS, key)
     edges = graph()
     assert edges["robustbench_karp.store.files"] == {"robustbench_karp.cli"}
-    assert upward_imports(edges) == ["robustbench_karp.store.files imports robustbench_karp.cli (layer 1 -> 13)"]
+    assert upward_imports(edges) == ["robustbench_karp.store.files imports robustbench_karp.cli (layer 1 -> 14)"]
     assert cycles(edges) == [["robustbench_karp.cli", "robustbench_karp.store", "robustbench_karp.store.files"]]
 
 

@@ -234,7 +234,8 @@ def test_reproduce_from_a_published_site_without_the_records(home, tmp_path, cap
     capsys.readouterr()
     assert main(["reproduce", entry["entry_id"], "--site", str(site)]) == 0
     out = capsys.readouterr().out
-    assert out.count("reproduced") == len(entry["record_ids"]) and "MISMATCH" not in out
+    assert out.splitlines().count("reproduced") == len(entry["record_ids"]) and "MISMATCH" not in out
+    assert f"reproduced {len(entry['record_ids'])} of {len(entry['record_ids'])} records" in out
     assert "robust_mask" in out and ResultsStore().records() == []
 
 

@@ -28,7 +28,8 @@ FUNCTIONS = {F.relu: "relu", torch.relu: "relu", operator.add: "add", torch.add:
              torch.flatten: "flatten", F.max_pool2d: "maxpool", F.avg_pool2d: "avgpool",
              F.adaptive_avg_pool2d: "adaptive_avgpool"}
 METHODS = {"view": "reshape", "reshape": "reshape", "flatten": "flatten", "relu": "relu", "add": "add", "size": "size",
-           "sub": "sub", "mul": "mul", "div": "div"}
+           "sub": "sub", "mul": "mul", "div": "div", "contiguous": "identity", "clone": "identity",
+           "detach": "identity"}  # the same values: a bound on them is a bound on their input
 OPS = sorted({*MODULES.values(), *FUNCTIONS.values(), *METHODS.values()})
 
 

@@ -82,7 +82,7 @@ def cmd_evaluate(args) -> int:
                        checkpoint=args.checkpoint, data_dir=args.data_dir, download=args.download,
                        protocol=args.protocol, normalize=args.normalize, robustbench_dir=args.robustbench_dir,
                        restart=args.restart or bool(args.save_adversarial),  # every batch's x_adv: none resumed
-                       random_weights=args.random_weights, certify=args.certify,
+                       random_weights=args.random_weights, certify=args.certify, train_eps=args.train_eps,
                        weights_in_factory=args.weights_in_factory, model_name=args.name,
                        train_limit_seconds=None if args.train else train_limit())
     records = []

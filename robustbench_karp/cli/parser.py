@@ -143,6 +143,8 @@ def add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="clean and robust accuracy of a model; one record per run")
     add_common(ev)
     ev.add_argument("--checkpoint", default=None, help="your own weights (loaded strictly, weights_only)")
+    ev.add_argument("--train-eps", type=single_eps, default=None, metavar="EPS",
+                    help="use (or train) the checkpoint trained at this eps (default: the dataset's eps)")
     ev.add_argument("--normalize", default=None, metavar="none|MEAN,STD",
                     help="what a model file or torchvision model expects: none ([0, 1] pixels) or C means then C "
                          "stds, e.g. 0.1307,0.3081 (torchvision default: ImageNet's)")

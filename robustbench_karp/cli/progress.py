@@ -156,12 +156,20 @@ class EvalProgress:
         given, points = self.reach.get(name, [0, 0])
         return given / points if points else 1.0
 
+    def share(self) -> str:
+        """', pgd 40% of its passes': how far the running attack is through its pass budget on this batch."""
+        budget = dict(self.plan).get(self.name)
+        if not self.name or not budget or not self.attack_points:
+            return ""
+        fraction = (self.passes - self.attack_passes) / (self.attack_points * budget)
+        return f", {self.name} {100 * min(fraction, 1.0):.0f}% of its passes"
+
     def line(self) -> str:
         elapsed = time.perf_counter() - self.started
         left = self.seconds_left()
-        shown = f", about {left:.0f} s left" if left is not None else ""
+        shown = f", about {left:.0f} s left in the run" if left is not None else ""
         return (f"evaluating: {self.name or 'clean'} on batch {self.b + 1}: {self.done}/{self.total} points done, "
-                f"{self.passes} forward passes, {elapsed:.0f} s{shown}")
+                f"{self.passes} forward passes, {elapsed:.0f} s{self.share()}{shown}")
 
     def _show(self, force: bool = False) -> None:
         now = time.perf_counter()
@@ -171,8 +179,8 @@ class EvalProgress:
         if self.bar is not None:
             left = self.seconds_left()
             self.bar.set_description(f"{self.name or 'clean'} (batch {self.b + 1})", refresh=False)
-            self.bar.set_postfix_str(f"{self.passes} passes" + (f", about {left:.0f} s left" if left is not None
-                                                                  else ""), refresh=False)
+            self.bar.set_postfix_str(f"{self.passes} passes{self.share()}" + (
+                f", about {left:.0f} s left" if left is not None else ""), refresh=False)
             self.bar.refresh()  # redrawn now, within the batch: tqdm would wait for the next update()
         elif not self.tty:
             print(self.line(), file=self.stream, flush=True)
