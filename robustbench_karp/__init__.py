@@ -16,12 +16,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY = {"EvalResult": "robustbench_karp.evaluation.engine", "evaluate": "robustbench_karp.api",
+         "certify": "robustbench_karp.certification",
          "load_model": "robustbench_karp.api", "load_dataset": "robustbench_karp.data"}  # name -> its module
 
-__all__ = ["EvalResult", "evaluate", "load_dataset", "load_model"]
+__all__ = ["EvalResult", "certify", "evaluate", "load_dataset", "load_model"]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ imports them
-    from robustbench_karp.api import evaluate, load_model
+    from robustbench_karp.api import evaluate
+    from robustbench_karp.certification import certify, load_model
     from robustbench_karp.data import load_dataset
     from robustbench_karp.evaluation.engine import EvalResult
 
