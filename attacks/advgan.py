@@ -208,12 +208,15 @@ class AdvGAN(Attack):
         threat = self._context().threat
         if threat is None:
             raise ValueError("advgan needs the run's threat model to prepare its generator (bind a RunContext with threat)")
-        self.generator(model, threat, device)
-        path, config, run = self._generator_key(model, threat)
-        out = {"generator": {"sha256": networks.recorded_sha256(path), "recipe": config}}
+        net = self.generator(model, threat, device)
+        _, config, run = self._generator_key(model, threat)
+        # the weights' canonical hash, not the file's: torch.save writes a fresh serialization id into every file
+        out = {"generator": {"sha256": weights_sha256(net), "recipe": config}}
         if self.mode == "distilled":
-            surrogate, surrogate_config, _ = self._surrogate_path(run)
-            out["surrogate"] = {"sha256": networks.recorded_sha256(surrogate), "recipe": surrogate_config}
+            data, n = self._training_data()
+            _, surrogate_config, _ = self._surrogate_path(run)
+            out["surrogate"] = {"sha256": weights_sha256(self._surrogate(model, data, n, run, device)),
+                                "recipe": surrogate_config}
         return out
 
     def provenance(self, model) -> dict[str, Any]:

@@ -162,6 +162,18 @@ def test_harness_records_the_generator(digits_model, karp_home, tmp_path):
     made = record["attack_provenance"]["advgan"]
     assert made["generator_sha256"] == file_sha256(resolve_path(made["generator_path"]))
     assert record["robust_accuracy"] <= record["clean_accuracy"]
+    # the generator is part of the identity: its sha256 and the recipe that trained it are in the EvalConfig,
+    # it was trained before the evaluation's cost was counted, and that training is timed on its own
+    identity = record["config"]["attack_networks"]["advgan"]["generator"]
+    assert identity["recipe"]["attack"]["epochs"] == TINY["epochs"] and len(identity["sha256"]) == 64
+    assert record["cost"]["preparation_seconds"]["advgan"] > 0
+    assert record["cost"]["per_attack"]["advgan"]["backward_passes"] == 0  # no generator training counted in it
     networks.clear_memo()
     again = run_evaluation(req)  # the second evaluation reuses the same generator
     assert again["attack_provenance"]["advgan"] == made and again["robust_accuracy"] == record["robust_accuracy"]
+    assert again["id"] == record["id"]
+    for path in resolve_path(made["generator_path"]).parent.glob("advgan-*"):
+        path.unlink()  # the generator is trained again; on this CPU to the same bytes, so to the same id
+    networks.clear_memo()
+    retrained = run_evaluation(req)
+    assert retrained["config"]["attack_networks"] == record["config"]["attack_networks"]

@@ -26,7 +26,7 @@ from robustbench_karp.boards.counts import (
 )
 from robustbench_karp.boards.format import CERTIFIED, eps_label
 from robustbench_karp.boards.robustbench_import import import_robustbench
-from robustbench_karp.evaluation.protocols import satisfied
+from robustbench_karp.evaluation.protocols import record_configs, satisfied
 from robustbench_karp.store import config_hash
 from robustbench_karp.store.records import defense_name, is_external, migrate
 
@@ -189,9 +189,17 @@ def published_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def entry_protocols(chosen: list[dict[str, Any]], defense: dict[str, Any] | None) -> list[str]:
-    """The protocols the union of the records' attacks covers, on the entry's own test points."""
-    return satisfied([c for r in chosen for c in r["config"].get("attacks") or [] if isinstance(c, dict)],
-                     catalog.protocol_requirements(defense))
+    """The protocols the union of the records' attacks (and probes) covers, on the entry's own test points.
+
+    What each protocol requires is read from the records, frozen there when they ran (a later change of a
+    defense's adaptive attacks cannot move an old row); the catalog computes it only for records from
+    before that, and for protocols none of the records knew.
+    """
+    required = dict(catalog.protocol_requirements(defense))
+    for r in reversed(chosen):  # the oldest record's word last: it wins
+        required.update(r.get("protocol_requirements") or {})
+    offered = [c for r in chosen for c in record_configs(r["config"]) if isinstance(c, dict)]
+    return satisfied(offered, required)
 
 
 def protocol_coverage(subset: list[dict[str, Any]], defense: dict[str, Any] | None) -> dict[str, int]:
