@@ -283,3 +283,32 @@ def test_the_protocol_measures_a_purifiers_non_adaptive_accuracy_and_flags_obfus
     assert record["probes"]["probe:pgd"] == record["non_adaptive_accuracy"] > record["robust_accuracy"] + 0.1
     assert any("obfuscated gradients" in w for w in record["warnings"])
     assert "probes" in record["cost"]
+
+
+def test_a_rows_protocol_is_judged_by_the_requirements_frozen_in_its_record(monkeypatch):
+    # the catalog now asks pgd-at for an extra adaptive attack: rows that ran before keep the word of their record
+    stricter = {"standard/1": [AUTOATTACK, {"name": "eot-pgd"}], "standard/2": [AUTOATTACK, {"name": "eot-pgd"}]}
+    monkeypatch.setattr("robustbench_karp.catalog.protocol_requirements", lambda defense: stricter)
+    frozen = {**protocol_record("frozen", 60), "protocol_requirements": {"standard/2": [AUTOATTACK]}}
+    unfrozen = protocol_record("unfrozen", 50)  # an older record that froze nothing: the catalog's word applies
+    entries = {e["model"]: e for e in build_entries([frozen, unfrozen], checkpoint_exists=lambda p: False)}
+    assert entries["frozen"]["status"] == "ranked"
+    assert entries["unfrozen"]["status"] != "ranked"
+
+
+def test_defense_arg_selects_the_checkpoint_trained_with_those_options(karp_home, digits_checkpoint, monkeypatch):
+    """--defense-arg beta=3 must evaluate a TRADES model trained at beta 3, never the registered beta's."""
+    from robustbench_karp import harness
+
+    asked = []
+
+    def obtain(config, **kw):
+        asked.append(config)
+        return digits_checkpoint
+
+    monkeypatch.setattr(harness.checkpoints, "obtain_checkpoint", obtain)
+    for options in ({}, {"beta": 3.0}):
+        harness.prepare(harness.EvalRequest(model="smallcnn", defense="trades", defense_options=options))
+    default, chosen = asked
+    assert default.defense["beta"] != 3.0 and chosen.defense["beta"] == 3.0
+    assert default.stem() != chosen.stem()  # two files in the store, two identities

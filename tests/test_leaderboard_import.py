@@ -212,3 +212,15 @@ def test_published_files_are_world_readable(tmp_path):
         os.umask(old)
     assert {oct(p.stat().st_mode & 0o777) for p in written} == {"0o644"}
     assert {oct(d.stat().st_mode & 0o777) for d in [tmp_path / "site", tmp_path / "site" / "entries"]} == {"0o755"}
+
+
+def test_a_certified_bound_never_reaches_robustbench():
+    # RobustBench ranks attack accuracy: a certified lower bound must not become its `external` or any field
+    aa = {"autoattack/apgd-ce": 0.52, "autoattack/apgd-t": 0.51}
+    entry = own_entry(aa, robust=0.51)
+    bare, _ = export_robustbench(entry)
+    entry.update({"certified_accuracy": 0.31, "certified_ci": [0.28, 0.34], "k_certified": 310,
+                  "certification": {"method": "crown-ibp"}})
+    info, _ = export_robustbench(entry)
+    assert info == bare
+    assert not any("certif" in k for k in info) and "external" not in info

@@ -82,6 +82,11 @@ def test_resume_errors(tmp_path):
     (tmp_path / "x.last.pt").rename(tmp_path / "y.last.pt")
     with pytest.raises(ResumeError, match="different configuration"):
         fit(other, tmp_path / "y.pt", resume=True)
+    payload = load_checkpoint(tmp_path / "y.last.pt")  # as torchrun with two processes would have left it
+    assert payload["world_size"] == 1
+    torch.save({**payload, "world_size": 2}, tmp_path / "x.last.pt")
+    with pytest.raises(ResumeError, match="trained by 2 process"):
+        fit(config, tmp_path / "x.pt", resume=True)
 
 
 def test_nan_loss_stops_with_epoch_and_step_and_saves_nothing(tmp_path, monkeypatch):
