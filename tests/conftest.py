@@ -162,3 +162,16 @@ def digits_checkpoint(digits_model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ckpt") / "smallcnn-digits.pt"
     torch.save(digits_model.state_dict(), path)
     return path
+
+
+def rederivable(raw: dict) -> dict:
+    """A synthetic legacy record (tests/golden) as one `leaderboard build` publishes: an EvalConfig-era config and
+    the id that is its hash (the masks are already there)."""
+    from robustbench_karp.evaluation.evalconfig import SCHEMA
+    from robustbench_karp.store import config_hash
+    from robustbench_karp.store.records import migrate
+
+    record = migrate(raw)
+    record["config"] = {**record["config"], "schema": SCHEMA, "batch_size": 500}
+    record["id"] = config_hash(record["config"])
+    return record

@@ -43,8 +43,16 @@ INTRO = [
     "Cost: gradient evaluations per test point (backward passes through the model, counted by the engine, over every "
     "attack run on the entry) and the evaluations' wall time on their device; '-' where a record predates the counts.",
     "Only entries whose records cover an evaluation protocol (`standard/1`: AutoAttack standard, plus the defense's "
-    "adaptive attacks) on the same test points are ranked; partial evaluations sit in their own table, unranked: "
-    "their robust accuracy is an upper bound.",
+    "adaptive attacks; `standard/2` adds certification first and, for a purifier, a plain PGD probe) on the same test "
+    "points are ranked, by robust accuracy; partial evaluations sit in their own table, unranked: their robust "
+    "accuracy is an upper bound.",
+    "Certified % is a proven lower bound (CROWN-IBP or IBP, on the same test points): certified <= true robust <= "
+    "robust %, and the gap is how much a stronger attack could still find. Adversarially trained models (PGD-AT, "
+    "TRADES, MART, FGSM-AT) certify little at MNIST eps 0.3: bound propagation is loose on networks not trained for "
+    "it, so their bracket stays wide; a model trained for certification (ibp) closes it. That is the point of the "
+    "bracket: the attacks' number alone cannot say which case a row is.",
+    "Every published number re-derives from the records in `entries/` (`karp-robust leaderboard verify`); records "
+    "made before per-example masks cannot, and are not published.",
 ]
 
 

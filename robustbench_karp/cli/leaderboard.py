@@ -117,6 +117,7 @@ def _build(args) -> int:
     """Re-derive every entry from records: this store's, and those the site already publishes (kept unless --prune)."""
     from robustbench_karp.boards.published import load_published, rederive
     from robustbench_karp.boards.site import render_site
+    from robustbench_karp.boards.verify import record_problems
 
     out = args.out or default_site()
     if out is None:
@@ -129,10 +130,22 @@ def _build(args) -> int:
                 and (args.model is None or board["model"] == args.model)
                 and (args.defense is None or board["defense"] == args.defense))
 
-    records = [r for r in read_records() if asked({**r["config"], "defense": defense_name(r)})]
+    left_out: dict[str, str] = {}
+
+    def derivable(record: dict) -> bool:  # nothing is published that `verify` could not re-derive
+        problems = record_problems(record)
+        if problems:
+            left_out[record["id"]] = problems[-1]
+        return not problems
+
+    records = [r for r in read_records() if asked({**r["config"], "defense": defense_name(r)}) and derivable(r)]
     gone = set(deleted_ids())  # `records delete` was asked to take these off the site too
-    published = [{**e, "records": [r for r in e["records"] if r["id"] not in gone]} for e in load_published(Path(out))]
+    published = [{**e, "records": [r for r in e["records"] if r["id"] not in gone and derivable(r)]}
+                 for e in load_published(Path(out))]
     published = [e for e in published if e["records"]]
+    if left_out:
+        print(f"left out {len(left_out)} record(s) whose numbers cannot be re-derived, e.g. "
+              f"{next(iter(left_out.values()))}: re-run them (karp-robust reproduce ID)", file=sys.stderr)
     keep = (lambda e: not asked(e)) if args.prune else (lambda e: True)  # a limited build never touches other boards
     entries = rederive(published, records, checkpoint_ok, keep)
     written = render_site(entries, Path(out), examples=example_grids(entries, args.examples) if args.examples else None)
