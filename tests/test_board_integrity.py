@@ -312,3 +312,15 @@ def test_defense_arg_selects_the_checkpoint_trained_with_those_options(karp_home
     default, chosen = asked
     assert default.defense["beta"] != 3.0 and chosen.defense["beta"] == 3.0
     assert default.stem() != chosen.stem()  # two files in the store, two identities
+
+
+def test_a_build_publishes_only_records_that_re_derive(karp_home, tmp_path, capsys):
+    store = ResultsStore()
+    store.append(protocol_record("with-masks", 60))
+    legacy = {**protocol_record("no-masks", 70), "clean_mask": None, "robust_mask": None}
+    store.append(legacy)
+    assert main(["leaderboard", "build", "--out", str(tmp_path / "site")]) == 0
+    assert "left out 1 record(s) whose numbers cannot be re-derived" in capsys.readouterr().err
+    (entry,) = [json.loads(p.read_text()) for p in (tmp_path / "site" / "entries").glob("*.json")]
+    assert entry["model"] == "with-masks"
+    assert main(["leaderboard", "verify", str(tmp_path / "site")]) == 0
