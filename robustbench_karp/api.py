@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from robustbench_karp.attacks import as_attack
 from robustbench_karp.certification import certify as certify_points
+from robustbench_karp.certification import exact_float32
 from robustbench_karp.data import DATASETS
 from robustbench_karp.devices import resolve_device
 from robustbench_karp.evaluation.certified import certification_method
@@ -140,8 +142,9 @@ def evaluate(
     certifier = None if method is None else (lambda m, xb, yb: certify_points(m, xb, yb, norm=threat.norm.value,
                                                                               eps=threat.eps, method=method))
     collector = AdversarialCollector() if return_adversarial else None
-    warnings = attack_batches(model, batches, built, threat, generator, device, lambda b, o: outcomes.append(o),
-                              collector, certifier=certifier, method=method, check_certified=check_certified)
+    with exact_float32() if certifier is not None else nullcontext():  # certificates assume no TF32
+        warnings = attack_batches(model, batches, built, threat, generator, device, lambda b, o: outcomes.append(o),
+                                  collector, certifier=certifier, method=method, check_certified=check_certified)
     order = [name for name, _ in expand(built)]
     result = combine(outcomes, order, time.perf_counter() - start, device, warnings)
     if collector is not None:

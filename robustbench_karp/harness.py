@@ -11,6 +11,7 @@ import os
 import shlex
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,12 @@ import torch
 from torch import nn
 
 from robustbench_karp.attacks import Attack
-from robustbench_karp.certification import certify
+from robustbench_karp.certification import certify, exact_float32
 from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.devices import resolve_device
 from robustbench_karp.evaluation.certified import certification_method
-from robustbench_karp.evaluation.engine import expand, run_attacks
+from robustbench_karp.evaluation.engine import EvalResult, expand, run_attacks
 from robustbench_karp.evaluation.evalconfig import EvalConfig
 from robustbench_karp.evaluation.protocols import get_protocol
 from robustbench_karp.evaluation.recording import make_record, run_conditions
@@ -275,19 +276,24 @@ def run_evaluation(req: EvalRequest, *, store: ResultsStore | None = None, train
         reporter.expect([(name, attack.forward_budget()) for name, attack in expand(plan.attacks)], req.batch_size)
     if on_start:
         on_start(len(plan.indices))
-    if plan.config.rng == RNG:  # logical batches: resumable, and sharded under torchrun
-        result = evaluate_batches(model, plan, req.seed, req.batch_size, device, store.path, on_batch=on_batch,
-                                  reporter=reporter, restart=req.restart, conditions=run_conditions(device))
-        if result is None:  # another rank than 0: rank 0 writes the record
-            return None
-    elif plan.config.rng is None:
-        gen = torch.Generator(device=device).manual_seed(req.seed)
-        batches = ((x, y) for _, x, y in plan.test.batches(plan.indices, req.batch_size))
-        result = run_attacks(model, batches, plan.attacks, plan.threat, gen, device, on_batch=on_batch)
-    else:
-        raise ValueError(f"unknown randomness scheme {plan.config.rng!r} (this version knows {RNG})")
+    with exact_float32() if plan.certifier is not None else nullcontext():  # certificates assume no TF32
+        result = _evaluate(req, plan, model, device, store, on_batch, reporter)
+    if result is None:  # another rank than 0: rank 0 writes the record
+        return None
     record = make_record(plan, model, provenance, result, device, sweep or [])
     store.append(record)
     if plan.config.rng == RNG:
         PartialResults(store.path, plan.id, []).clear()  # the record has landed: its partial results are no longer needed
     return record
+
+
+def _evaluate(req: EvalRequest, plan: Plan, model: nn.Module, device: torch.device, store: ResultsStore,
+              on_batch, reporter) -> EvalResult | None:
+    if plan.config.rng == RNG:  # logical batches: resumable, and sharded under torchrun
+        return evaluate_batches(model, plan, req.seed, req.batch_size, device, store.path, on_batch=on_batch,
+                                reporter=reporter, restart=req.restart, conditions=run_conditions(device))
+    if plan.config.rng is None:
+        gen = torch.Generator(device=device).manual_seed(req.seed)
+        batches = ((x, y) for _, x, y in plan.test.batches(plan.indices, req.batch_size))
+        return run_attacks(model, batches, plan.attacks, plan.threat, gen, device, on_batch=on_batch)
+    raise ValueError(f"unknown randomness scheme {plan.config.rng!r} (this version knows {RNG})")

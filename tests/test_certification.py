@@ -3,7 +3,9 @@ refused in one line where they cannot apply, and cheaper evaluations for the poi
 
 from __future__ import annotations
 
+import copy
 import json
+import re
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ from robustbench_karp.cli import main
 from robustbench_karp.evaluation.batch import CertificationConflict
 from robustbench_karp.models import Classifier, Normalize
 from robustbench_karp.sources import new_model
-from robustbench_karp.threat import ThreatModel
+from robustbench_karp.threat import ThreatModel, budget_tolerance
 
 
 def tensors(split) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +62,8 @@ def test_both_methods_are_exact_on_a_linear_model(linear_model, digits, method):
         finite = torch.isfinite(exact)
         assert (bound[finite] - exact[finite]).abs().max() < 1e-9
         cert = certify(linear_model, x, y, eps=eps, method=method)
+        exact = closed_form(linear_model, x, y, eps + budget_tolerance(ThreatModel("linf", eps)))  # what attacks reach
+        assert (cert.margin - exact.amin(1)).abs().max() < 1e-9
         scale = linear_model(x).abs().amax(1).double()
         worst = exact.amin(1)
         clear = (worst - (SAFETY_ABSOLUTE + SAFETY_RELATIVE * scale)).abs() > 1e-6  # off the safety margin's edge
@@ -148,6 +152,93 @@ def test_residual_networks_bound_with_ibp_and_crown():
     for method in ("ibp", "crown-ibp"):
         bound = margins(model, x.double(), y, ThreatModel("linf", 1e-7), method).amin(1)
         assert torch.isfinite(bound).all()
+
+
+class Mixed(nn.Module):
+    """Every supported layer kind in one network: conv, batch norm (negative scales), relu, a residual add,
+    max and average pooling, flatten, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.normalize = Normalize((0.5,), (0.25,))
+        self.conv1, self.conv2 = nn.Conv2d(1, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.head = nn.Sequential(nn.MaxPool2d(2), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(16, 10))
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv1(self.normalize(x))))
+        return self.head(F.relu(self.conv2(h)) + h)
+
+
+@pytest.fixture(scope="module")
+def mixed():
+    torch.manual_seed(0)
+    model = Mixed()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([1.5, -0.7, 0.3, -2.0]))
+        model.bn.running_mean.uniform_(-0.5, 0.5)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("method", ["ibp", "crown-ibp"])
+def test_bounds_through_every_layer_kind_are_exact_at_eps_0_and_sound_beyond(mixed, method):
+    torch.manual_seed(1)
+    x = torch.rand(16, 1, 8, 8)
+    exact = copy.deepcopy(mixed).double()
+    y = exact(x.double()).argmax(1)
+
+    def worst(z):  # the true worst margin of each point, in float64
+        logits = exact(z.double())
+        return (logits.gather(1, y[:, None]) - logits).masked_fill(F.one_hot(y, 10).bool(), float("inf")).amin(1)
+
+    at_zero = margins(mixed, x.double(), y, ThreatModel("linf", 0.0), method).amin(1)
+    assert (at_zero - worst(x)).abs().max() < 1e-9
+    eps = 0.03
+    bound = margins(mixed, x.double(), y, ThreatModel("linf", eps), method).amin(1)
+    assert (bound < at_zero).all()  # a ball costs margin
+    for _ in range(50):  # random points and corners of the ball never go below the bound
+        corner = torch.randint(0, 2, x.shape) * 2 - 1.0
+        for delta in (corner * eps, (torch.rand_like(x) * 2 - 1) * eps):
+            assert (worst((x + delta).clamp(0, 1)) >= bound - 1e-9).all()
+
+
+@pytest.mark.parametrize("layer,named", [
+    (nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), "padding_mode='reflect'"),
+    (nn.Conv2d(1, 2, 3, padding="same"), "padding='same'"),
+    (nn.BatchNorm2d(1, track_running_stats=False), "no running statistics"),
+    (nn.AvgPool2d(2, divisor_override=3), "divisor_override=3"),
+])
+def test_options_the_bounds_do_not_model_are_refused_by_name(layer, named):
+    model = Classifier(Normalize((0.5,), (0.25,)), nn.Sequential(layer, nn.Flatten(), nn.LazyLinear(10))).eval()
+    x = torch.rand(2, 1, 8, 8)
+    model(x)  # the lazy layer takes its shape
+    with pytest.raises(UnsupportedOp, match=re.escape(named)) as caught:
+        certify(model, x, torch.tensor([0, 1]), eps=0.1)
+    assert "\n" not in str(caught.value)
+
+
+class Scaled(nn.Module):
+    def forward(self, x):
+        return torch.add(x.flatten(1), x.flatten(1), alpha=2.0)
+
+
+def test_an_add_with_alpha_is_refused():
+    with pytest.raises(UnsupportedOp, match=r"alpha=2.0"):
+        certify(Scaled(), torch.rand(2, 1, 2, 5), torch.tensor([0, 1]), eps=0.1)
+
+
+def test_certification_runs_without_tf32_and_restores_it():
+    from robustbench_karp.certification import exact_float32
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with exact_float32():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_an_unsupported_op_is_one_line_naming_it():

@@ -12,6 +12,15 @@ Layer: imports threat, models and torch; attacks and defenses (certified trainin
 """
 
 from robustbench_karp.certification.graph import OPS, UnsupportedOp, trace
-from robustbench_karp.certification.margins import METHODS, PRECISION, Certificate, certify, check_method, margins
+from robustbench_karp.certification.margins import (
+    METHODS,
+    PRECISION,
+    Certificate,
+    certify,
+    check_method,
+    exact_float32,
+    margins,
+)
 
-__all__ = ["METHODS", "OPS", "PRECISION", "Certificate", "UnsupportedOp", "certify", "check_method", "margins", "trace"]
+__all__ = ["METHODS", "OPS", "PRECISION", "Certificate", "UnsupportedOp", "certify", "check_method", "exact_float32", "margins",
+           "trace"]

@@ -98,22 +98,48 @@ def trace(model: nn.Module, example: torch.Tensor | None = None) -> Graph:
             if kind is None:
                 raise UnsupportedOp(f"certification: the model uses {type(module).__name__} ({node.target}), which "
                                     f"bound propagation does not support; supported: {', '.join(OPS)}")
+            _check_options(module, node.target)
             steps.append(Step(node.name, kind, module, args))
         elif node.op == "call_function":
             kind = FUNCTIONS.get(node.target)
             if kind is None:
                 raise UnsupportedOp(f"certification: the model uses {_name(node.target)}, which bound propagation "
                                     f"does not support; supported: {', '.join(OPS)}")
-            steps.append(Step(node.name, kind, None, args, dict(node.kwargs)))
+            steps.append(_call(node.name, kind, _name(node.target), args, dict(node.kwargs)))
         elif node.op == "call_method":
             kind = METHODS.get(node.target)
             if kind is None:
                 raise UnsupportedOp(f"certification: the model calls Tensor.{node.target}, which bound propagation "
                                     f"does not support; supported: {', '.join(OPS)}")
-            steps.append(Step(node.name, kind, None, args, dict(node.kwargs)))
+            steps.append(_call(node.name, kind, f"Tensor.{node.target}", args, dict(node.kwargs)))
     if output is None:
         raise UnsupportedOp("certification: the model returns no single tensor")
     return Graph(steps, output)
+
+
+def _check_options(module: nn.Module, where: str) -> None:
+    """Refuse the options of a supported module that its bound rules do not model."""
+    problem = None
+    if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+        problem = f"padding_mode={module.padding_mode!r}, padding={module.padding!r} (only explicit zero padding)"
+    elif isinstance(module, nn.BatchNorm2d) and module.running_var is None:
+        problem = "no running statistics (it normalizes by the batch even in eval mode)"
+    elif isinstance(module, nn.AvgPool2d) and module.divisor_override is not None:
+        problem = f"divisor_override={module.divisor_override}"
+    if problem:
+        raise UnsupportedOp(f"certification: {type(module).__name__} ({where}) with {problem} is not supported")
+
+
+def _call(name: str, kind: str, called: str, args: list[Any], kwargs: dict[str, Any]) -> Step:
+    """A function or method step; options the bound rules do not model are refused by name."""
+    if kind == "size" and "dim" in kwargs:  # x.size(dim=1) is x.size(1)
+        args, kwargs = [*args, kwargs.pop("dim")], kwargs
+    if kind in ("add", "sub") and kwargs.get("alpha", 1) != 1:
+        raise UnsupportedOp(f"certification: {called}(..., alpha={kwargs['alpha']}) is not supported")
+    if kind == "avgpool" and (kwargs.get("divisor_override") is not None or
+                              (len(args) > 6 and args[6] is not None)):
+        raise UnsupportedOp(f"certification: {called} with divisor_override is not supported")
+    return Step(name, kind, None, args, kwargs)
 
 
 def _calls_outside(model: nn.Module, example: torch.Tensor) -> list[str]:

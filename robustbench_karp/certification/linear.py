@@ -176,5 +176,8 @@ def backward(graph: Graph, values: dict[str, Any], spec: torch.Tensor, inputs: I
             continue
         bias = bias + const
         for name, back in flows:
+            shape = values[name].shape  # an input broadcast up to this step's shape: its coefficients sum back
+            if back.shape[2:] != shape[1:]:
+                back = back.sum_to_size(*back.shape[:2], *shape[1:])
             coefficients[name] = coefficients[name] + back if name in coefficients else back
     return bias

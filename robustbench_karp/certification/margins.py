@@ -13,6 +13,8 @@ with autograd, for certified training.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from torch.nn import functional as F
 from robustbench_karp.certification.graph import Graph, UnsupportedOp, trace
 from robustbench_karp.certification.interval import Box, propagate
 from robustbench_karp.certification.linear import InputSet, backward
-from robustbench_karp.threat import Norm, ThreatModel
+from robustbench_karp.threat import Norm, ThreatModel, budget_tolerance
 
 METHODS = ("ibp", "crown-ibp")
 SAFETY_ABSOLUTE, SAFETY_RELATIVE = 1e-4, 1e-5  # certified iff lower bound > 1e-4 + 1e-5 * max |logit at x|
@@ -56,11 +58,11 @@ def specification(y: torch.Tensor, classes: int, dtype: torch.dtype) -> torch.Te
 
 
 def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, method: str = "ibp",
-            graph: Graph | None = None, mix: float = 1.0) -> torch.Tensor:
+            graph: Graph | None = None, mix: float | None = None) -> torch.Tensor:
     """(B, K) lower bounds of z_y - z_k over the set, in x's dtype, differentiable (row y is +inf).
 
-    mix (crown-ibp only): CROWN-IBP's beta, the weight of the CROWN bound against the IBP one; at 1 (certifying),
-    the larger of the two bounds, each sound.
+    mix (crown-ibp only): None (certifying) takes the larger of the CROWN and IBP bounds, each sound; a number
+    is CROWN-IBP training's beta, mix * CROWN + (1 - mix) * IBP (Zhang et al. 2020; 1 is CROWN alone).
     """
     check_method(method)
     graph = graph or trace(model, x[:1].float())
@@ -70,11 +72,11 @@ def margins(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatMo
     classes = values[graph.output].shape[1]
     spec = specification(y, classes, x.dtype)
     bound = _ibp_margins(out_step, values, spec)
-    if method == "crown-ibp" and mix > 0:
+    if method == "crown-ibp" and (mix is None or mix > 0):
         crown = backward(graph, values, spec, inputs)
         # Both are sound lower bounds, so certification takes the larger: CROWN's relaxation over IBP's boxes can
         # be looser than IBP itself on a network trained by IBP. Training mixes them (CROWN-IBP's beta).
-        bound = torch.maximum(crown, bound) if mix >= 1 else mix * crown + (1 - mix) * bound
+        bound = torch.maximum(crown, bound) if mix is None else mix * crown + (1 - mix) * bound
     return bound.masked_fill(F.one_hot(y, classes).bool(), float("inf"))
 
 
@@ -91,25 +93,41 @@ def _ibp_margins(out_step, values: dict[str, Any], spec: torch.Tensor) -> torch.
     return lower_y + (spec.clamp(max=0) * logits.upper.unsqueeze(1)).sum(-1)
 
 
+@contextmanager
+def exact_float32() -> Iterator[None]:
+    """TF32 off for cuDNN convolutions and CUDA matmuls (cuDNN's is on by default): a certificate's safety margin
+    covers float32 rounding, not TF32's 10-bit mantissa. The engine evaluates a certified run inside it."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @torch.no_grad()
 def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "linf", eps: float = 0.3,
             method: str = "crown-ibp", batch_size: int = 200) -> Certificate:
     """Which points are certified, and the lower bound of each one's worst margin (see the module docstring).
 
     model must be deterministic and in eval mode (the engine evaluates it so); x (B, C, H, W) in [0, 1].
+    The set bounded is the ball an attack may reach: eps plus the budget check's rounding tolerance. On a GPU,
+    the certificate holds for the model evaluated without TF32 (exact_float32).
     UnsupportedOp (a ValueError) names an operation outside the supported set.
     """
     check_method(method)
-    threat = ThreatModel(norm, eps)
+    asked = ThreatModel(norm, eps)
+    threat = ThreatModel(norm, eps + budget_tolerance(asked))
     graph = trace(model, x[:1])
     bounds, certified = [torch.zeros(0, dtype=torch.float64, device=x.device)], [torch.zeros(0, dtype=torch.bool,
                                                                                              device=x.device)]
-    for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        bound = margins(model, xb.double(), yb, threat, method, graph).amin(1)  # (b,) float64
-        scale = model(xb).abs().amax(1).double()  # the float32 model's largest logit at x: its rounding's scale
-        bounds.append(bound)
-        certified.append(bound > SAFETY_ABSOLUTE + SAFETY_RELATIVE * scale)
+    with exact_float32():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            bound = margins(model, xb.double(), yb, threat, method, graph).amin(1)  # (b,) float64
+            scale = model(xb).abs().amax(1).double()  # the float32 model's largest logit at x: its rounding's scale
+            bounds.append(bound)
+            certified.append(bound > SAFETY_ABSOLUTE + SAFETY_RELATIVE * scale)
     return Certificate(torch.cat(certified), torch.cat(bounds))
 
 
-__all__ = ["METHODS", "PRECISION", "Certificate", "UnsupportedOp", "certify", "check_method", "margins"]
+__all__ = ["METHODS", "PRECISION", "Certificate", "UnsupportedOp", "certify", "check_method", "exact_float32", "margins"]

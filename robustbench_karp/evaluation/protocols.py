@@ -14,7 +14,7 @@ which is why a record keeps its attack order and `reproduce` follows it.
 `standard/2` runs the same attacks, so its records cover standard/1 too, and adds two things:
 - a purifier's run also measures plain PGD on every clean-correct point, beside the cascade (a
   probe): the non-adaptive accuracy the obfuscated-gradients check compares with the adaptive one;
-- where the model allows it (deterministic, and every layer bounded: evaluation/certify.py),
+- where the model allows it (deterministic, and every layer bounded: evaluation/certified.py),
   CROWN-IBP certification runs first, and certified points skip every attack: a point proven
   robust cannot be broken, so the robust accuracy means what standard/1's means.
 

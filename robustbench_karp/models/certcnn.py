@@ -12,7 +12,7 @@ from robustbench_karp.models.base import MODELS
 
 @MODELS.register("certcnn")
 def certcnn(in_channels: int, num_classes: int, input_size: int) -> nn.Module:
-    side = (input_size + 3) // 4  # two stride-2 convolutions (4x4, padding 1): 28 -> 14 -> 7
+    side = input_size // 4  # two stride-2 convolutions (4x4, padding 1) floor each: 28 -> 14 -> 7, 30 -> 15 -> 7
     return nn.Sequential(
         nn.Conv2d(in_channels, 32, 4, stride=2, padding=1), nn.ReLU(),  # (B, 32, H/2, W/2)
         nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (B, 64, H/4, W/4)
