@@ -191,7 +191,13 @@ def model_of(record: dict[str, Any], model_file: Path | None = None) -> tuple[st
     if kind == "python":
         raise ValueError(f"record {record['id']} evaluated an in-memory Python model ({source.get('name')}): "
                          "nothing here can rebuild it (store it with source='file.py:factory' to make it reproducible)")
-    return config["model"], {}
+    from robustbench_karp.sources import parse_model
+
+    name = str(config["model"])  # from a record or a published entry: only a registered or zoo name is taken
+    if kind not in (None, "robustbench") or parse_model(name).kind not in ("registered", "robustbench"):
+        raise ValueError(f"record {record['id']} names the model {name!r} (source {kind or 'none'}): not a "
+                         "registered or RobustBench model, and a path from a record is never followed")
+    return name, {}
 
 
 def request_of(record: dict[str, Any], checkpoint: Path | None, device: str, data_dir: Path | None, download: bool,
@@ -200,9 +206,10 @@ def request_of(record: dict[str, Any], checkpoint: Path | None, device: str, dat
     from robustbench_karp.harness import EvalRequest
 
     config = record["config"]
-    options = {k: v for k, v in config["defense"].items() if k != "name"}
+    defense = config["defense"] if isinstance(config["defense"], dict) else {"name": str(config["defense"])}
+    options = {k: v for k, v in defense.items() if k != "name"}
     model, extra = model_of(record, model_file)
-    return EvalRequest(model=model, dataset=config["dataset"], defense=config["defense"]["name"], **extra,
+    return EvalRequest(model=model, dataset=config["dataset"], defense=defense["name"], **extra,
                        defense_options=options, attacks=[attack_from_config(c) for c in config["attacks"]],
                        norm=config["norm"], eps=config["eps"], n_examples=config["n_examples"], seed=config["seed"],
                        batch_size=config["batch_size"], device=device,

@@ -110,6 +110,76 @@ def test_verify_catches_a_record_whose_numbers_or_id_were_edited(site, capsys):
     assert f"record {record['id']}: robust_accuracy 0.7 but its mask counts 0.65" in out
 
 
+def _edit_record(site: Path, model: str, edit) -> str:
+    path = next(p for p in (site / "entries").glob("*.json") if model in p.read_text())
+    entry = json.loads(path.read_text())
+    edit(entry["records"][0])
+    path.write_text(json.dumps(entry, sort_keys=True, indent=2) + "\n")
+    return entry["records"][0]["id"]
+
+
+def _two_attacks(record: dict) -> None:
+    record |= {"per_attack": {"apgd-ce": 0.7, "autoattack": 0.65}, "attack_order": ["apgd-ce", "autoattack"]}
+
+
+@pytest.mark.parametrize("model,edit,says", [
+    ("ours-a", lambda r: r.update(protocol_requirements={"standard/1": [], "standard/2": []}),
+     "frozen requirements of standard/1 are not what standard/1 asks"),
+    ("ours-a", lambda r: r.update(indices=list(range(50, 150))), "not the first 100 of the test split"),
+    ("ours-a", lambda r: (_two_attacks(r), r["per_attack"].update({"apgd-ce": 0.6})),
+     "per-attack accuracies [0.6, 0.65] do not fall"),
+    ("Theirs60", lambda r: r["config"].update(eps=0.5), "config "),
+    ("Theirs60", lambda r: r.update(robust_source="external"), "robust_source "),
+])
+def test_verify_catches_edits_outside_the_masks(site, capsys, model, edit, says):
+    rid = _edit_record(site, model, edit)
+    assert main(["leaderboard", "verify", str(site)]) == 1
+    assert f"record {rid}: " in (out := capsys.readouterr().out) and says in out
+
+
+def test_edited_empty_requirements_never_rank_a_row():
+    edited = {**protocol_record("edited", 90), "per_attack": {"pgd": 0.9}, "attack_order": ["pgd"],
+              "protocol_requirements": {"standard/1": [], "standard/2": []}}
+    edited["config"] = {**edited["config"], "attacks": [{"name": "pgd"}]}
+    edited["id"] = config_hash(edited["config"])
+    (entry,) = build_entries([edited], checkpoint_exists=lambda p: False)
+    assert entry["status"] == "partial" and entry["protocols"] == []
+
+
+def test_a_certificate_another_record_contradicts_is_flagged_and_never_counted(tmp_path, capsys):
+    certified = {**protocol_record("net", 65), "certified_mask": "1" * 70 + "0" * 30, "certified_accuracy": 0.7}
+    certified["robust_mask"] = "1" * 70 + "0" * 30  # its own attacks broke none of its certified points
+    certified["robust_accuracy"] = certified["per_attack"]["autoattack"] = 0.7
+    other = protocol_record("net", 65)  # same model and points, another attack config: it broke points 65..69
+    other["config"] = {**other["config"], "attacks": [{"name": "pgd"}]}
+    other |= {"id": config_hash(other["config"]), "per_attack": {"pgd": 0.65}, "attack_order": ["pgd"]}
+    (entry,) = build_entries([certified, other], checkpoint_exists=lambda p: False)
+    assert entry["k_certified"] == 65 and entry["certified_conflicts"] == 5 and entry["k_robust"] == 65
+    assert any("5 point(s) certified by one record were broken" in f for f in entry["flags"])
+    render_site([entry], tmp_path / "site")
+    assert main(["leaderboard", "verify", str(tmp_path / "site")]) == 1
+    assert "5 point(s) certified by one record were broken by another's attack" in capsys.readouterr().out
+
+
+def test_an_import_keeps_no_importers_directories():
+    record = import_robustbench(CARMON, "/home/alice/robustbench/model_info/cifar10/Linf/Carmon2019Unlabeled.json")
+    assert record["imported_from"] == "model_info/cifar10/Linf/Carmon2019Unlabeled.json"
+    from robustbench_karp.store.records import migrate
+
+    assert migrate({**record, "imported_from": "/home/alice/Carmon2019Unlabeled.json"})["imported_from"] == \
+        "Carmon2019Unlabeled.json"
+
+
+def test_a_partial_entry_is_not_exported_to_robustbench(karp_home, capsys):
+    partial = {**protocol_record("pgd-only", 90), "per_attack": {"pgd": 0.9}, "attack_order": ["pgd"]}
+    partial["config"] = {**partial["config"], "attacks": [{"name": "pgd"}]}
+    partial["id"] = config_hash(partial["config"])
+    ResultsStore().append(partial)
+    (entry,) = build_entries([partial], checkpoint_exists=lambda p: False)
+    assert main(["leaderboard", "export", entry["entry_id"]]) == 2
+    assert "is partial" in capsys.readouterr().err
+
+
 def test_the_committed_leaderboard_verifies(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KARP_HOME", str(tmp_path))
     assert main(["leaderboard", "verify", str(ROOT / "leaderboard")]) == 0, capsys.readouterr().out
@@ -172,6 +242,14 @@ def test_reproduce_never_imports_a_module_path_from_published_json(tmp_path, mon
     code = main(["reproduce", record["id"], "--site", str(site)])
     err = capsys.readouterr().err
     assert code == 2 and "--model-file" in err and not (tmp_path / "pwned").exists()
+    # the same file named as the model itself, under a source kind nothing knows: still never imported
+    record["config"]["model"], record["config"]["source"] = str(evil) + ":build", {"kind": "other"}
+    record["checkpoint"], record["config"]["defense"] = None, {"name": "standard"}
+    record["id"] = config_hash(record["config"])
+    render_site(build_entries([record], checkpoint_exists=lambda p: False), tmp_path / "site2")
+    code = main(["reproduce", record["id"], "--site", str(tmp_path / "site2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "never followed" in err and not (tmp_path / "pwned").exists()
 
 
 def test_resuming_under_other_conditions_is_refused(tmp_path):

@@ -98,11 +98,7 @@ def worst_case_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]]
         return round(first["clean_accuracy"] * n), round(first["robust_accuracy"] * n), n, []
     if n == 0:
         return 0, 0, 0, []
-    clean = _and_masks(chosen, "clean_mask", n)
-    robust = _and_masks(chosen, "robust_mask", n) & clean
-    positions = {index: i for i, index in enumerate(first["indices"])}
-    for r in subset:
-        robust &= _subset_mask(r, "robust_mask", positions, n)
+    clean, robust = _worst_case_masks(chosen, subset, n)
     notes = []
     if len({r["clean_mask"] for r in chosen}) > 1:
         notes.append("clean predictions differ between records (a randomized model?): clean accuracy is their AND")
@@ -112,10 +108,24 @@ def worst_case_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]]
     return clean.bit_count(), robust.bit_count(), n, notes
 
 
-def certified_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]] = ()) -> tuple[int, list[str]] | None:
-    """(points proven robust, the methods that proved them) over the entry's points, or None when no record certified.
+def _worst_case_masks(chosen: list[dict[str, Any]], subset: list[dict[str, Any]], n: int) -> tuple[int, int]:
+    """(clean, robust) masks as ints over the chosen points: the AND of every record's, subset records included."""
+    clean = _and_masks(chosen, "clean_mask", n)
+    robust = _and_masks(chosen, "robust_mask", n) & clean
+    positions = {index: i for i, index in enumerate(chosen[0]["indices"])}
+    for r in subset:
+        robust &= _subset_mask(r, "robust_mask", positions, n)
+    return clean, robust
 
-    A certificate is a proof whoever made it, so a point certified by any record is certified (an OR)."""
+
+def certified_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]] = ()
+                     ) -> tuple[int, list[str], int] | None:
+    """(points proven robust, the methods that proved them, conflicts) over the entry's points, or None when no
+    record certified.
+
+    A certificate is a proof whoever made it, so a point certified by any record is certified (an OR), unless
+    another record's attack broke it: such a conflict means a certifier or an attack is wrong. It is counted
+    apart, and the point is not counted certified (certified never exceeds robust)."""
     certifying = [r for r in [*chosen, *subset] if r.get("certified_mask")]
     if not certifying or not chosen[0].get("robust_mask"):
         return None
@@ -127,7 +137,8 @@ def certified_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]] 
             if bit == "1" and index in positions:
                 proven |= 1 << (n - 1 - positions[index])
     methods = sorted({str((r.get("certification") or {}).get("method") or r["config"].get("certify")) for r in certifying})
-    return proven.bit_count(), methods
+    robust = _worst_case_masks(chosen, subset, n)[1]
+    return (proven & robust).bit_count(), methods, (proven & ~robust).bit_count()
 
 
 def accuracy_per_attack(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -148,6 +148,8 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_ok:
     notes += list(dict.fromkeys(note for r in chosen for note in r.get("notes") or []))  # an import's eps footnote
     masked = bool(chosen[0].get("robust_mask"))
     certified = certified_counts(chosen, subset)
+    conflict = [f"{certified[2]} point(s) certified by one record were broken by another's attack: a certifier or an "
+                "attack is wrong"] if certified and certified[2] else []
     reproducibility = _reproducibility(chosen, checkpoint_ok)
     protocols = entry_protocols(chosen, fields["defense_config"])
     coverage = {} if protocols else protocol_coverage(subset, fields["defense_config"])
@@ -170,11 +172,12 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_ok:
         "record_ids": [r["id"] for r in chosen + subset], "left_out_record_ids": [r["id"] for r in left_out],
         "seeds": sorted({r["config"]["seed"] for r in chosen if r["config"].get("seed") is not None}),
         "versions": {r["id"]: r.get("versions") or {} for r in chosen},
-        "flags": sorted({str(w) for r in records for w in r.get("warnings") or []}
-                        | set(entry_flags(accuracy_per_attack(chosen)))),
+        "flags": sorted({str(w) for r in chosen + subset for w in r.get("warnings") or []}
+                        | set(entry_flags(accuracy_per_attack(chosen))) | set(conflict)),
         "external": reproducibility == "external", "tool": next((r.get("tool") for r in chosen if r.get("tool")), None),
         "reproducible": reproducibility == "yes", "reproducibility": reproducibility, "notes": notes,
         **{field: chosen[0].get(field) for field in ABOUT_FIELDS},
+        **({"certified_conflicts": certified[2]} if conflict else {}),  # verify refuses a site with any
         "cost": entry_cost(chosen + subset, n),  # passes per test point and wall time; None if a record has none
         "records": [published_record(r) for r in records],
     }

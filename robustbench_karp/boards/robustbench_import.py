@@ -25,7 +25,7 @@ from pathlib import PurePath
 from typing import Any
 
 from robustbench_karp.store import config_hash
-from robustbench_karp.store.records import RECORD_SCHEMA
+from robustbench_karp.store.records import RECORD_SCHEMA, portable_source
 
 THREAT_MODELS = {"linf": "linf", "l2": "l2"}
 DATASETS = ("cifar10", "cifar100", "imagenet")  # RobustBench's boards, each a registered dataset here
@@ -163,5 +163,5 @@ def import_robustbench(data: dict[str, Any], source: str, *, dataset: str | None
         "checkpoint": None, "checkpoint_sha256": None, "versions": {},
         "warnings": warnings, "notes": [eps_note] if eps_note else [],
         "created_utc": imported_utc or str(data.get("created_utc") or "unknown"), "model_info": data,
-        "imported_from": source,
+        "imported_from": portable_source(source),  # no importer's directories: published
     }

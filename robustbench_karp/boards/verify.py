@@ -60,10 +60,33 @@ def record_problems(record: dict[str, Any]) -> list[str]:
                            f"{certified.count('1') / max(n, 1)}")
             if any(c == "1" and r == "0" for c, r in zip(certified, robust)):
                 out.append(f"record {rid}: a certified point is not robust (a certificate contradicts an attack)")
+    if record.get("indices") is not None and list(record["indices"]) != list(range(n)):
+        out.append(f"record {rid}: its test points are not the first {n} of the test split, as every evaluation's are")
     order, per_attack = record.get("attack_order") or [], record.get("per_attack") or {}
     if order and order[-1] in per_attack and per_attack[order[-1]] != record.get("robust_accuracy"):
         out.append(f"record {rid}: accuracy after its last attack {per_attack[order[-1]]} is not its robust accuracy")
+    cumulative = [per_attack[a] for a in order if a in per_attack]  # a cascade only ever removes points
+    if any(later > earlier for earlier, later in zip(cumulative, cumulative[1:])) or \
+            any(not record["robust_accuracy"] <= acc <= record["clean_accuracy"] for acc in cumulative):
+        out.append(f"record {rid}: its per-attack accuracies {cumulative} do not fall from clean to robust accuracy")
+    out += _requirement_problems(record)
     return out
+
+
+def _requirement_problems(record: dict[str, Any]) -> list[str]:
+    """The protocol requirements frozen in a record are this version's for its defense: a protocol version never
+    changes what it asks (a change is a new version), so an edit shows."""
+    from robustbench_karp import catalog
+    from robustbench_karp.evaluation.protocols import canonical
+
+    frozen = record.get("protocol_requirements")
+    if not frozen:
+        return []
+    known = catalog.protocol_requirements(record["config"].get("defense"))
+    same = lambda a, b: a is None and b is None or (  # noqa: E731
+        a is not None and b is not None and sorted(map(canonical, a)) == sorted(map(canonical, b)))
+    return [f"record {record['id']}: its frozen requirements of {label} are not what {label} asks of its defense"
+            for label, configs in sorted(frozen.items()) if label in known and not same(configs, known[label])]
 
 
 def _import_problems(record: dict[str, Any]) -> list[str]:
@@ -75,8 +98,8 @@ def _import_problems(record: dict[str, Any]) -> list[str]:
                                    imported_utc=record.get("created_utc"))
     except (KeyError, ValueError) as e:
         return [f"record {record['id']}: its model_info does not import ({e})"]
-    fields = ("id", "clean_accuracy", "robust_accuracy", "per_attack")
-    return [f"record {record['id']}: {f} {record.get(f)!r} but its model_info gives {again.get(f)!r}"
+    fields = sorted((set(record) | set(again)) - {"created_utc", "imported_from"})  # all but when and whence
+    return [f"record {record['id']}: {f} {_short(record.get(f))} but its model_info gives {_short(again.get(f))}"
             for f in fields if record.get(f) != again.get(f)]
 
 
@@ -87,7 +110,11 @@ def verify_site(site: Path) -> list[str]:
     if not published:
         return [f"{site}: no published entries"]
     problems = [p for e in published for r in e["records"] for p in record_problems(r)]
+    if problems:  # the entries cannot be re-derived from records that do not hold together
+        return problems
     derived = {e["entry_id"]: e for e in rederive(published, [], checkpoint_ok=lambda r: False)}
+    problems += [f"entry {i}: {e['certified_conflicts']} point(s) certified by one record were broken by another's "
+                 "attack" for i, e in sorted(derived.items()) if e.get("certified_conflicts")]
     shown = {path.stem: json.loads(path.read_text()) for path in (site / "entries").glob("*.json")}  # as on disk
     for entry_id in sorted(set(shown) | set(derived)):
         if entry_id not in derived:

@@ -89,8 +89,9 @@ def _add_external(args) -> int:
 def _find_entry(entry_id: str, site: Path | None) -> dict:
     """The entry of this id built from the store, else the one published in site."""
     from robustbench_karp.boards.published import load_published
+    from robustbench_karp.boards.verify import record_problems
 
-    entries = entries_of(read_records())
+    entries = entries_of([r for r in read_records() if not record_problems(r)])  # what a build would publish
     entries += load_published(site) if site is not None else []
     for entry in entries:
         if entry["entry_id"] == entry_id:
@@ -102,7 +103,11 @@ def _find_entry(entry_id: str, site: Path | None) -> dict:
 def _export(args) -> int:
     from robustbench_karp.boards.robustbench_export import export_robustbench
 
-    info, where = export_robustbench(_find_entry(args.id, args.site or default_site()))
+    entry = _find_entry(args.id, args.site or default_site())
+    if entry["status"] != "ranked":
+        raise ValueError(f"entry {args.id} is partial: its records cover no evaluation protocol on the same test "
+                         "points, so it has no number RobustBench would rank (run it with --protocol standard)")
+    info, where = export_robustbench(entry)
     text = json.dumps(info, indent=2) + "\n"
     if args.out is None:
         print(text, end="")
@@ -126,7 +131,7 @@ def _build(args) -> int:
     def asked(board: dict) -> bool:  # an entry, or a record's config with its defense's name
         return ((args.dataset is None or board["dataset"] == args.dataset)
                 and (args.norm is None or board["norm"] == args.norm)
-                and (args.eps is None or any(abs(float(board["eps"]) - e) < 1e-9 for e in args.eps))
+                and (args.eps is None or any(abs(float(board["eps"]) - e) <= 1e-6 * max(e, 1e-3) for e in args.eps))
                 and (args.model is None or board["model"] == args.model)
                 and (args.defense is None or board["defense"] == args.defense))
 

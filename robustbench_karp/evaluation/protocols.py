@@ -124,10 +124,13 @@ def requirements(defense: dict[str, Any] | None) -> dict[str, list[dict[str, Any
 
 
 def satisfied(attack_configs: Iterable[dict[str, Any]], required: dict[str, list[dict[str, Any]] | None]) -> list[str]:
-    """Labels of the protocols whose every required attack (with its exact options) is among attack_configs."""
+    """Labels of the protocols whose every required attack (with its exact options) is among attack_configs.
+
+    A protocol that requires nothing (None: it does not apply; [] only from an edited record) is never satisfied.
+    """
     have = {canonical(c) for c in attack_configs}
     return [label for label, configs in sorted(required.items())
-            if configs is not None and all(canonical(c) in have for c in configs)]
+            if configs and all(canonical(c) in have for c in configs)]
 
 
 def _plain(value: Any) -> Any:

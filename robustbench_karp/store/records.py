@@ -73,12 +73,25 @@ def _no_absolute_paths(record: dict[str, Any]) -> dict[str, Any]:
             else value
 
     record.pop("model_file", None)  # the module file's absolute path: its name and sha256 are in config.source
+    if isinstance(record.get("imported_from"), str):
+        record["imported_from"] = portable_source(record["imported_from"])
     if "checkpoint" in record:
         record["checkpoint"] = name_only(record["checkpoint"])
     for facts in (record.get("attack_provenance") or {}).values():
         for key in [k for k in facts if k.endswith("_path")]:
             facts[key] = name_only(facts[key])
     return record
+
+
+def portable_source(source: str) -> str:
+    """Where an import came from, without the importer's directories: a URL as it is, a path from its
+    `model_info/` folder on (RobustBench's layout: dataset and threat model), else an absolute path's file name."""
+    if "://" in source:
+        return source
+    path = PurePath(source.replace("\\", "/"))
+    if "model_info" in path.parts:
+        return "/".join(path.parts[path.parts.index("model_info"):])
+    return path.name if source.startswith("/") or source[1:3] in (":\\", ":/") else source
 
 
 def _defense_of(record: dict[str, Any]) -> dict[str, Any] | str | None:
