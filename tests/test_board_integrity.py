@@ -402,3 +402,13 @@ def test_a_build_publishes_only_records_that_re_derive(karp_home, tmp_path, caps
     (entry,) = [json.loads(p.read_text()) for p in (tmp_path / "site" / "entries").glob("*.json")]
     assert entry["model"] == "with-masks"
     assert main(["leaderboard", "verify", str(tmp_path / "site")]) == 0
+
+
+def test_a_build_that_leaves_nothing_says_so_and_keeps_the_site(karp_home, tmp_path, capsys):
+    site = tmp_path / "site"
+    render_site(build_entries([protocol_record("only", 60)], checkpoint_exists=lambda p: False), site)
+    rid = _edit_record(site, "only", lambda r: r.update(robust_mask=None))
+    assert main(["leaderboard", "build", "--out", str(site)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing left to publish" in err and f"record {rid}" in err and len(err.strip().splitlines()) == 2
+    assert len(list((site / "entries").glob("*.json"))) == 1  # nothing was deleted on the way

@@ -227,6 +227,12 @@ def test_training_label_and_one_curve_per_checkpoint():
     assert set(curves(entries)) == {("mnist", "linf", "smallcnn / fgsm-at (init=prior, 10 ep, seed 0)"),
                                     ("mnist", "linf", "smallcnn / fgsm-at (20 ep, seed 0)")}
     assert all(len(points) == 2 for points in curves(entries).values())
+    # the same recipe and seed retrained into other weights: two curves, told apart by the weights' hash
+    again = [fgsm_record("h" * 16, "h", 0.1, 0, {}, 20), fgsm_record("i" * 16, "h", 0.3, 0, {}, 20)]
+    twins = curves(build_entries(records[2:4] + again, exists))
+    assert sorted(twins) == [("mnist", "linf", "smallcnn / fgsm-at (20 ep, seed 0) · cccccccc"),
+                             ("mnist", "linf", "smallcnn / fgsm-at (20 ep, seed 0) · hhhhhhhh")]
+    assert all(len(points) == 2 for points in twins.values())
     assert build_entries([make_record("f" * 16, broken={})], exists)[0]["training"] == ""
     bf16 = fgsm_record("g" * 16, "g", 0.3, 0, {}, 10)
     bf16["train_config"]["recipe"]["amp"] = "bf16"

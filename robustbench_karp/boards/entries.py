@@ -289,11 +289,16 @@ def curves(entries: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[tup
     kept = {k: sorted(points) for k, points in series.items() if len(points) > 1}
     short = {k: f"{k[2]} / {k[3]}" for k in kept}
     shared = {label for label in short.values() if list(short.values()).count(label) > 1}
-    out: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
-    for k, points in kept.items():
+    labels = {}
+    for k in kept:
         seeds = ", ".join(map(str, k[5]))
         detail = ", ".join(p for p in (k[4], f"seed {seeds}" if seeds else "") if p)
-        label = f"{short[k]} ({detail})" if short[k] in shared and detail else short[k]
+        labels[k] = f"{short[k]} ({detail})" if short[k] in shared and detail else short[k]
+    named = list(labels.values())  # still shared (other weights, same recipe): the weights' hash tells them apart
+    labels = {k: f"{v} · {str(k[6]).removeprefix('file:')[:8]}" if named.count(v) > 1 else v for k, v in labels.items()}
+    out: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+    for k, points in kept.items():
+        label = labels[k]
         out.setdefault((k[0], k[1], label), []).extend(points)
         if len(proven.get(k, [])) > 1:
             out.setdefault((k[0], k[1], label + CERTIFIED), []).extend(proven[k])

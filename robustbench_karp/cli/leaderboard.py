@@ -145,14 +145,17 @@ def _build(args) -> int:
 
     records = [r for r in read_records() if asked({**r["config"], "defense": defense_name(r)}) and derivable(r)]
     gone = set(deleted_ids())  # `records delete` was asked to take these off the site too
-    published = [{**e, "records": [r for r in e["records"] if r["id"] not in gone and derivable(r)]}
-                 for e in load_published(Path(out))]
+    shown = load_published(Path(out))
+    published = [{**e, "records": [r for r in e["records"] if r["id"] not in gone and derivable(r)]} for e in shown]
     published = [e for e in published if e["records"]]
     if left_out:
         print(f"left out {len(left_out)} record(s) whose numbers cannot be re-derived, e.g. "
               f"{next(iter(left_out.values()))}: re-run them (karp-robust reproduce ID)", file=sys.stderr)
     keep = (lambda e: not asked(e)) if args.prune else (lambda e: True)  # a limited build never touches other boards
     entries = rederive(published, records, checkpoint_ok, keep)
+    if not entries and shown:
+        raise ValueError(f"nothing left to publish in {out}: its records were deleted, pruned or cannot be "
+                         "re-derived; remove the folder to take the site down")
     written = render_site(entries, Path(out), examples=example_grids(entries, args.examples) if args.examples else None)
     not_reproducible = sum(1 for e in entries if not e["reproducible"] and not e["external"])
     print(f"wrote {len(written)} files for {len(entries)} entries to {out}"
