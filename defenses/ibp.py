@@ -8,16 +8,17 @@ class k != y the interval bound's lower end of the margin z_y - z_k, negated (ro
 the same bound propagation `--certify ibp` evaluates, in float32 with autograd). While eps ramps up
 from 0 (the recipe's eps_ramp_epochs), kappa ramps from 1 to kappa_end: the loop passes the ramp's
 progress. Training at a larger eps than the one certified (eps_factor) leaves margin at test time, as
-the paper trains MNIST at 0.4 to certify 0.3.
+the paper trains MNIST at 0.4 to certify 0.3 (here 1.2x: 0.36, which keeps clean accuracy higher).
 
 Threat model: Linf (L2 bounds through the box that holds the ball: sound, loose).
 
 Arguments:
     kappa_end (float): weight of the clean loss once eps has ramped up. Default 0.5 (the paper's).
-    eps_factor (float): training eps over the recipe's eps. Default 1.0; 4/3 on MNIST (0.4 for 0.3).
+    eps_factor (float): training eps over the recipe's eps. Default 1.0; 1.2 on MNIST (0.36 for 0.3).
 
-Recipe (MNIST): the `certcnn` model; Adam 1e-3 for 20 epochs, eps (and kappa) ramped over 10, the learning
-rate cut at 60% and 80% of training; the paper's large model trains 100 epochs on a GPU.
+Recipe (MNIST): the `certcnn` model; Adam 1e-3 for 35 epochs, eps (and kappa) ramped over the first 10, the
+learning rate cut tenfold at 75% and 90% of training (about 25 min on 2 CPU cores); the paper's large model
+trains 100 epochs on a GPU.
 
 Shape: images (B, C, H, W) in [0, 1]; labels (B,).
 """
@@ -32,7 +33,7 @@ from robustbench_karp.certification import margins, trace
 from robustbench_karp.defenses.base import Defense, Recipe, register, unwrap
 from robustbench_karp.threat import ThreatModel
 
-_MNIST = Recipe(epochs=20, batch_size=100, optimizer="adam", lr=1e-3, schedule="piecewise", milestones=(0.6, 0.8),
+_MNIST = Recipe(epochs=35, batch_size=100, optimizer="adam", lr=1e-3, schedule="piecewise", milestones=(0.75, 0.9),
                 eps_ramp_epochs=10)
 _GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> its traced graph, traced once
 
@@ -53,7 +54,7 @@ def worst_case_logits(model, x: torch.Tensor, y: torch.Tensor, threat: ThreatMod
 class IBP(Defense):
     kappa_end: float = 0.5
     eps_factor: float = 1.0
-    dataset_options = {"mnist": {"eps_factor": 4 / 3}}
+    dataset_options = {"mnist": {"eps_factor": 1.2}}
     recipes = {"default": _MNIST, "mnist": _MNIST}
     method = "ibp"
 
