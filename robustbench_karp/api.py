@@ -31,6 +31,7 @@ from robustbench_karp.certification import certify as certify_points
 from robustbench_karp.certification import exact_float32
 from robustbench_karp.data import DATASETS
 from robustbench_karp.devices import resolve_device
+from robustbench_karp.evaluation.batch import eval_mode
 from robustbench_karp.evaluation.certified import certification_method
 from robustbench_karp.evaluation.checks import run_checks
 from robustbench_karp.evaluation.engine import EvalResult, attack_batches, combine, expand
@@ -98,9 +99,19 @@ def evaluate(
             raise ValueError("a stored evaluation runs on a dataset's fixed test points: pass dataset= instead of x, y")
         if dataset is None:
             raise ValueError("a stored evaluation needs dataset= (its fixed test points make the record reproducible)")
-        record = evaluate_and_store(model, dataset=dataset, model_name=model_name, attacks=attacks, norm=norm, eps=eps,
-                                    n_examples=n_examples, seed=seed, batch_size=batch_size, device=device,
-                                    store=None if store is True else store, source=source, certify=certify, data_dir=data_dir)
+        if check_certified or return_adversarial:
+            raise ValueError("check_certified and return_adversarial apply to an evaluation that is not stored "
+                             "(the CLI's --save-adversarial stores every x_adv beside a record)")
+        was_training, where = model.training, next((p.device for p in model.parameters()), None)
+        try:
+            record = evaluate_and_store(model, dataset=dataset, model_name=model_name, attacks=attacks, norm=norm,
+                                        eps=eps, n_examples=n_examples, seed=seed, batch_size=batch_size, device=device,
+                                        store=None if store is True else store, source=source, certify=certify,
+                                        data_dir=data_dir)
+        finally:  # the caller's model as it came: its mode and its device
+            model.train(was_training)
+            if where is not None:
+                model.to(where)
         return EvalResult(record["config"]["n_examples"], record["clean_accuracy"], record["robust_accuracy"],
                           record["per_attack"], [c == "1" for c in record["clean_mask"]],
                           [r == "1" for r in record["robust_mask"]], record["elapsed_seconds"],
@@ -129,8 +140,10 @@ def evaluate(
     context = RunContext(dataset=dataset or "", model=model_name or type(model).__name__, data_dir=data_dir,
                          device=device, seed=seed, checkpoint_sha256=weights_sha256(model), threat=threat)
     built = [as_attack(a).bind(context) for a in attacks]  # AdvGAN trains on the dataset's training split
-    for attack in built:
-        attack.prepare(model, device)  # networks an attack trains for itself, before anything is timed
+    with eval_mode(model):  # batch norm and dropout as the evaluation sees them, restored after
+        for attack in built:
+            attack.prepare(model, device)  # networks an attack trains for itself, before anything is timed
+        method = certification_method(certify, None, model, None, x[:1].to(device))
     start, outcomes = time.perf_counter(), []
 
     def generator(b: int) -> torch.Generator:  # batch b's own stream, as the CLI's records use (evaluation/sharded.py)
@@ -138,7 +151,6 @@ def evaluate(
         return torch.Generator(device=device).manual_seed(batch_seed(seed, b))
 
     batches = ((b, xb, yb) for b, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size))))
-    method = certification_method(certify, None, model, None, x[:1].to(device))
     certifier = None if method is None else (lambda m, xb, yb: certify_points(m, xb, yb, norm=threat.norm.value,
                                                                               eps=threat.eps, method=method))
     collector = AdversarialCollector() if return_adversarial else None
@@ -150,6 +162,7 @@ def evaluate(
     if collector is not None:
         result.adversarial, result.broken = collector.tensors(x, batch_size)
     sample = min(len(x), 200)  # the same sanity checks the CLI's records run, on the first points
+    reseed_randomized(model, batch_seed(seed, -1))  # with the same randomness (evaluation/recording.py)
     result.warnings += [w for w in run_checks(model, x[:sample].to(device), y[:sample].to(device), result, built, order,
                                               threat, device, []) if w not in result.warnings]
     return result

@@ -8,11 +8,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from robustbench_karp.certification import certify, exact_float32
 from robustbench_karp.data import DATASETS, load_split, subset_indices
 from robustbench_karp.defenses import build_defense
 from robustbench_karp.devices import resolve_device
+from robustbench_karp.evaluation.batch import unique_names
 from robustbench_karp.evaluation.certified import certification_method
 from robustbench_karp.evaluation.engine import EvalResult, expand, run_attacks
 from robustbench_karp.evaluation.evalconfig import EvalConfig
@@ -102,8 +102,7 @@ def prepare(req: EvalRequest, train_callbacks: list | None = None) -> tuple[nn.M
             train_config = make_train_config(req.model, req.dataset, defense.classifier_defense().name,
                                              defense_options=own, seed=req.seed, eps=req.train_eps)
             if int(os.environ.get("WORLD_SIZE", "1")) > 1 and checkpoints.find_checkpoint(train_config, device) is None:
-                command = shlex.join(["karp-robust", "train", "--model", req.model, "--dataset", req.dataset,
-                                      "--defense", defense.classifier_defense().name])
+                command = checkpoints.train_command(asdict(train_config), req.data_dir)  # seed, eps, options too
                 raise ValueError(f"no checkpoint for {train_config.stem()}: train it first ({command}), then evaluate "
                                  "under torchrun")
             path = checkpoints.obtain_checkpoint(train_config, data_dir=req.data_dir, device=device, download=req.download,
@@ -249,11 +248,11 @@ def prepare_attacks(attacks: list[Attack], model: nn.Module, device: torch.devic
                     ) -> tuple[dict[str, Any], dict[str, float]]:
     """({attack: its networks' identity}, {attack: seconds}) after each attack prepared what it trains."""
     networks, seconds = {}, {}
-    for attack in attacks:
+    for name, attack in zip(unique_names(attacks), attacks):  # two AdvGANs: advgan, advgan#2
         start = time.perf_counter()
         identity = attack.prepare(model, device)
         if identity is not None:
-            networks[attack.name], seconds[attack.name] = identity, time.perf_counter() - start
+            networks[name], seconds[name] = identity, time.perf_counter() - start
     return networks, seconds
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import shlex
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,43 +46,11 @@ def find_records(some_id: str, site: Path | None) -> list[dict[str, Any]]:
     return []
 
 
-def train_command(train_config: dict[str, Any], data_dir: Path | None = None) -> str:
-    """The `karp-robust train` command that rebuilds a checkpoint by its recorded recipe, shell-quoted, complete:
-    with the data directory (offline, torchvision's datasets are read from there) where the dataset needs one."""
-    from robustbench_karp.data import default_data_dir
-    from robustbench_karp.defenses.base import HASH_OPTIONAL
-    from robustbench_karp.training.config import make_train_config
-
-    defense = dict(train_config["defense"])
-    name = defense.pop("name")
-    parts = ["karp-robust", "train", "--model", train_config["model"], "--dataset", train_config["dataset"],
-             "--defense", name, "--norm", train_config["norm"], "--eps", repr(train_config["eps"]),
-             "--seed", str(train_config["seed"])]
-    if train_config["dataset"] != "digits":  # digits ships with scikit-learn; the others are files on disk
-        parts += ["--data-dir", str(data_dir or default_data_dir())]
-    default = make_train_config(train_config["model"], train_config["dataset"], name, norm=train_config["norm"],
-                                eps=train_config["eps"], seed=train_config["seed"])
-    parts += [p for k, v in sorted(defense.items()) if default.defense.get(k) != v for p in ("--defense-arg", f"{k}={v}")]
-    flags = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "optimizer": "--optimizer",
-             "schedule": "--schedule", "momentum": "--momentum", "weight_decay": "--weight-decay",
-             "eps_ramp_epochs": "--eps-ramp-epochs", "ema_decay": "--ema-decay", "select": "--select", "amp": "--amp"}
-    recorded = {**HASH_OPTIONAL, **train_config["recipe"]}  # a record older than an optional field ran without it
-    for key, value in sorted(recorded.items()):
-        if default.recipe.get(key) != value and key in flags:
-            parts += [flags[key], str(value)]
-        elif key in ("channels_last", "fused") and default.recipe.get(key, False) != value:
-            flag = "--" + key.replace("_", "-")
-            parts.append(flag if value else flag.replace("--", "--no-", 1))
-    if train_config.get("train_size"):
-        parts += ["--train-size", str(train_config["train_size"])]
-    return shlex.join(parts)
-
-
 def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch.device,
                       data_dir: Path | None = None, download: bool = True) -> Path:
     """The record's checkpoint in this store: at its recorded path, else wherever its recorded recipe trains into
     now (names have changed: the precision joined them); rebuilt with train_missing, else an error saying how."""
-    from robustbench_karp.training.checkpoints import checkpoint_path, find_checkpoint, obtain_checkpoint
+    from robustbench_karp.training.checkpoints import checkpoint_path, find_checkpoint, obtain_checkpoint, train_command
     from robustbench_karp.training.config import TrainConfig
 
     path = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None

@@ -177,3 +177,16 @@ def test_harness_records_the_generator(digits_model, karp_home, tmp_path):
     networks.clear_memo()
     retrained = run_evaluation(req)
     assert retrained["config"]["attack_networks"] == record["config"]["attack_networks"]
+
+
+def test_two_trained_attacks_of_one_name_keep_both_identities():
+    """Two AdvGANs (say semi-white-box and distilled) in one evaluation: each generator's identity is kept."""
+    from types import SimpleNamespace
+
+    from robustbench_karp.harness import prepare_attacks
+
+    twins = [SimpleNamespace(name="advgan", prepare=lambda m, d, i=i: {"weights_sha256": str(i) * 64})
+             for i in (1, 2)]
+    networks, seconds = prepare_attacks(twins, None, torch.device("cpu"))
+    assert networks == {"advgan": {"weights_sha256": "1" * 64}, "advgan#2": {"weights_sha256": "2" * 64}}
+    assert set(seconds) == {"advgan", "advgan#2"}

@@ -205,7 +205,7 @@ def test_records_keep_no_absolute_paths_and_old_ones_lose_theirs():
 
 
 def test_printed_commands_survive_the_shell():
-    from robustbench_karp.reproduce import train_command
+    from robustbench_karp.training.checkpoints import train_command
 
     weird = {"model": "smallcnn", "dataset": "mnist", "norm": "linf", "eps": 0.3, "seed": 0, "train_size": None,
              "defense": {"name": "pgd-at", "steps": 5}, "recipe": {"epochs": 3}}

@@ -289,3 +289,19 @@ def test_certified_points_skip_the_attacks_and_the_record_says_so(karp_home, dig
     info = certified["certification"]
     assert info["method"] == "crown-ibp" and info["bounds"] == "float64" and info["certified_points"] == mask.count("1")
     assert info["saved_forward_passes"] == mask.count("1") * 20 and info["seconds"] > 0
+
+
+def test_checking_certified_points_saves_nothing_and_says_so():
+    from types import SimpleNamespace
+
+    from robustbench_karp.attacks import build_attack
+    from robustbench_karp.evaluation.certified import certified_fields
+    from robustbench_karp.evaluation.engine import EvalResult
+
+    result = EvalResult(4, 1.0, 0.5, {"pgd": 0.5}, [True] * 4, [True, True, False, False], 1.0, [],
+                        certified=[True, True, False, False])
+    attacks = [build_attack("pgd", {"steps": 10})]
+    for checked, saved in ((False, 2 * attacks[0].forward_budget()), (True, 0)):
+        plan = SimpleNamespace(attacks=attacks, config=SimpleNamespace(certify="crown-ibp"), check_certified=checked)
+        fields = certified_fields(result, plan)["certification"]
+        assert fields["saved_forward_passes"] == saved and fields.get("check_certified", False) == checked

@@ -77,6 +77,22 @@ def test_malformed_arguments_exit_2(home, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args,message", [
+    (["train", "--model", "smallcnn", "--dataset", "digits", "--defense", "pgd-at", "--eps", "8"], "8/255"),
+    (["compare", "--model", "smallcnn", "--dataset", "digits", "--defenses", "pgd-at", "--eps", "8"], "8/255"),
+    (["evaluate", "--model", "smallcnn", "--dataset", "digits", "--train-eps", "8"], "8/255"),
+    (["evaluate", "--model", "smallcnn", "--dataset", "digits", "--protocol", "standard", "--steps", "50"],
+     "apply to an --attack"),
+    (["evaluate", "--model", "smallcnn", "--dataset", "digits", "--protocol", "standard", "--attack-arg", "steps=5"],
+     "apply to an --attack"),
+])
+def test_wrong_units_and_options_without_an_attack_are_refused_before_any_training(home, capsys, args, message):
+    before = sorted((home / "checkpoints").rglob("*"))
+    line = one_line_error(capsys, main(args))
+    assert message in line
+    assert sorted((home / "checkpoints").rglob("*")) == before  # nothing trained, nothing started
+
+
 def test_bad_attack_options_exit_2(home, capsys):
     assert "no option stepz" in one_line_error(capsys, main(["evaluate", "--model", "smallcnn", "--attack", "pgd",
                                                              "--attack-arg", "stepz=3"]))

@@ -198,7 +198,10 @@ def test_python_evaluation_becomes_a_reproducible_record(karp_home, my_net_weigh
     assert main(["reproduce", record["id"], "--data-dir", str(mnist_dir)]) == 0
     assert capsys.readouterr().out.strip().endswith("reproduced")
 
+    model.train()  # a stored evaluation hands the model back as it came: in train mode, on its device
     anonymous = evaluate(model, **common, store=True, model_name="my-net").record
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
     assert anonymous["config"]["source"] == {"kind": "python", "name": "my-net", "normalization": None}
     assert main(["reproduce", anonymous["id"], "--data-dir", str(mnist_dir)]) == 2
     assert "nothing here can rebuild it" in capsys.readouterr().err
@@ -208,6 +211,8 @@ def test_python_evaluation_becomes_a_reproducible_record(karp_home, my_net_weigh
         evaluate(model, x, y, store=True, model_name="m")
     with pytest.raises(ValueError, match="does not build this model's architecture"):
         evaluate(model, **common, store=True, source=f"{MY_NET}:build")
+    with pytest.raises(ValueError, match="apply to an evaluation that is not stored"):  # never silently dropped
+        evaluate(model, **common, store=True, model_name="m", return_adversarial=True)
 
 
 def test_targeted_dlr_attacks_need_four_classes():

@@ -193,7 +193,7 @@ def test_recipe_fields_added_later_keep_earlier_checkpoint_names():
 
 
 def test_a_fused_recipe_reaches_the_optimizer_names_its_checkpoint_and_its_rebuild_command():
-    from robustbench_karp.reproduce import train_command
+    from robustbench_karp.training.checkpoints import train_command
     from robustbench_karp.training.optim import make_optimizer
 
     model = new_model("smallcnn", "digits")

@@ -60,7 +60,8 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render_markdown(tables: list[dict[str, Any]], figures: list[tuple[str, str, bytes]]) -> str:
+def render_markdown(tables: list[dict[str, Any]], figures: list[tuple[str, str, bytes]], history: str = "") -> str:
+    """README.md: the intro, every board, the curves, and the site's hand-written HISTORY.md (rows re-run, dropped)."""
     lines = ["# karp-robust leaderboard", ""] + [f"- {line}" for line in INTRO]
     for board in tables:
         rows = [[_md_cell(f"[{text}]({row['link']})" if name == "defense" and row["link"] else text)
@@ -72,6 +73,8 @@ def render_markdown(tables: list[dict[str, Any]], figures: list[tuple[str, str, 
         if board["notes"]:
             lines += [""] + [f"- Note {_md_cell(note)}" for note in board["notes"]]
     lines += ["", "## Robustness curves", ""] + [f"![{alt}]({path})" for path, alt, _ in figures]
+    if history.strip():
+        lines += ["", "## History of these boards (HISTORY.md)", "", history.strip()]
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +144,8 @@ def site_files(entries: list[dict[str, Any]], out_dir: Path, examples: dict[str,
     tables, figs = boards(sorted(entries, key=rank_key)), figures(entries)
     files: dict[str, bytes] = {f"entries/{e['entry_id']}.json": (json.dumps(e, sort_keys=True, indent=2) + "\n").encode()
                                for e in sorted(entries, key=lambda e: e["entry_id"])}
-    files["README.md"] = render_markdown(tables, figs).encode()
+    history = Path(out_dir) / "HISTORY.md"  # written by hand, kept by builds: which rows were re-run or dropped
+    files["README.md"] = render_markdown(tables, figs, history.read_text() if history.is_file() else "").encode()
     files["results.csv"] = render_csv(entries).encode()
     files["index.html"] = render_html(INTRO, tables, COLUMNS, figs, PAGE_COLUMNS).encode()
     files.update({path: png for path, _, png in figs})

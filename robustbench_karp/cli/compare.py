@@ -39,6 +39,12 @@ def cmd_compare(args) -> int:
         raise ValueError("--attacks is empty: name at least one attack, e.g. --attacks fgsm,pgd (or give --protocol)")
     for d in defenses:
         DEFENSES.get(d)
+    if args.eps is not None:  # before anything trains: 8 meaning 8/255 is refused
+        from robustbench_karp.data import DATASETS
+        from robustbench_karp.threat import check_eps
+
+        spec = DATASETS.get(args.dataset)
+        check_eps(args.norm, args.eps, (spec.in_channels, spec.input_size, spec.input_size))
     options = parse_compare_options(args.attack_arg)
     attacks = [build_attack(name, options.get(name, {})) for name in attack_names]
     if args.protocol:
@@ -50,7 +56,7 @@ def cmd_compare(args) -> int:
     for defense in defenses:
         base = dict(model=args.model, dataset=args.dataset, defense=defense, norm=args.norm, eps=args.eps,
                     n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,
-                    data_dir=args.data_dir, download=args.download,
+                    data_dir=args.data_dir, download=args.download, restart=args.restart,
                     train_limit_seconds=None if args.train else train_limit())
         records = []
         for cell in cells:

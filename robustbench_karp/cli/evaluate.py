@@ -75,7 +75,12 @@ def cmd_evaluate(args) -> int:
         check_eps(args.norm, eps, (spec.in_channels, spec.input_size, spec.input_size))
     if args.protocol:
         get_protocol(args.protocol)
-    attacks = [] if args.protocol and not args.attacks else parse_attacks(args)
+    named = bool(args.attacks) and args.attacks[0][0] is not None  # --attack given (not only --attack-arg)
+    if args.protocol and not named and (args.attacks or any(v is not None for v in (args.steps, args.step_size,
+                                                                                   args.restarts))):
+        raise ValueError("--attack-arg, --steps, --step-size and --restarts apply to an --attack: a protocol's attacks "
+                         "run with their declared options (add --attack NAME to run one more beside them)")
+    attacks = [] if args.protocol and not named else parse_attacks(args)
     base = EvalRequest(model=args.model, dataset=args.dataset, defense=args.defense,
                        defense_options=dict(args.defense_arg), attacks=attacks, norm=args.norm,
                        n_examples=args.n_examples, seed=args.seed, batch_size=args.batch_size, device=args.device,

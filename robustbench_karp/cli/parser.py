@@ -230,6 +230,8 @@ def add_publishing(sub) -> None:
     cmp.add_argument("--protocol", default=None, metavar="NAME", help="also run this protocol (e.g. standard) per defense")
     cmp.add_argument("--train", action="store_true",
                      help="train missing checkpoints even when that is estimated to take over 10 minutes")
+    cmp.add_argument("--restart", action="store_true",
+                     help="discard partial results of these evaluations instead of resuming them")
 
     lb = sub.add_parser("leaderboard", help="render or publish the leaderboard, import or export RobustBench results")
     lb_sub = lb.add_subparsers(dest="action", required=True)

@@ -73,6 +73,16 @@ def expand(attacks: Sequence[Attack]) -> list[tuple[str, Attack]]:
     return out
 
 
+def unique_names(attacks: Sequence[Attack]) -> list[str]:
+    """The attacks' own names, repeats numbered as expand numbers them (two AdvGANs: advgan, advgan#2)."""
+    seen: dict[str, int] = {}
+    out = []
+    for attack in attacks:
+        seen[attack.name] = seen.get(attack.name, 0) + 1
+        out.append(attack.name if seen[attack.name] == 1 else f"{attack.name}#{seen[attack.name]}")
+    return out
+
+
 @dataclass
 class Cascade:
     """What runs on every batch of one evaluation."""

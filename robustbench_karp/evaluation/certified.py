@@ -1,6 +1,6 @@
 """Certification inside an evaluation: which method runs, what the record says of it, when a bracket is too wide.
 
-    method = certification_method(req, model, provenance, example)   # None, "ibp" or "crown-ibp"
+    method = certification_method(requested, protocol, model, defense, example)   # None, "ibp" or "crown-ibp"
     fields = certified_fields(result, plan)                            # certified_accuracy, mask, cost, passes saved
 
 A certified point is robust by proof, so the attacks skip it; the robust accuracy of such a record
@@ -59,10 +59,13 @@ def certified_fields(result: EvalResult, plan) -> dict[str, Any]:
     n, certified = len(result.certified), sum(result.certified)
     budgets = [attack.forward_budget() for _, attack in expand(plan.attacks)]
     saved = certified * sum(b for b in budgets if b) if all(budgets) else None
+    checked = bool(getattr(plan, "check_certified", False))  # every attack ran on the certified points too
+    saved = 0 if checked else saved
     spent = result.cost.get("certification", {})
     return {"certified_accuracy": certified / max(n, 1), "certified_mask": "".join("1" if c else "0" for c in
                                                                                    result.certified),
             "certification": {"method": plan.config.certify, **PRECISION, "certified_points": certified,
+                              **({"check_certified": True} if checked else {}),
                               "seconds": spent.get("seconds"), "forward_passes": spent.get("forward"),
                               # each attack runs its whole budget on a point it cannot break: what the skip saved
                               "saved_forward_passes": saved}}

@@ -45,7 +45,7 @@ class EvalConfig:
     # Networks attacks train for themselves before the evaluation (AdvGAN's generator): attack name -> the
     # generator's sha256 and the recipe that trained it. Hardware-dependent, so part of the identity.
     attack_networks: dict[str, Any] | None = None
-    certify: str | None = None  # "ibp" or "crown-ibp": certified points skip every attack (evaluation/certify.py)
+    certify: str | None = None  # "ibp" or "crown-ibp": certified points skip every attack (evaluation/certified.py)
 
     def __post_init__(self):
         object.__setattr__(self, "attacks", tuple(dict(a) for a in self.attacks))

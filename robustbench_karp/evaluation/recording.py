@@ -15,21 +15,27 @@ import torch
 from torch import nn
 
 from robustbench_karp.evaluation import checks, protocols
+from robustbench_karp.evaluation.batch import unique_names
 from robustbench_karp.evaluation.certified import bracket_warning, certified_fields
 from robustbench_karp.evaluation.engine import EvalResult, expand
+from robustbench_karp.evaluation.sharded import batch_seed, reseed_randomized
 from robustbench_karp.store.identity import cpu_conditions, versions
 from robustbench_karp.store.records import CONFIG_COPIES, RECORD_SCHEMA
 
 
 def run_conditions(device: torch.device) -> dict[str, Any]:
-    """What a run's numbers depend on beyond its config: software versions, device type, threads, processor.
+    """What a run's numbers depend on beyond its config: software versions, device (and GPU model, TF32), threads,
+    processor, deterministic algorithms. The source commit is left out: a documentation edit changes no number.
 
     Partial results keep them, and a resume under other conditions is refused (evaluation/sharded.py).
     """
     cpu = cpu_conditions()
     software = {k: v for k, v in versions().items() if k not in ("git_commit", "python")}
-    return {**software, "device": device.type, "threads": cpu["threads"], "cpu": cpu["cpu"], "cpu_isa": cpu["cpu_isa"],
-            "cpu_capability": cpu["cpu_capability"]}
+    gpu = {"gpu": torch.cuda.get_device_name(device), "tf32": torch.backends.cudnn.allow_tf32} \
+        if device.type == "cuda" else {}  # another card, or TF32 on, computes other bits
+    return {**software, "device": device.type, **gpu, "threads": cpu["threads"], "cpu": cpu["cpu"],
+            "cpu_isa": cpu["cpu_isa"], "cpu_capability": cpu["cpu_capability"],
+            "deterministic_algorithms": cpu["deterministic_algorithms"]}
 
 
 def non_adaptive(result: EvalResult, attacks: list, order: list[str]) -> float | None:
@@ -45,6 +51,8 @@ def make_record(plan, model: nn.Module, provenance: dict[str, Any], result: Eval
     order = [name for name, _ in expand(plan.attacks)]
     x, y = plan.test.batch(plan.indices[: min(len(plan.indices), 200)])
     base = non_adaptive(result, plan.attacks, order)
+    reseed_randomized(model, batch_seed(plan.config.seed, -1))  # the checks draw the same randomness however the
+    # batches ran (in one process, resumed, or sharded under torchrun)
     warnings = result.warnings + checks.run_checks(model, x.to(device), y.to(device), result, plan.attacks, order,
                                                     plan.threat, device, sweep, non_adaptive=base)
     warnings += bracket_warning(result, plan.config.defense)
@@ -59,7 +67,8 @@ def make_record(plan, model: nn.Module, provenance: dict[str, Any], result: Eval
         "protocols": protocols.satisfied(protocols.record_configs(config), required),
         "protocol_requirements": required,
         "attack_order": order, "attack_provenance": {name: facts for name, facts in
-                                                     ((a.name, a.provenance(model)) for a in plan.attacks) if facts},
+                                                     zip(unique_names(plan.attacks),
+                                                         (a.provenance(model) for a in plan.attacks)) if facts},
         "non_adaptive_accuracy": base, "probes": dict(result.probes),
         "data_sha256": plan.data_sha256, "indices": plan.indices.tolist(),
         "clean_accuracy": result.clean_accuracy, "robust_accuracy": result.robust_accuracy,

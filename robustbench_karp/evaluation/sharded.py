@@ -154,6 +154,9 @@ def evaluate_batches(model: nn.Module, plan, seed: int, batch_size: int, device:
         import torch.distributed as tdist
 
         tdist.barrier()  # every rank sees the cleared folder
+        shared = [partial.part]  # one part per launch: its ranks run side by side, so the part's time is their max
+        tdist.broadcast_object_list(shared, src=0)
+        partial.part = shared[0]
     partial.check_conditions(conditions or {})
     outcomes = partial.load()
     if outcomes:

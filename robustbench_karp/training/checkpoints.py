@@ -11,13 +11,15 @@ Concurrent runs train a missing checkpoint once (a file lock), and an interrupte
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from robustbench_karp.store import karp_home, load_checkpoint
 from robustbench_karp.store.locks import file_lock
-from robustbench_karp.training.config import TrainConfig
+from robustbench_karp.training.config import TrainConfig, make_train_config
 from robustbench_karp.training.estimate import describe_seconds, estimate_seconds
 from robustbench_karp.training.loop import fit, interrupted_epoch
 
@@ -87,3 +89,34 @@ def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, devi
 
 class TrainingTooLong(ValueError):
     """Training on demand would take longer than the caller allows (the CLI's --train lifts the limit)."""
+
+
+def train_command(train_config: dict[str, Any], data_dir: Path | None = None) -> str:
+    """The `karp-robust train` command that rebuilds a checkpoint by its recorded recipe, shell-quoted, complete:
+    with the data directory (offline, torchvision's datasets are read from there) where the dataset needs one."""
+    from robustbench_karp.data import default_data_dir
+    from robustbench_karp.defenses.base import HASH_OPTIONAL
+
+    defense = dict(train_config["defense"])
+    name = defense.pop("name")
+    parts = ["karp-robust", "train", "--model", train_config["model"], "--dataset", train_config["dataset"],
+             "--defense", name, "--norm", train_config["norm"], "--eps", repr(train_config["eps"]),
+             "--seed", str(train_config["seed"])]
+    if train_config["dataset"] != "digits":  # digits ships with scikit-learn; the others are files on disk
+        parts += ["--data-dir", str(data_dir or default_data_dir())]
+    default = make_train_config(train_config["model"], train_config["dataset"], name, norm=train_config["norm"],
+                                eps=train_config["eps"], seed=train_config["seed"])
+    parts += [p for k, v in sorted(defense.items()) if default.defense.get(k) != v for p in ("--defense-arg", f"{k}={v}")]
+    flags = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "optimizer": "--optimizer",
+             "schedule": "--schedule", "momentum": "--momentum", "weight_decay": "--weight-decay",
+             "eps_ramp_epochs": "--eps-ramp-epochs", "ema_decay": "--ema-decay", "select": "--select", "amp": "--amp"}
+    recorded = {**HASH_OPTIONAL, **train_config["recipe"]}  # a record older than an optional field ran without it
+    for key, value in sorted(recorded.items()):
+        if default.recipe.get(key) != value and key in flags:
+            parts += [flags[key], str(value)]
+        elif key in ("channels_last", "fused") and default.recipe.get(key, False) != value:
+            flag = "--" + key.replace("_", "-")
+            parts.append(flag if value else flag.replace("--", "--no-", 1))
+    if train_config.get("train_size"):
+        parts += ["--train-size", str(train_config["train_size"])]
+    return shlex.join(parts)

@@ -17,6 +17,7 @@ from robustbench_karp.data import DATASETS
 from robustbench_karp.defenses.base import HASH_OPTIONAL, Recipe, build_defense
 from robustbench_karp.models import create_model
 from robustbench_karp.store import config_hash
+from robustbench_karp.threat import check_eps
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ def make_train_config(model: str, dataset: str, defense: str = "standard", *, de
     built = build_defense(defense, defense_options, dataset).classifier_defense()  # a purifier trains its base
     recipe = Recipe(**{**asdict(built.recipe_for(dataset)), **(recipe_overrides or {})})
     eps = spec.default_eps[norm] if eps is None else eps
+    check_eps(norm, eps, (spec.in_channels, spec.input_size, spec.input_size))  # 8 meaning 8/255 is refused
     if built.adversarial and not eps > 0:
         raise ValueError(f"defense {defense!r} trains against an attack: eps must be > 0, got {eps}")
     val_size = 1000 if dataset != "digits" else 143

@@ -181,7 +181,8 @@ def _load_resume(last: Path, config: TrainConfig, model: nn.Module, optimizer, s
     saved_world = int(payload.get("world_size", 1))
     if saved_world != world:  # the schedule's length and each rank's share of the data depend on it
         raise ResumeError(f"{last} was trained by {saved_world} process(es) and this run has {world}: resuming would "
-                          "change its learning-rate schedule; run with the same number of processes, or --restart")
+                          "change its learning-rate schedule; run with the same number of processes, or "
+                          "`karp-robust train ... --restart`")
     model.load_state_dict(payload["state_dict"])
     optimizer.load_state_dict(payload["optimizer"])
     scheduler.load_state_dict(payload["scheduler"])
