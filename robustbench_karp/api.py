@@ -124,7 +124,7 @@ def evaluate(
         if x is not None or y is not None:
             raise ValueError("pass either x, y or dataset=, not both")
         test = load_split(spec, train=False, data_dir=data_dir)
-        x, y = test.batch(subset_indices(len(test), n_examples or min(len(test), 1000)))
+        x, y = test.batch(subset_indices(len(test), n_examples or min(len(test), spec.default_n_examples)))
         eps = spec.default_eps[norm] if eps is None else eps
     if x is None or y is None:
         raise ValueError("evaluate needs images x and labels y, or dataset=")

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"karp-robust: {e}", file=sys.stderr)
         else:
             kept = ("; finished batches are kept: run the same command again to resume"
-                    if args.command == "evaluate" else "")
+                    if args.command in ("evaluate", "compare") and not getattr(args, "save_adversarial", None) else "")
             print(f"karp-robust: interrupted; no record was written{kept}", file=sys.stderr)
         return 130
     except Exception as e:  # one line for the user; the traceback with KARP_DEBUG=1
