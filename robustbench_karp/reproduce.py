@@ -183,6 +183,7 @@ def request_of(record: dict[str, Any], checkpoint: Path | None, device: str, dat
                        checkpoint=str(checkpoint) if checkpoint else None, data_dir=data_dir,
                        download=download, protocol=config.get("protocol"),
                        probes=[attack_from_config(c) for c in config.get("probes") or []],
+                       certify=config.get("certify"),  # part of the config: a certified run re-runs certified
                        rng=config.get("rng"))  # None: the one-generator scheme of records made before per-batch
 
 
@@ -254,12 +255,14 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any
     """(quantity, recorded, now, ok) for every compared number and mask; exact on CPU, GPU_TOLERANCE elsewhere."""
     exact = old.get("device") == "cpu" and new.get("device") == "cpu"
     tolerance = 0.0 if exact else GPU_TOLERANCE
-    rows = [(k, old[k], new[k], abs(new[k] - old[k]) <= tolerance) for k in NUMBERS]
+    numbers = NUMBERS + (("certified_accuracy",) if old.get("certified_accuracy") is not None else ())
+    rows = [(k, old[k], new.get(k), new.get(k) is not None and abs(new[k] - old[k]) <= tolerance) for k in numbers]
     rows += [(f"after {k}", v, new["per_attack"].get(k, float("nan")),
               abs(new["per_attack"].get(k, float("nan")) - v) <= tolerance) for k, v in old["per_attack"].items()]
     if exact:
-        rows += [(k, f"{old[k].count('1')} of {len(old[k])}", f"{new[k].count('1')} of {len(new[k])}", old[k] == new[k])
-                 for k in MASKS if old.get(k)]
+        rows += [(k, f"{old[k].count('1')} of {len(old[k])}",
+                  f"{(new.get(k) or '').count('1')} of {len(new.get(k) or '')}", old[k] == new.get(k))
+                 for k in (*MASKS, "certified_mask") if old.get(k)]
     if (old["config"].get("schema") or 0) >= 2:  # ids from before EvalConfig hashed other fields: not comparable
         rows.append(("record id", old["id"], new["id"], old["id"] == new["id"]))
     return rows

@@ -289,6 +289,10 @@ def test_certified_points_skip_the_attacks_and_the_record_says_so(karp_home, dig
     info = certified["certification"]
     assert info["method"] == "crown-ibp" and info["bounds"] == "float64" and info["certified_points"] == mask.count("1")
     assert info["saved_forward_passes"] == mask.count("1") * 20 and info["seconds"] > 0
+    # a certified record re-runs certified: the same id, numbers and all three masks
+    assert main(["reproduce", certified["id"]]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "certified_mask" in out and "certified_accuracy" in out and "MISMATCH" not in out
 
 
 def test_checking_certified_points_saves_nothing_and_says_so():
