@@ -412,3 +412,14 @@ def test_a_build_that_leaves_nothing_says_so_and_keeps_the_site(karp_home, tmp_p
     err = capsys.readouterr().err
     assert "nothing left to publish" in err and f"record {rid}" in err and len(err.strip().splitlines()) == 2
     assert len(list((site / "entries").glob("*.json"))) == 1  # nothing was deleted on the way
+
+
+def test_the_boards_hand_written_history_survives_builds_and_is_verified(site, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KARP_HOME", str(tmp_path / "empty-home"))
+    (site / "HISTORY.md").write_text("- Dropped: legacy row 31027f08432bd7a4 (no masks).\n")
+    assert main(["leaderboard", "verify", str(site)]) == 1  # the README does not carry it yet
+    assert "README.md" in capsys.readouterr().out
+    assert main(["leaderboard", "build", "--out", str(site)]) == 0
+    readme = (site / "README.md").read_text()
+    assert readme.endswith("## History of these boards (HISTORY.md)\n\n- Dropped: legacy row 31027f08432bd7a4 (no masks).\n")
+    assert (site / "HISTORY.md").is_file() and main(["leaderboard", "verify", str(site)]) == 0
