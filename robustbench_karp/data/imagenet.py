@@ -21,12 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from robustbench_karp.data.datasets import DATASETS, DatasetSpec, DataUnavailable
+from robustbench_karp.data.datasets import DATASETS, DatasetSpec, DataUnavailable, ImageSet
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,7 @@ class ImageFileSet:
         x = torch.stack([self._decode(self.paths[i]) for i in idx.tolist()])  # (B, 3, 224, 224)
         return x, self.labels[idx]
 
-    def batches(self, indices: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yields (idx, x, y) in order; memory is bounded by batch_size, not len(indices)."""
-        for idx in indices.split(batch_size):
-            x, y = self.batch(idx)
-            yield idx, x, y
+    batches = ImageSet.batches  # (idx, x, y) in order, through this class's batch(): one image file at a time
 
     def identity(self, indices: torch.Tensor) -> str:
         """sha256 of exactly the test points evaluated: each file's bytes and label, in order (decoding is the
