@@ -309,3 +309,20 @@ def test_checking_certified_points_saves_nothing_and_says_so():
         plan = SimpleNamespace(attacks=attacks, config=SimpleNamespace(certify="crown-ibp"), check_certified=checked)
         fields = certified_fields(result, plan)["certification"]
         assert fields["saved_forward_passes"] == saved and fields.get("check_certified", False) == checked
+
+
+def test_a_wide_bracket_is_flagged_on_a_certified_trained_model_up_to_its_training_eps():
+    from robustbench_karp.evaluation.certified import bracket_warning
+    from robustbench_karp.evaluation.engine import EvalResult
+
+    # 10 points: 8 survive the attacks, 5 certified, so the bracket is 30 points wide
+    result = EvalResult(n_examples=10, clean_accuracy=1.0, robust_accuracy=0.8, per_attack={"pgd": 0.8},
+                        clean=[True] * 10, robust=[True] * 8 + [False] * 2, elapsed_seconds=1.0,
+                        certified=[True] * 5 + [False] * 5)
+    (warning,) = bracket_warning(result, {"name": "ibp"}, eps=0.3, trained_eps=0.3)
+    assert "attacked 80.0%, certified 50.0%" in warning and "ibp" in warning
+    assert bracket_warning(result, {"name": "crown-ibp"}, eps=0.1, trained_eps=0.3)  # inside its training eps
+    assert bracket_warning(result, {"name": "ibp"}, eps=0.2, trained_eps=0.1) == []  # beyond it: expected
+    assert bracket_warning(result, {"name": "pgd-at"}, eps=0.3, trained_eps=0.3) == []  # not trained for it
+    narrow = EvalResult(**{**result.__dict__, "certified": [True] * 7 + [False] * 3})
+    assert bracket_warning(narrow, {"name": "ibp"}, eps=0.3, trained_eps=0.3) == []  # 10 points apart: not more

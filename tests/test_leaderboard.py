@@ -234,6 +234,11 @@ def test_training_label_and_one_curve_per_checkpoint():
                              ("mnist", "linf", "smallcnn / fgsm-at (20 ep, seed 0) · hhhhhhhh")]
     assert all(len(points) == 2 for points in twins.values())
     assert build_entries([make_record("f" * 16, broken={})], exists)[0]["training"] == ""
+    # two checkpoints of one recipe trained at other eps (ibp at 0.1 and 0.3, both on the eps-0 board)
+    at = [{**fgsm_record(c * 16, c, 0.0, 0, {}, 35), "defense": "ibp"} for c in "pq"]
+    for record, eps in zip(at, (0.1, 0.3)):
+        record["train_config"].update(defense={"name": "ibp"}, eps=eps)
+    assert sorted(e["training"] for e in build_entries(at, exists)) == ["ε 0.1, 35 ep", "ε 0.3, 35 ep"]
     bf16 = fgsm_record("g" * 16, "g", 0.3, 0, {}, 10)
     bf16["train_config"]["recipe"]["amp"] = "bf16"
     fp32 = {**bf16, "id": "h" * 16, "checkpoint_sha256": "h" * 64, "train_amp": "none"}

@@ -87,7 +87,8 @@ def _group_key(record: dict[str, Any]) -> str:
 
 
 def training_label(record: dict[str, Any]) -> str:
-    """How the entry's checkpoint was trained, in short: defense options off their defaults, precision, epochs.
+    """How the entry's checkpoint was trained, in short: its training ε, defense options off their defaults,
+    precision, epochs.
 
     'init=prior, 10 ep' tells two fgsm-at checkpoints apart; "" for a record without a training config.
     The precision shows only where the checkpoint was trained in another precision than its recipe asked
@@ -104,6 +105,8 @@ def training_label(record: dict[str, Any]) -> str:
     name = options.pop("name", None)
     defaults = catalog.facts()["defenses"].get(name, {})
     parts = [f"{k}={v}" for k, v in sorted(options.items()) if k in defaults and defaults[k] != v]
+    if name not in (None, "standard") and train.get("eps") is not None:  # one label per checkpoint, at every ε
+        parts.insert(0, f"ε {eps_label(train['eps'])}")  # two ibp checkpoints may differ only there
     recipe = train.get("recipe") or {}
     amp, asked = record.get("train_amp"), recipe.get("amp")
     if amp and asked and amp != asked:

@@ -55,7 +55,8 @@ def make_record(plan, model: nn.Module, provenance: dict[str, Any], result: Eval
     # batches ran (in one process, resumed, or sharded under torchrun)
     warnings = result.warnings + checks.run_checks(model, x.to(device), y.to(device), result, plan.attacks, order,
                                                     plan.threat, device, sweep, non_adaptive=base)
-    warnings += bracket_warning(result, plan.config.defense)
+    warnings += bracket_warning(result, plan.config.defense, plan.config.eps,
+                                (provenance.get("train_config") or {}).get("eps"))
     config = plan.config.to_dict()
     required = protocols.requirements(provenance["defense_config"])  # frozen in the record: builds read them here
     cost = dict(result.cost)
