@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +39,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     import torch
 
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, pickle refused by weights_only, ...
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        with warnings.catch_warnings():  # garbage can look like an odd pickle protocol: no warning, one line
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage bytes (any exception the unpickler trips on), a class
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
         if found:  # a well-formed file with a class in it: data-only loading refuses it, rightly
             raise CheckpointError(f"checkpoint {path} holds Python objects besides tensors ({found.group(1)}), and "
                                   "karp-robust loads checkpoints as data only (weights_only=True): re-save it with "
                                   "torch.save(model.state_dict(), path)") from None
-        if "weights only load failed" in str(e).lower() or isinstance(e, (KeyError, EOFError)):
-            first = "not a PyTorch file: its bytes are corrupted, truncated or of another format"
-        raise CheckpointError(f"checkpoint {path} cannot be loaded ({first[:200]}): download or save it again") from None
+        first = (str(e).strip().splitlines() or [""])[0]
+        detail = type(e).__name__ + ("" if not first or "weights only load failed" in first.lower() else f": {first[:120]}")
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch file: its bytes are corrupted, truncated or of "
+                              f"another format ({detail}); download or save it again") from None
     if not isinstance(payload, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(payload).__name__}, not a state dict")
     return payload
