@@ -12,8 +12,9 @@
 #              point certified by CROWN-IBP too (certified points skip the attack)
 #   protocol   the standard protocol at eps 0.3 on every smallcnn defense (AutoAttack: 30-80 min per robust model)
 #   build      renders leaderboard/ from the store, re-deriving the entries it already publishes, and verifies it
-# Every number is a store record: `karp-robust reproduce <id>`. Defense-GAN's and N-FGSM's published rows
-# (made by earlier sessions, with masks) are kept as published; see leaderboard/README.md.
+# Every number is a store record: `karp-robust reproduce <id>`. The published boards ran every step but
+# `protocol` for fgsm-at and mart (time); Defense-GAN's, N-FGSM's and an older MART checkpoint's rows (made by
+# earlier sessions, with masks) are kept as published. leaderboard/HISTORY.md says what was re-run and dropped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${DATA:-$(cd .. && pwd)/shared/data}"

@@ -224,3 +224,15 @@ def test_a_certified_bound_never_reaches_robustbench():
     info, _ = export_robustbench(entry)
     assert info == bare
     assert not any("certif" in k for k in info) and "external" not in info
+
+
+def test_a_long_certified_label_keeps_its_certified_suffix_in_the_legend():
+    from robustbench_karp.boards.format import CERTIFIED
+
+    long = "certcnn / ibp (ε 0.1, eps_factor=1.2, 35 ep, seed 0) · 0123456789abcdef"
+    fig = curve_figure("mnist (linf)", {long: [(0.0, 0.99), (0.1, 0.96)], long + CERTIFIED: [(0.0, 0.99), (0.1, 0.94)]})
+    legend = fig.axes[0].get_legend()
+    attacked, certified = [t.get_text() for t in legend.get_texts()]
+    assert certified.endswith(CERTIFIED) and not attacked.endswith(CERTIFIED)
+    assert certified.removesuffix(CERTIFIED).rstrip("…") in long
+    assert legend.get_window_extent(fig.canvas.get_renderer()).x1 <= fig.bbox.x1  # not cut off at the right

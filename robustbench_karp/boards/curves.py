@@ -20,6 +20,7 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 MARKERS = "osD^v<>ph*"
 FIGSIZE, DPI = (9.6, 4.0), 100  # 960 x 400 pixels at most 14 lines; taller with more
 AXES_RECT = (0.07, 0.12, 0.55, 0.78)  # left, bottom, width, height: the right part holds the legend
+LABEL = 50  # characters of a legend label that fit right of the axes (a certified one keeps its suffix)
 
 
 KEY = ("filled marker: the evaluation protocol ran\nhollow marker: a partial evaluation (upper bound)\n"
@@ -44,7 +45,8 @@ def curve_figure(title: str, lines: dict[str, list[tuple]]) -> Figure:
         marker = MARKERS[i % len(MARKERS)]
         xs, ys = [p[0] for p in points], [100 * p[1] for p in points]
         dashed = label.endswith(CERTIFIED)
-        ax.plot(xs, ys, color=color, linestyle="--" if dashed else "-", label=shorten(label, 55), marker=marker,
+        shown = shorten(base, LABEL - len(CERTIFIED)) + CERTIFIED if dashed else shorten(label, LABEL)
+        ax.plot(xs, ys, color=color, linestyle="--" if dashed else "-", label=shown, marker=marker,
                 markerfacecolor="none" if dashed else color)
         hollow = [(x, y) for p, x, y in zip(points, xs, ys) if len(p) > 2 and p[2] == "partial"]
         if hollow:  # over the filled markers: these points ran no protocol
