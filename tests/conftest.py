@@ -149,6 +149,17 @@ class Purified(nn.Module):
         return self.classifier(self.preprocess(x))
 
 
+class Softmaxed(nn.Module):
+    """A classifier that returns probabilities instead of logits: the sanity checks must say so."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x):
+        return self.classifier(x).softmax(1)
+
+
 @pytest.fixture(scope="module")
 def module_karp_home(tmp_path_factory):
     """A temporary KARP_HOME for a whole test module (generators trained by attacks never land in ~/.cache)."""

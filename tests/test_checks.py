@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import Softmaxed
 from torch import nn
 
 from robustbench_karp.api import evaluate
@@ -55,15 +56,6 @@ class Noisy(nn.Module):
 
     def forward(self, x):
         return self.classifier(x + 0.05 * torch.randn_like(x))
-
-
-class Softmaxed(nn.Module):
-    def __init__(self, classifier):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x):
-        return self.classifier(x).softmax(1)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from conftest import Softmaxed
 from torch import nn
 
 from robustbench_karp.api import evaluate
@@ -146,15 +147,6 @@ def test_a_model_file_without_weights_is_refused(karp_home, capsys, tmp_path):
     assert "--random-weights" in one_line(capsys)
 
 
-class Probabilities(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x).softmax(1)
-
-
 class Constant(nn.Module):
     def __init__(self):
         super().__init__()
@@ -166,7 +158,7 @@ class Constant(nn.Module):
 
 def test_the_python_api_runs_the_clis_checks(digits_model, digits):
     x, y = digits[1].batch(torch.arange(60))
-    result = evaluate(Probabilities(digits_model), x, y, attacks=["fgsm"], eps=0.1, device="cpu")
+    result = evaluate(Softmaxed(digits_model), x, y, attacks=["fgsm"], eps=0.1, device="cpu")
     assert any("probabilities instead of logits" in w for w in result.warnings)
     always_zero = Constant()  # predicts class 0 for every image: right on about a tenth of them
     chance = evaluate(always_zero, x, y, attacks=["fgsm"], eps=0.1, device="cpu")
