@@ -157,10 +157,10 @@ def n_fgsm_loss(model, x, y, eps, seed, config):
     return F.cross_entropy(model(x_adv), y), x_adv
 
 
-def ibp_loss(model, x, y, eps, seed, config):
-    """IBP (Gowal et al. 2018) at the end of its ramp: kappa * CE(z(x), y) + (1 - kappa) * CE(z_worst, y), z_worst
-    from interval bounds through Flatten -> Linear -> ReLU -> Linear over [x - eps, x + eps] cut to [0, 1], the
-    margin z_y - z_k folded into the last layer (written out here with no bound-propagation helper)."""
+def ibp_worst(model, x, y, eps):
+    """IBP's worst-case logits -(z_y - z_k lower bounds), interval bounds through Flatten -> Linear -> ReLU -> Linear
+    over [x - eps, x + eps] cut to [0, 1], the margin z_y - z_k folded into the last layer (written out here with no
+    bound-propagation helper); row y is 0."""
     first, last = model[1], model[3]
     lower, upper = (x - eps).clamp(0, 1).flatten(1), (x + eps).clamp(0, 1).flatten(1)
     center, radius = (lower + upper) / 2, (upper - lower) / 2
@@ -170,10 +170,13 @@ def ibp_loss(model, x, y, eps, seed, config):
     h_c, h_r = (h_lo + h_hi) / 2, (h_hi - h_lo) / 2
     w = last.weight[y].unsqueeze(1) - last.weight.unsqueeze(0)  # (B, K, hidden): w_y - w_k
     b = last.bias[y].unsqueeze(1) - last.bias.unsqueeze(0)
-    margin = (w * h_c.unsqueeze(1)).sum(-1) + b - (w.abs() * h_r.unsqueeze(1)).sum(-1)  # row y: 0
-    worst = -margin
+    return -((w * h_c.unsqueeze(1)).sum(-1) + b - (w.abs() * h_r.unsqueeze(1)).sum(-1))
+
+
+def ibp_loss(model, x, y, eps, seed, config):
+    """IBP (Gowal et al. 2018) at the end of its ramp: kappa * CE(z(x), y) + (1 - kappa) * CE(z_worst, y)."""
     kappa = config["kappa_end"]
-    return kappa * F.cross_entropy(model(x), y) + (1 - kappa) * F.cross_entropy(worst, y), x
+    return kappa * F.cross_entropy(model(x), y) + (1 - kappa) * F.cross_entropy(ibp_worst(model, x, y, eps), y), x
 
 
 EXPECTED = {
@@ -279,3 +282,41 @@ def test_mart_loss_keeps_float32_precision_under_bf16_autocast(model, batch):
             loss, _ = defense.loss(sure, x, wrong, ThreatModel("linf", EPS), torch.Generator().manual_seed(SEED))
         losses.append(loss.float().item())
     assert abs(losses[1] - losses[0]) <= 0.01 * abs(losses[0]), losses
+
+
+def crown_margins(model, x, y, eps):
+    """CROWN's margin lower bounds z_y - z_k for Flatten -> Linear -> ReLU -> Linear over [x - eps, x + eps] cut
+    to [0, 1] (Zhang et al. 2018), written out: an unstable ReLU is bounded above by the chord through its
+    pre-activation box's ends and below by slope 1 if u > -l else 0, each side chosen by the sign of its
+    coefficient; the bound is then linear in x and minimized over the box."""
+    first, last = model[1], model[3]
+    lower, upper = (x - eps).clamp(0, 1).flatten(1), (x + eps).clamp(0, 1).flatten(1)
+    center, radius = (lower + upper) / 2, (upper - lower) / 2
+    hidden_c, hidden_r = center @ first.weight.T + first.bias, radius @ first.weight.abs().T
+    lo, hi = hidden_c - hidden_r, hidden_c + hidden_r  # (B, H): IBP's pre-activation box
+    unstable = (lo < 0) & (hi > 0)
+    up_slope = torch.where(unstable, hi / (hi - lo).clamp_min(1e-30), (lo >= 0).float())
+    up_bias = torch.where(unstable, -up_slope * lo, torch.zeros_like(lo))
+    low_slope = torch.where(unstable, (hi > -lo).float(), (lo >= 0).float())
+    c = last.weight[y].unsqueeze(1) - last.weight.unsqueeze(0)  # (B, K, H): w_y - w_k
+    b = last.bias[y].unsqueeze(1) - last.bias.unsqueeze(0)
+    slope = torch.where(c >= 0, low_slope.unsqueeze(1), up_slope.unsqueeze(1))
+    relax_bias = torch.where(c >= 0, torch.zeros_like(c), up_bias.unsqueeze(1))
+    a = c * slope  # (B, K, H): coefficients of the pre-activations
+    lam = a @ first.weight  # (B, K, D): linear in x
+    const = (a * first.bias).sum(-1) + (c * relax_bias).sum(-1) + b
+    return (lam * center.unsqueeze(1)).sum(-1) - (lam.abs() * radius.unsqueeze(1)).sum(-1) + const
+
+
+def test_crown_ibp_training_mixes_the_crown_and_ibp_bounds_by_beta_while_eps_ramps(model, batch):
+    """Halfway through the ramp: kappa = 0.75 and beta = 0.5, so the worst-case logits are -(CROWN + IBP) / 2."""
+    x, y = batch
+    ramp = 0.5
+    loss, _ = build_defense("crown-ibp", {}).loss(model, x, y, ThreatModel("linf", EPS), None, ramp=ramp)
+    worst = ibp_worst(model, x, y, EPS)
+    mixed = -0.5 * crown_margins(model, x, y, EPS) + 0.5 * worst  # row y: 0 in both
+    mixed = mixed.masked_fill(F.one_hot(y, mixed.shape[1]).bool(), 0.0)
+    expected = 0.75 * F.cross_entropy(model(x), y) + 0.25 * F.cross_entropy(mixed, y)
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6)
+    ibp_only = 0.75 * F.cross_entropy(model(x), y) + 0.25 * F.cross_entropy(worst, y)
+    assert abs(expected.item() - ibp_only.item()) > 1e-3  # the CROWN half matters on this batch
