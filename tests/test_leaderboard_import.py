@@ -226,13 +226,33 @@ def test_a_certified_bound_never_reaches_robustbench():
     assert not any("certif" in k for k in info) and "external" not in info
 
 
-def test_a_long_certified_label_keeps_its_certified_suffix_in_the_legend():
+def test_a_long_legend_label_is_whole_never_cut():
     from robustbench_karp.boards.format import CERTIFIED
 
-    long = "certcnn / ibp (ε 0.1, eps_factor=1.2, 35 ep, seed 0) · 0123456789abcdef"
-    fig = curve_figure("mnist (linf)", {long: [(0.0, 0.99), (0.1, 0.96)], long + CERTIFIED: [(0.0, 0.99), (0.1, 0.94)]})
+    long = "certcnn / ibp (ε 0.1, eps_factor=1.2, 35 ep, seed 0, lr cut at 75% and 90%) · 0123456789abcdef"
+    lines = {long: [(0.0, 0.99), (0.1, 0.96)], long + CERTIFIED: [(0.0, 0.99), (0.1, 0.94)],
+             **{f"model {i} / defense": [(0.0, 0.9), (0.1, 0.5)] for i in range(14)}}
+    fig = curve_figure("mnist (linf)", lines)
     legend = fig.axes[0].get_legend()
-    attacked, certified = [t.get_text() for t in legend.get_texts()]
-    assert certified.endswith(CERTIFIED) and not attacked.endswith(CERTIFIED)
-    assert certified.removesuffix(CERTIFIED).rstrip("…") in long
-    assert legend.get_window_extent(fig.canvas.get_renderer()).x1 <= fig.bbox.x1  # not cut off at the right
+    attacked, certified = [t.get_text() for t in legend.get_texts()][:2]
+    assert " ".join(attacked.split()) == long and "…" not in attacked and "\n" in attacked  # wrapped, whole
+    assert " ".join(certified.split()) == long + CERTIFIED
+    box, figure = legend.get_window_extent(fig.canvas.get_renderer()), fig.bbox
+    assert figure.x0 <= box.x0 and box.x1 <= figure.x1 and figure.y0 <= box.y0 and box.y1 <= figure.y1  # all of it shows
+
+
+def test_drawing_a_curve_with_a_fresh_font_cache_says_nothing(tmp_path):
+    """matplotlib logs "generated new fontManager" at INFO on a fresh cache; the CLI logs INFO: not in a build."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr)\n"
+              "from robustbench_karp.boards.curves import curve_png\n"
+              "assert curve_png('t', {'a': [(0.0, 0.9), (0.1, 0.5)]}).startswith(b'\\x89PNG')\n"
+              "logging.getLogger('robustbench_karp').info('still logged')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MPLCONFIGDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert any(tmp_path.glob("fontlist*.json"))  # the cache was new
+    assert "fontManager" not in done.stderr and "still logged" in done.stderr

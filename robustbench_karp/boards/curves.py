@@ -9,18 +9,24 @@ sizes, colors and markers, no Software metadata.
 from __future__ import annotations
 
 import io
+import logging
+import textwrap
 
-import matplotlib.style
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+# Before matplotlib loads: its font manager logs "generated new fontManager" at INFO on a fresh cache, and the
+# CLI logs INFO to stderr. Chatter, not news: only matplotlib's warnings reach a build's output.
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
-from robustbench_karp.boards.format import CERTIFIED, shorten
+import matplotlib.style  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from robustbench_karp.boards.format import CERTIFIED  # noqa: E402
 
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 MARKERS = "osD^v<>ph*"
 FIGSIZE, DPI = (9.6, 4.0), 100  # 960 x 400 pixels at most 14 lines; taller with more
 AXES_RECT = (0.07, 0.12, 0.55, 0.78)  # left, bottom, width, height: the right part holds the legend
-LABEL = 50  # characters of a legend label that fit right of the axes (a certified one keeps its suffix)
+LABEL = 50  # characters of a legend line that fit right of the axes: a longer label wraps, never cut
 
 
 KEY = ("filled marker: the evaluation protocol ran\nhollow marker: a partial evaluation (upper bound)\n"
@@ -33,9 +39,12 @@ def curve_figure(title: str, lines: dict[str, list[tuple]]) -> Figure:
     A point is (eps, accuracy) or (eps, accuracy, kind): kind "protocol" draws a filled marker, "partial"
     a hollow one, so a curve shows which of its points ran the evaluation protocol. A label ending in
     CERTIFIED is drawn dashed, in its attacked curve's color, under it: the bracket over eps.
-    The figure grows taller past 14 lines so that the legend stays inside it.
+    A label longer than a legend line wraps onto the next (whole, never cut with an ellipsis), and the
+    figure grows taller past 14 legend lines so that the legend stays inside it.
     """
-    fig = Figure(figsize=(FIGSIZE[0], max(FIGSIZE[1], 0.25 * len(lines) + 0.5)), dpi=DPI)
+    shown = {label: textwrap.fill(label, LABEL, break_on_hyphens=False) for label in lines}
+    height = sum(0.25 + 0.17 * text.count("\n") for text in shown.values()) + 0.5
+    fig = Figure(figsize=(FIGSIZE[0], max(FIGSIZE[1], height)), dpi=DPI)
     FigureCanvasAgg(fig)  # Agg canvas attached to this figure only: pyplot's global state is never touched
     ax = fig.add_axes(AXES_RECT)
     colors: dict[str, str] = {}
@@ -45,8 +54,7 @@ def curve_figure(title: str, lines: dict[str, list[tuple]]) -> Figure:
         marker = MARKERS[i % len(MARKERS)]
         xs, ys = [p[0] for p in points], [100 * p[1] for p in points]
         dashed = label.endswith(CERTIFIED)
-        shown = shorten(base, LABEL - len(CERTIFIED)) + CERTIFIED if dashed else shorten(label, LABEL)
-        ax.plot(xs, ys, color=color, linestyle="--" if dashed else "-", label=shown, marker=marker,
+        ax.plot(xs, ys, color=color, linestyle="--" if dashed else "-", label=shown[label], marker=marker,
                 markerfacecolor="none" if dashed else color)
         hollow = [(x, y) for p, x, y in zip(points, xs, ys) if len(p) > 2 and p[2] == "partial"]
         if hollow:  # over the filled markers: these points ran no protocol
