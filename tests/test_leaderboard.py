@@ -166,6 +166,33 @@ def test_only_protocol_entries_are_ranked_and_partial_ones_never_above_them():
     assert tables[1]["rows"][0]["cells"][0][0] == "–" and "upper bound" in tables[1]["title"]
 
 
+def test_a_protocol_run_ranks_its_model_and_a_larger_partial_run_stays_beside_it():
+    # The case: PGD on 30 points, then the protocol on the first 20 of them. The protocol's 20 points rank
+    # the model; PGD's breaks among them count (point 1), its break outside them (25) does not; PGD's 30 stay beside.
+    pgd = make_record("a" * 16, broken={"pgd": {1, 25}}, n=30)
+    protocol = {**make_record("b" * 16, broken={"autoattack": {0, 2}}, n=20, created="2025-02-01T00:00:00+00:00"),
+                "attacks": [AUTOATTACK]}
+    (entry,) = build_entries([pgd, protocol], exists)
+    assert (entry["status"], entry["protocols"], entry["protocol_coverage"]) == ("ranked", ["standard/1", "standard/2"], {})
+    assert (entry["n"], entry["k_robust"], entry["robust_accuracy"]) == (20, 17, 0.85)  # 0, 1, 2 broken
+    assert entry["record_ids"] == ["b" * 16, "a" * 16] and entry["left_out_record_ids"] == []
+    assert entry["partial_measurements"] == [{"record_ids": ["a" * 16], "n": 30, "attacks": ["pgd"],
+                                              "clean_accuracy": 1.0, "robust_accuracy": 28 / 30}]
+    assert any("also measured on 30 test points by pgd" in note and "93.3%" in note for note in entry["notes"])
+    from robustbench_karp.boards.tables import boards, protocol_cell
+
+    assert protocol_cell(entry) == "standard/2 · karp-robust"
+    (board,) = boards([entry])
+    assert board["tier"] == "ranked" and board["rows"][0]["cells"][0][0] == "1"
+
+
+def test_without_a_protocol_run_the_largest_set_still_decides():
+    pgd = make_record("a" * 16, broken={"pgd": {1, 25}}, n=30)
+    square = make_record("b" * 16, broken={"square": {0, 2}}, n=20)
+    (entry,) = build_entries([pgd, square], exists)
+    assert (entry["status"], entry["n"], entry["k_robust"], entry["partial_measurements"]) == ("partial", 30, 26, [])
+
+
 def test_a_purifier_needs_its_adaptive_attacks_for_the_protocol():
     gan = {"name": "defense-gan", "base": "standard", "steps": 50, "restarts": 4, "lr": 10.0, "epochs": 3,
            "train_size": None, "latent_dim": 64, "width": 32, "batch_size": 64, "gan_lr": 1e-4}

@@ -231,7 +231,8 @@ def test_a_long_legend_label_is_whole_never_cut():
 
     long = "certcnn / ibp (ε 0.1, eps_factor=1.2, 35 ep, seed 0, lr cut at 75% and 90%) · 0123456789abcdef"
     lines = {long: [(0.0, 0.99), (0.1, 0.96)], long + CERTIFIED: [(0.0, 0.99), (0.1, 0.94)],
-             **{f"model {i} / defense": [(0.0, 0.9), (0.1, 0.5)] for i in range(14)}}
+             **{f"{long} {i}": [(0.0, 0.9, "protocol"), (0.1, 0.5, "partial")] for i in range(2)},
+             **{f"model {i} / defense": [(0.0, 0.9, "protocol"), (0.1, 0.5, "partial")] for i in range(10)}}
     fig = curve_figure("mnist (linf)", lines)
     legend = fig.axes[0].get_legend()
     attacked, certified = [t.get_text() for t in legend.get_texts()][:2]
@@ -239,6 +240,8 @@ def test_a_long_legend_label_is_whole_never_cut():
     assert " ".join(certified.split()) == long + CERTIFIED
     box, figure = legend.get_window_extent(fig.canvas.get_renderer()), fig.bbox
     assert figure.x0 <= box.x0 and box.x1 <= figure.x1 and figure.y0 <= box.y0 and box.y1 <= figure.y1  # all of it shows
+    (key,) = fig.texts  # the marker key under the legend, not under its last lines
+    assert key.get_window_extent(fig.canvas.get_renderer()).y1 < box.y0
 
 
 def test_drawing_a_curve_with_a_fresh_font_cache_says_nothing(tmp_path):

@@ -1,13 +1,15 @@
 """The per-example worst case over an entry's records: which records combine, their ANDed masks, intervals.
 
 Records on identical test points combine: a point is robust only if every record's robust mask keeps
-it (and it is classified correctly). A record on a subset of those points still counts where it ran.
+it (and it is classified correctly). A record on a subset or a superset of those points still counts where
+they meet; records on more or other points are also measured by themselves (partial_measurements).
 Used by entries.build_entries; pure functions of the records. Also what an entry's records cost together.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from robustbench_karp.evaluation.cost import attack_cost
@@ -50,31 +52,34 @@ def _set_size(records: list[dict[str, Any]]) -> int:
     return len(first["indices"]) if first.get("robust_mask") else int(first["config"].get("n_examples") or 0)
 
 
-def choose_set(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(records the entry is computed from, records on a subset of its points, records left out).
+def choose_set(records: list[dict[str, Any]], prefer: Callable[[list[dict[str, Any]]], bool] = lambda s: False
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(records the entry is computed from, records that overlap its points, records left out).
 
-    The chosen set has the most points, then the most records, then the lowest robust accuracy
-    (a tie never goes to the favourable side). A record on a subset of those points still counts:
+    The chosen set is one that prefer() accepts (an evaluation protocol ran on it), if any; then the one
+    with the most points, the most records, the lowest robust accuracy (a tie never goes to the
+    favourable side). A record on a subset or a superset of those points still counts where they meet:
     a point it broke is not robust (per-example worst case). Only records on other points are left out.
     """
     sets = _combinable_sets(records)
-    chosen = max(sets, key=lambda s: (_set_size(s), len(s), -min(r["robust_accuracy"] for r in s),
+    chosen = max(sets, key=lambda s: (prefer(s), _set_size(s), len(s), -min(r["robust_accuracy"] for r in s),
                                       [r["id"] for r in s]))
     points = set(chosen[0].get("indices") or []) if chosen[0].get("robust_mask") else set()
-    subset, left_out = [], []
+    overlapping, left_out = [], []
     for s_ in sets:
         if s_ is chosen:
             continue
-        inside = s_[0].get("robust_mask") and points and set(s_[0]["indices"]) <= points
-        (subset if inside else left_out).extend(s_)
-    return chosen, subset, left_out
+        own = set(s_[0]["indices"]) if s_[0].get("robust_mask") else set()
+        inside = points and own and (own <= points or points <= own)
+        (overlapping if inside else left_out).extend(s_)
+    return chosen, overlapping, left_out
 
 
 def _subset_mask(record: dict[str, Any], field: str, positions: dict[int, int], n: int) -> int:
-    """A subset record's mask on the chosen points: its own bits where it ran, 1 (no evidence) elsewhere."""
+    """An overlapping record's mask on the chosen points: its own bits where it ran, 1 (no evidence) elsewhere."""
     mask = (1 << n) - 1
     for index, bit in zip(record["indices"], record[field]):
-        if bit == "0":
+        if bit == "0" and index in positions:  # a superset's points outside the chosen ones say nothing here
             mask &= ~(1 << (n - 1 - positions[index]))
     return mask
 
@@ -91,7 +96,7 @@ def _and_masks(records: list[dict[str, Any]], field: str, n: int) -> int:
 
 
 def worst_case_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]] = ()) -> tuple[int, int, int, list[str]]:
-    """(correct clean, robust in the worst case, n, notes) of the chosen records and those on a subset of their points."""
+    """(correct clean, robust in the worst case, n, notes) of the chosen records and those overlapping their points."""
     first = chosen[0]
     n = _set_size(chosen)
     if not first.get("robust_mask"):  # an external or mask-less record: only its reported fractions
@@ -102,14 +107,19 @@ def worst_case_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]]
     notes = []
     if len({r["clean_mask"] for r in chosen}) > 1:
         notes.append("clean predictions differ between records (a randomized model?): clean accuracy is their AND")
-    if subset:
-        notes.append(f"record(s) {', '.join(r['id'] for r in subset)} ran on a subset of the {n} test points; "
+    inner = [r["id"] for r in subset if len(r["indices"]) < n]
+    outer = [r["id"] for r in subset if len(r["indices"]) >= n]
+    if inner:
+        notes.append(f"record(s) {', '.join(inner)} ran on a subset of the {n} test points; "
                      "the points they broke count as broken")
+    if outer:
+        notes.append(f"record(s) {', '.join(outer)} ran on more points than the {n} ranked here; the points among "
+                     "these they broke count as broken")
     return clean.bit_count(), robust.bit_count(), n, notes
 
 
 def _worst_case_masks(chosen: list[dict[str, Any]], subset: list[dict[str, Any]], n: int) -> tuple[int, int]:
-    """(clean, robust) masks as ints over the chosen points: the AND of every record's, subset records included."""
+    """(clean, robust) masks as ints over the chosen points: the AND of every record's, overlapping ones included."""
     clean = _and_masks(chosen, "clean_mask", n)
     robust = _and_masks(chosen, "robust_mask", n) & clean
     positions = {index: i for i, index in enumerate(chosen[0]["indices"])}
@@ -139,6 +149,21 @@ def certified_counts(chosen: list[dict[str, Any]], subset: list[dict[str, Any]] 
     methods = sorted({str((r.get("certification") or {}).get("method") or r["config"].get("certify")) for r in certifying})
     robust = _worst_case_masks(chosen, subset, n)[1]
     return (proven & robust).bit_count(), methods, (proven & ~robust).bit_count()
+
+
+def partial_measurements(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Records beside an entry's own points (more, or other ones), each set of identical points measured by itself.
+
+    These are the same model's other evaluations: shown beside the entry, never ranking or demoting it.
+    Largest set first.
+    """
+    out = []
+    for s in _combinable_sets(records):
+        k_clean, k_robust, n, _ = worst_case_counts(s)
+        if n:
+            out.append({"record_ids": [r["id"] for r in s], "n": n, "attacks": attack_names(s),
+                        "clean_accuracy": k_clean / n, "robust_accuracy": k_robust / n})
+    return sorted(out, key=lambda m: (-m["n"], m["record_ids"]))
 
 
 def accuracy_per_attack(records: list[dict[str, Any]]) -> dict[str, float]:

@@ -43,7 +43,8 @@ def curve_figure(title: str, lines: dict[str, list[tuple]]) -> Figure:
     figure grows taller past 14 legend lines so that the legend stays inside it.
     """
     shown = {label: textwrap.fill(label, LABEL, break_on_hyphens=False) for label in lines}
-    height = sum(0.25 + 0.17 * text.count("\n") for text in shown.values()) + 0.5
+    keyed = any(len(p) > 2 for points in lines.values() for p in points)  # the marker key sits under the legend
+    height = sum(0.25 + 0.17 * text.count("\n") for text in shown.values()) + 0.5 + 0.6 * keyed
     fig = Figure(figsize=(FIGSIZE[0], max(FIGSIZE[1], height)), dpi=DPI)
     FigureCanvasAgg(fig)  # Agg canvas attached to this figure only: pyplot's global state is never touched
     ax = fig.add_axes(AXES_RECT)
@@ -62,7 +63,7 @@ def curve_figure(title: str, lines: dict[str, list[tuple]]) -> Figure:
     ax.set(title=title, xlabel="ε (pixel units, images in [0, 1])", ylabel="robust accuracy (%)", ylim=(0, 100))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-    if any(len(p) > 2 for points in lines.values() for p in points):
+    if keyed:
         fig.text(AXES_RECT[0] + AXES_RECT[2] + 0.02, AXES_RECT[1], KEY, fontsize="x-small", va="bottom")
     return fig
 

@@ -21,6 +21,7 @@ from robustbench_karp.boards.counts import (
     certified_counts,
     choose_set,
     entry_cost,
+    partial_measurements,
     wilson_interval,
     worst_case_counts,
 )
@@ -143,11 +144,14 @@ def _reproducibility(chosen: list[dict[str, Any]], checkpoint_ok: Callable[[dict
 def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_ok: Callable[[dict[str, Any]], bool]
            ) -> dict[str, Any]:
     records = sorted(records, key=lambda r: (_age(r), r["id"]))
-    chosen, subset, left_out = choose_set(records)
+    # a protocol run ranks its model on the protocol's points, whatever else ran on more points
+    chosen, subset, left_out = choose_set(records, prefer=lambda s: bool(entry_protocols(s, fields["defense_config"])))
     k_clean, k_robust, n, notes = worst_case_counts(chosen, subset)
     if left_out:
-        notes.append(f"worst case over the {len(chosen)} record(s) on the largest common set of {n} test points; "
+        notes.append(f"worst case over the {len(chosen)} record(s) on a common set of {n} test points; "
                      f"left out (other test points): {', '.join(r['id'] for r in left_out)}")
+    beside = partial_measurements([r for r in subset if len(r["indices"]) > n] + left_out)
+    notes += [partial_note(m) for m in beside]
     notes += list(dict.fromkeys(note for r in chosen for note in r.get("notes") or []))  # an import's eps footnote
     masked = bool(chosen[0].get("robust_mask"))
     certified = certified_counts(chosen, subset)
@@ -173,6 +177,7 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_ok:
         "n": n, "k_clean": k_clean, "k_robust": k_robust,
         "attacks": attack_names(chosen + subset), "per_attack": accuracy_per_attack(chosen),
         "record_ids": [r["id"] for r in chosen + subset], "left_out_record_ids": [r["id"] for r in left_out],
+        "partial_measurements": beside,  # the same model on more or other points: beside the entry, not ranked
         "seeds": sorted({r["config"]["seed"] for r in chosen if r["config"].get("seed") is not None}),
         "versions": {r["id"]: r.get("versions") or {} for r in chosen},
         "flags": sorted({str(w) for r in chosen + subset for w in r.get("warnings") or []}
@@ -184,6 +189,13 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_ok:
         "cost": entry_cost(chosen + subset, n),  # passes per test point and wall time; None if a record has none
         "records": [published_record(r) for r in records],
     }
+
+
+def partial_note(m: dict[str, Any]) -> str:
+    """A partial measurement beside an entry, in words."""
+    return (f"also measured on {m['n']} test points by {', '.join(m['attacks']) or 'no attack'} (record(s) "
+            f"{', '.join(m['record_ids'])}): clean {100 * m['clean_accuracy']:.1f}%, robust "
+            f"{100 * m['robust_accuracy']:.1f}%, a partial measurement (an upper bound) beside this row")
 
 
 def published_record(record: dict[str, Any]) -> dict[str, Any]:
