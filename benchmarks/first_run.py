@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import date
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,15 +51,19 @@ def main() -> None:
         update_readme(out.rstrip(), times, conditions)
 
 
+# README.md's sample: the fenced block after 'attacks it with PGD and prints:' and the "Measured ..." paragraph
+# after it (tests/test_docs.py checks that README.md still holds exactly one)
+SAMPLE = re.compile(r"(attacks it with PGD and prints:\n\n```\n)(.*?)(\n```\n\n)(Measured .*?\n\n)", re.S)
+
+
 def update_readme(output: str, times: list[float], conditions: str) -> None:
-    """The fenced block after 'attacks it with PGD and prints:' and the timing paragraph after it."""
+    """Replace README.md's sample output and its timing paragraph (dated, naming the machine) with this run's."""
     readme = REPO / "README.md"
     text = readme.read_text()
-    pattern = re.compile(r"(attacks it with PGD and prints:\n\n```\n)(.*?)(\n```\n\n)(Measured .*?\n\n)", re.S)
-    timing = (f"Measured ({conditions}): the first run took {times[0]:.1f} s, training included, and the "
-              f"second {times[1]:.1f} s. `python benchmarks/first_run.py --update-readme` measures both and "
-              "rewrites this sample.\n\n")
-    new, count = pattern.subn(lambda m: m.group(1) + output + m.group(3) + timing, text)
+    timing = (f"Measured {date.today().isoformat()} ({conditions}): the first run took {times[0]:.1f} s, training "
+              f"included, and the second {times[1]:.1f} s. `python benchmarks/first_run.py --update-readme` measures "
+              "both and rewrites this sample.\n\n")
+    new, count = SAMPLE.subn(lambda m: m.group(1) + output + m.group(3) + timing, text)
     if count != 1:
         sys.exit("README.md: the sample output block was not found")
     readme.write_text(new)

@@ -3,7 +3,7 @@
 Loaders only turn images into tensors in [0, 1]; normalization lives in the model. Each dataset
 carries its conventional threat model (default eps per norm) and its normalization statistics.
 
-Fixed splits and subsets (documented in the README):
+Fixed splits and subsets (documented in docs/datasets.md):
 - digits: the 1797 images of `sklearn.datasets.load_digits`; every fifth image (index % 5 == 4)
   is the test split (359 images), the other 1438 are the training split.
 - torchvision datasets use their official train/test splits.
