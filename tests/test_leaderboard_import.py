@@ -259,3 +259,28 @@ def test_drawing_a_curve_with_a_fresh_font_cache_says_nothing(tmp_path):
     assert done.returncode == 0, done.stderr
     assert any(tmp_path.glob("fontlist*.json"))  # the cache was new
     assert "fontManager" not in done.stderr and "still logged" in done.stderr
+
+
+FIGURE = {"model": "Madry et al., 2018", "link": "https://arxiv.org/abs/1706.06083", "clean": "98.53",
+          "robust": "88.50", "attack": "AutoAttack (standard)", "dataset": "mnist", "norm": "linf", "eps": "0.3"}
+
+
+def test_a_papers_figure_is_an_external_record_on_any_known_dataset():
+    from robustbench_karp.boards.paper_import import import_paper
+    from robustbench_karp.boards.verify import record_problems
+
+    record = import_paper(FIGURE)
+    assert (record["clean_accuracy"], record["robust_accuracy"]) == (0.9853, 0.885)  # exact decimal / 100
+    assert (record["config"]["n_examples"], record["config"]["eps"], record["ranks_beside_protocols"]) == (10000, 0.3, True)
+    assert record_problems(record) == []
+    cifar = import_paper({**FIGURE, "dataset": "cifar100", "eps": "8/255", "n_examples": 500, "attack": "PGD-20"})
+    assert (cifar["config"]["eps"], cifar["config"]["n_examples"], cifar["ranks_beside_protocols"]) == (8 / 255, 500, False)
+    assert cifar["id"] != record["id"] and import_paper(dict(FIGURE))["id"] == record["id"]  # a re-add: the same row
+    (entry,) = build_entries([cifar], checkpoint_exists=lambda p: False)
+    assert (entry["status"], entry["external"]) == ("partial", True)  # PGD alone: an upper bound
+    with pytest.raises(ValueError, match="n_examples must be a positive integer .*digits has no default"):
+        import_paper({**FIGURE, "dataset": "digits", "eps": "0.1"})
+    with pytest.raises(ValueError, match="unknown field"):
+        import_paper({**FIGURE, "clean_acc": "98.53"})
+    edited = {**record, "robust_accuracy": 0.9}
+    assert record_problems(edited) == [f"record {record['id']}: robust_accuracy 0.9 but its paper figure gives 0.885"]

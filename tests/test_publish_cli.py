@@ -321,3 +321,47 @@ def test_publish_under_umask_022_is_world_readable(karp_home, tmp_path):
     assert len(files) == 4 and {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}  # no curve: one eps
     dirs = [site.parent, site, site / "entries"]
     assert {oct(d.stat().st_mode & 0o777) for d in dirs} == {"0o755"}
+
+
+AA_README = "https://github.com/fra31/auto-attack/blob/a39220048b3c9f2cca9a4d3a54604793c68eca7e/README.md#mnist---linf"
+
+
+def paper(name: str, clean: str, robust: str, attack: str = "AutoAttack (standard)") -> list[str]:
+    return ["leaderboard", "add-external", "--paper", name, "--link", "https://arxiv.org/abs/1706.06083",
+            "--clean", clean, "--robust", robust, "--attack", attack, "--dataset", "mnist", "--norm", "linf",
+            "--eps", "0.3", "--source", AA_README]
+
+
+def test_add_external_takes_a_papers_figure_on_mnist_ranked_beside_ours(karp_home, tmp_path, capsys):
+    assert main(paper("Madry et al., 2018", "98.53", "88.50")) == 0
+    assert "added published figure Madry et al., 2018 (mnist linf eps 0.3: clean 0.9853, robust 0.8850" in \
+        capsys.readouterr().out
+    assert main(paper("Some et al., 2021", "99.10", "95.00", attack="PGD-40")) == 0  # not AutoAttack: an upper bound
+    assert main(paper("Madry et al., 2018", "98.53", "88.50")) == 0  # again: the same row
+    site = tmp_path / "site"
+    assert main(["leaderboard", "publish", "--out", str(site)]) == 0
+    entries = {e["model_id"]: e for e in (json.loads(p.read_text()) for p in (site / "entries").glob("*.json"))}
+    madry, pgd = entries["Madry et al., 2018"], entries["Some et al., 2021"]
+    assert (madry["status"], madry["n"], madry["robust_accuracy"], madry["k_robust"]) == ("ranked", 10000, 0.885, 8850)
+    assert madry["external"] and madry["link"] == "https://arxiv.org/abs/1706.06083"
+    assert any(AA_README in note for note in madry["notes"])  # its source, on the page
+    assert pgd["status"] == "partial" and pgd["robust_accuracy"] == 0.95
+    page = (site / "index.html").read_text()
+    assert AA_README in page and "AutoAttack (standard) · published" in page
+    capsys.readouterr()
+    assert main(["leaderboard", "verify", str(site)]) == 0
+    record = next(r for r in madry["records"])
+    record["paper_figure"]["robust"] = "90.50"  # the figure edited: verify re-derives the record from it
+    (site / "entries" / f"{madry['entry_id']}.json").write_text(json.dumps(madry))
+    assert main(["leaderboard", "verify", str(site)]) == 1
+    assert "robust_accuracy 0.885 but its paper figure gives 0.905" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--link", ""], "needs --link"), (["--clean", "0.9853"], "not 0.9926"), (["--dataset", "mnist2"], "one karp-robust knows"),
+    (["--robust", "99.9"], "at most clean"), (["--eps", "1/0"], "eps must be"), (["--link", "javascript:x"], "http(s) URL")])
+def test_a_bad_paper_figure_is_a_one_line_error(karp_home, capsys, change, message):
+    args = paper("Madry et al., 2018", "98.53", "88.50")
+    args[args.index(change[0]) + 1] = change[1]
+    assert main(args) == 2
+    assert message in error_line(capsys) and ResultsStore().records() == []

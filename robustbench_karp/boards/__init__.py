@@ -13,6 +13,7 @@
     format.py               how numbers and names are written
     robustbench_import.py   RobustBench model_info files -> external records
     robustbench_export.py   an entry -> a RobustBench model_info file
+    paper_import.py         a figure from a paper (any dataset we know) -> an external record
 
 Pure: the same records give byte-identical files (no clock, no randomness, no environment).
 Layer: imports the store, the catalog and evaluation's torch-free protocols and cost; never torch,

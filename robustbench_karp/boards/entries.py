@@ -164,7 +164,8 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_ok:
         "schema": ENTRY_SCHEMA, "entry_id": config_hash(fields), **fields, "eps_label": eps_label(fields["eps"]),
         "training": training_label(chosen[0]), "protocols": protocols,
         # Every row that ran AutoAttack standard competes on one board: our protocol runs and RobustBench's imports
-        "status": "ranked" if protocols or reproducibility == "external" else "partial",
+        "status": "ranked" if protocols or (reproducibility == "external" and all(
+            r.get("ranks_beside_protocols", True) for r in chosen)) else "partial",  # a paper's PGD figure: partial
         "protocol_coverage": coverage,  # a partial entry's protocol runs on a subset of its points: label -> points
         "evaluated_by": next((r.get("tool") for r in chosen if r.get("tool")), None) or "karp-robust",
         "clean_accuracy": k_clean / n if masked and n else float(chosen[0]["clean_accuracy"]),

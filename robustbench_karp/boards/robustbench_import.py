@@ -104,7 +104,7 @@ def _board(data: dict[str, Any], source: str, dataset: str | None, norm: str | N
     chosen = (dataset or path_dataset or _text(data, "dataset")).strip().lower()
     if chosen not in DATASETS:  # a board, a file name and a printed command are built from it: only known names
         raise ValueError(f"robustbench model_info: dataset {chosen!r} is not one RobustBench ranks and karp-robust "
-                         f"knows ({', '.join(DATASETS)})")
+                         f"knows ({', '.join(DATASETS)}); a paper's figure on any dataset: add-external --paper NAME ...")
     warnings = []
     if isinstance(own, str) and own.strip().lower() != chosen:
         where = "as asked" if dataset else f"from its path {PurePath(source).parent.as_posix()}/"

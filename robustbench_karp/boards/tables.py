@@ -53,7 +53,7 @@ def _cells(rank: int, e: dict[str, Any], codes: dict[str, str], ranked: bool = T
     training = e.get("training") or "-"
     rank_cell = (str(rank), rank) if ranked else ("–", rank)
     protocols = protocol_cell(e)
-    model = f"{e['model_id']} ({e['model']})" if e.get("model_id") else e["model"]
+    model = f"{e['model_id']} ({e['model']})" if e.get("model_id") not in (None, e["model"]) else e["model"]
     defense = f"{e['defense']} · {e['venue']}" if e.get("venue") else e["defense"]
     robust = _percent_ci(e["robust_accuracy"], e["robust_ci"])
     robust += f" {BEST_KNOWN_MARK}" if e.get("robust_source") == "external" else ""
@@ -107,6 +107,8 @@ def protocol_cell(e: dict[str, Any]) -> str:
 
     Of one protocol's versions only the newest the entry covers is shown (a standard/2 run covers standard/1).
     """
+    if e.get("external") and e.get("tool") == "paper":  # the attack the paper's figure names, as published
+        return f"{', '.join(e['attacks'])} · published"
     if e.get("external"):
         return f"AutoAttack · {e.get('evaluated_by') or e.get('tool') or 'external'}"
     if not e.get("protocols") and e.get("protocol_coverage"):  # a protocol ran, on some of the entry's points

@@ -9,7 +9,7 @@ A published number is trusted only if the site's records give it back:
 - every entry: recomputed from the records (boards/published.rederive), every field agrees with the
   published one, except where the site was built (reproducibility, the examples link);
 - every page: README.md, results.csv, index.html and the curves render again byte for byte.
-An import's numbers are re-read from the model_info file it carries. Pure, apart from reading the site.
+An import's numbers are re-read from the model_info file (or the paper's figure) it carries. Pure, apart from reading the site.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from robustbench_karp.boards.paper_import import TOOL, import_paper
 from robustbench_karp.boards.published import load_published, rederive
 from robustbench_karp.boards.robustbench_import import import_robustbench
 from robustbench_karp.boards.site import site_files
@@ -90,16 +91,16 @@ def _requirement_problems(record: dict[str, Any]) -> list[str]:
 
 
 def _import_problems(record: dict[str, Any]) -> list[str]:
-    """An import's numbers and id, read again from the model_info it carries."""
-    config = record["config"]
+    """An import's numbers and id, read again from the model_info (or the paper figure) it carries."""
+    config, what = record["config"], "paper figure" if record.get("tool") == TOOL else "model_info"
     try:
-        again = import_robustbench(record["model_info"], record.get("imported_from") or "model_info.json",
-                                   dataset=config["dataset"], norm=config["norm"],
-                                   imported_utc=record.get("created_utc"))
+        again = import_paper(record["paper_figure"], imported_utc=record.get("created_utc")) if what != "model_info" \
+            else import_robustbench(record["model_info"], record.get("imported_from") or "model_info.json",
+                                    dataset=config["dataset"], norm=config["norm"], imported_utc=record.get("created_utc"))
     except (KeyError, ValueError) as e:
-        return [f"record {record['id']}: its model_info does not import ({e})"]
+        return [f"record {record['id']}: its {what} does not import ({e})"]
     fields = sorted((set(record) | set(again)) - {"created_utc", "imported_from"})  # all but when and whence
-    return [f"record {record['id']}: {f} {_short(record.get(f))} but its model_info gives {_short(again.get(f))}"
+    return [f"record {record['id']}: {f} {_short(record.get(f))} but its {what} gives {_short(again.get(f))}"
             for f in fields if record.get(f) != again.get(f)]
 
 

@@ -1,4 +1,5 @@
-"""`karp-robust leaderboard build | publish | add-external | export`: the site from the store, RobustBench in and out."""
+"""`karp-robust leaderboard build | publish | add-external | export`: the site from the store, RobustBench in and out,
+and figures from papers in."""
 
 from __future__ import annotations
 
@@ -61,12 +62,51 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+PAPER_FLAGS = {"model": "--paper", "link": "--link", "clean": "--clean", "robust": "--robust", "attack": "--attack",
+               "dataset": "--dataset", "norm": "--norm", "eps": "--eps", "n_examples": "--n-examples",
+               "architecture": "--architecture", "venue": "--venue", "source": "--source"}
+
+
+def paper_figure(args) -> dict:
+    """The figure `add-external --paper NAME ...` describes; every required flag named when missing."""
+    from robustbench_karp.boards.paper_import import REQUIRED
+
+    values = {"model": args.paper, **{field: getattr(args, field, None) for field in PAPER_FLAGS if field != "model"}}
+    missing = [PAPER_FLAGS[field] for field in REQUIRED if values.get(field) in (None, "")]
+    if missing:
+        usage = " ".join(f"{PAPER_FLAGS[field]} ..." for field in REQUIRED)
+        raise ValueError(f"add-external --paper needs {', '.join(missing)} (a paper's figure: {usage})")
+    return {field: value for field, value in values.items() if value is not None}
+
+
+def _add_paper(args, now: str) -> int:
+    from robustbench_karp.boards.format import eps_label, fraction
+    from robustbench_karp.boards.paper_import import import_paper
+
+    record = import_paper(paper_figure(args), imported_utc=now)
+    ResultsStore().append(record)
+    config = record["config"]
+    print(f"added published figure {record['model_id']} ({config['dataset']} {config['norm']} eps "
+          f"{eps_label(config['eps'])}: clean {fraction(record['clean_accuracy'])}, robust "
+          f"{fraction(record['robust_accuracy'])} under {config['attacks'][0]['name']}"
+          + ("" if record["ranks_beside_protocols"] else "; not AutoAttack, so an upper bound, with the partial rows")
+          + "); `karp-robust leaderboard build` publishes it")
+    return 0
+
+
 def _add_external(args) -> int:
-    """Import RobustBench model_info files; all are checked before any is stored."""
+    """Import RobustBench model_info files, or one figure from a paper; all are checked before any is stored."""
     from robustbench_karp.boards.format import eps_label, fraction
     from robustbench_karp.boards.robustbench_import import import_robustbench
 
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    if getattr(args, "paper", None) is not None:
+        if args.files:
+            raise ValueError("add-external: give model_info FILE(s) or --paper NAME, not both")
+        return _add_paper(args, now)
+    if not args.files:
+        raise ValueError("add-external: give RobustBench model_info FILE(s), or a paper's figure: --paper NAME --link "
+                         "URL --clean PCT --robust PCT --attack NAME --dataset D --norm N --eps EPS")
     records = []
     for path in args.files:
         data = _read_json(path)

@@ -254,11 +254,27 @@ def add_publishing(sub) -> None:
     ver = lb_sub.add_parser("verify", help="re-derive a published site from its records; exit 1 on any disagreement")
     ver.add_argument("site", type=Path, nargs="?", default=None, metavar="DIR",
                      help="the published site (default: the repository's leaderboard/)")
-    ext = lb_sub.add_parser("add-external", help="import RobustBench model_info JSON files as external entries")
-    ext.add_argument("files", type=Path, nargs="+", metavar="FILE",
+    ext = lb_sub.add_parser("add-external", help="import RobustBench model_info JSON files, or a figure from a paper "
+                                                 "(--paper), as external entries")
+    ext.add_argument("files", type=Path, nargs="*", metavar="FILE",
                      help="model_info/<dataset>/<Linf|L2>/<model id>.json (a re-import replaces the entry's row)")
-    ext.add_argument("--dataset", default=None, help="the board's dataset, for a file outside that layout")
+    ext.add_argument("--dataset", default=None, help="the board's dataset, for a file outside that layout (any "
+                                                     "dataset karp-robust knows for --paper)")
     ext.add_argument("--norm", default=None, choices=["linf", "l2"], help="the board's norm, for a file outside it")
+    paper = ext.add_argument_group("a figure from a paper (any dataset karp-robust knows; accuracies in percent)")
+    paper.add_argument("--paper", default=None, metavar="NAME", help="the model as the paper names it")
+    paper.add_argument("--link", default=None, metavar="URL", help="the paper")
+    paper.add_argument("--clean", default=None, metavar="PCT", help="clean accuracy, in percent: 99.26")
+    paper.add_argument("--robust", default=None, metavar="PCT", help="robust accuracy, in percent: 96.34")
+    paper.add_argument("--attack", default=None, help="what measured it: 'AutoAttack (standard)' ranks beside "
+                                                      "protocol runs; any other attack is an upper bound")
+    paper.add_argument("--eps", default=None, help="as a number or a fraction: 0.3, 8/255")
+    paper.add_argument("--n-examples", type=int, default=None, metavar="N",
+                       help="test points it was measured on (default: the whole test set)")
+    paper.add_argument("--architecture", default=None)
+    paper.add_argument("--venue", default=None)
+    paper.add_argument("--source", default=None, metavar="URL",
+                       help="where the figure was read, if not in the paper (a leaderboard's page)")
     exp = lb_sub.add_parser("export", help="write an entry as a RobustBench model_info JSON, to submit it")
     exp.add_argument("id", help="entry id (from the store, or from leaderboard/entries/*.json)")
     exp.add_argument("--format", default="robustbench", choices=["robustbench"])
