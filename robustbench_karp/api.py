@@ -33,7 +33,7 @@ from robustbench_karp.data import DATASETS
 from robustbench_karp.devices import resolve_device
 from robustbench_karp.evaluation.batch import eval_mode
 from robustbench_karp.evaluation.certified import certification_method
-from robustbench_karp.evaluation.checks import run_checks
+from robustbench_karp.evaluation.checks import check_all
 from robustbench_karp.evaluation.engine import EvalResult, attack_batches, combine, expand
 from robustbench_karp.evaluation.examples import AdversarialCollector
 from robustbench_karp.evaluation.sharded import batch_seed, reseed_randomized
@@ -116,7 +116,8 @@ def evaluate(
                           record["per_attack"], [c == "1" for c in record["clean_mask"]],
                           [r == "1" for r in record["robust_mask"]], record["elapsed_seconds"],
                           list(record["warnings"]), record, cost=record["cost"], probes=record.get("probes") or {},
-                          certified=[c == "1" for c in record["certified_mask"]] if "certified_mask" in record else None)
+                          certified=[c == "1" for c in record["certified_mask"]] if "certified_mask" in record else None,
+                          indicators=dict(record.get("indicators") or {}))
     if dataset is not None:
         from robustbench_karp.data import load_split, subset_indices
 
@@ -163,8 +164,9 @@ def evaluate(
         result.adversarial, result.broken = collector.tensors(x, batch_size)
     sample = min(len(x), 200)  # the same sanity checks the CLI's records run, on the first points
     reseed_randomized(model, batch_seed(seed, -1))  # with the same randomness (evaluation/recording.py)
-    result.warnings += [w for w in run_checks(model, x[:sample].to(device), y[:sample].to(device), result, built, order,
-                                              threat, device, []) if w not in result.warnings]
+    found, result.indicators = check_all(model, x[:sample].to(device), y[:sample].to(device), result, built, order,
+                                         threat, device, [])  # and the attack-failure indicators
+    result.warnings += [w for w in found if w not in result.warnings]
     return result
 
 

@@ -105,7 +105,7 @@ def test_entry_flags_compare_attacks_across_records():
     from robustbench_karp.boards.entries import entry_flags
 
     flags = entry_flags({"pgd": 0.6, "fgsm": 0.5, "autoattack": 0.4, "square": 0.7})  # square is black-box: no flag
-    assert len(flags) == 1 and flags[0].startswith("pgd accuracy 0.6000 is above fgsm")
+    assert len(flags) == 1 and flags[0].startswith("single-step-beats-multi-step: pgd accuracy 0.6000 is above fgsm")
 
 
 class OtherDevice(torch.Tensor):

@@ -231,12 +231,13 @@ def protocol_coverage(subset: list[dict[str, Any]], defense: dict[str, Any] | No
 
 
 def entry_flags(per_attack: dict[str, float]) -> list[str]:
-    """Across the records of one entry: a multi-step attack weaker than a single-step one (gradient masking?)."""
+    """Across the records of one entry: a multi-step attack weaker than a single-step one (gradient masking?), under
+    its attack-failure indicator's name (a record's fired indicators reach the flags through its warnings)."""
     facts = catalog.facts()
     single = set(facts["single_step"])
     multi = set(facts["attacks"]) - single - set(facts["black_box"])
-    return [f"{m} accuracy {per_attack[m]:.4f} is above {s} accuracy {per_attack[s]:.4f}: the multi-step attack is "
-            "weaker than the single-step one (gradient masking?)"
+    return [f"single-step-beats-multi-step: {m} accuracy {per_attack[m]:.4f} is above {s} accuracy "
+            f"{per_attack[s]:.4f}: the multi-step attack is weaker than the single-step one (gradient masking?)"
             for m in sorted(multi & set(per_attack)) for s in sorted(single & set(per_attack))
             if per_attack[m] > per_attack[s]]
 

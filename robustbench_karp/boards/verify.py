@@ -5,7 +5,8 @@
 A published number is trusted only if the site's records give it back:
 - every record: its id is its config's hash (config_hash of the EvalConfig, or of an import's identity),
   its masks have one '0'/'1' per test point, its accuracies are exactly what its masks count, and every
-  certified point is robust;
+  certified point is robust; its cascade indicators (black-box-beats-white-box, single-step-beats-multi-step)
+  are what its per-attack accuracies give;
 - every entry: recomputed from the records (boards/published.rederive), every field agrees with the
   published one, except where the site was built (reproducibility, the examples link);
 - every page: README.md, results.csv, index.html and the curves render again byte for byte.
@@ -71,7 +72,26 @@ def record_problems(record: dict[str, Any]) -> list[str]:
             any(not record["robust_accuracy"] <= acc <= record["clean_accuracy"] for acc in cumulative):
         out.append(f"record {rid}: its per-attack accuracies {cumulative} do not fall from clean to robust accuracy")
     out += _requirement_problems(record)
+    out += _indicator_problems(record)
     return out
+
+
+def _indicator_problems(record: dict[str, Any]) -> list[str]:
+    """The indicators a record derives from its cascade's accuracies, derived again (records from before indicators,
+    and cascades with an attack the catalog does not know, have nothing to compare)."""
+    from robustbench_karp import catalog
+    from robustbench_karp.evaluation.indicator_rules import base_name, cascade_indicators
+
+    stored, order = record.get("indicators") or {}, record.get("attack_order") or []
+    facts = catalog.facts()
+    if not stored or not order or any(base_name(a) not in facts["attacks"] for a in order) or \
+            any(a not in (record.get("per_attack") or {}) for a in order):
+        return []
+    kinds = [{a for a in order if base_name(a) in facts[k]} for k in ("single_step", "black_box")]
+    again = cascade_indicators(record["clean_accuracy"], record["per_attack"], order, *kinds,
+                               record["config"].get("n_examples") or 0)
+    return [f"record {record['id']}: indicator {name} is {_short(stored.get(name))} but its accuracies give "
+            f"{_short(ind)}" for name, ind in again.items() if stored.get(name) != ind]
 
 
 def _requirement_problems(record: dict[str, Any]) -> list[str]:

@@ -171,6 +171,10 @@ def print_record(record: dict) -> None:
                    colalign=("left", "right", "right")))
     for warning in record.get("warnings", []):
         print(f"warning: {warning}")
+    if record.get("indicators"):  # attack-failure indicators, one line (records from before them have none)
+        from robustbench_karp.evaluation.indicator_rules import summary_line
+
+        print(summary_line(record["indicators"]))
     print(f"record {record['id']}  ({record['elapsed_seconds']:.1f} s on {record['device']})")
 
 

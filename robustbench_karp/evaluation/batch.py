@@ -109,6 +109,7 @@ class BatchOutcome:
     probes: dict[str, dict[str, float]] = field(default_factory=dict)  # per probe: robust, attacked, passes, seconds
     certified: list[bool] | None = None  # (b,) proven robust (None: no certification ran)
     certification: dict[str, float] = field(default_factory=dict)  # seconds and forward passes it took
+    traces: dict[str, dict[str, float]] = field(default_factory=dict)  # per attack: its ascents (threat/trace.py)
 
 
 def _certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, cascade: Cascade,

@@ -12,6 +12,10 @@ and AutoAttack's checks. Checks on one record (run_checks, after every evaluatio
 - an adaptive attack (BPDA/EOT/transfer) finds much less robustness than the plain ones (obfuscated gradients);
 - clean accuracy at chance (untrained or wrong weights, or the wrong normalization).
 The train-mode check lives in the engine; `leaderboard.entry_flags` compares attacks across records.
+
+A warning that is also an attack-failure indicator (evaluation/indicators.py) starts with that indicator's
+name ("black-box-beats-white-box: ..."), and check_all returns the indicators beside the warnings: a flag
+has one name and one meaning, whether it was a check before or not.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustbench_karp.attacks.pgd import PGD
-from robustbench_karp.evaluation.engine import EvalResult, eval_mode, expand, in_pieces_on_oom, predict
+from robustbench_karp.evaluation import indicators
+from robustbench_karp.evaluation.engine import EvalResult, eval_mode, expand, in_pieces_on_oom
+from robustbench_karp.evaluation.indicator_rules import warning_line
 from robustbench_karp.threat import ThreatModel
 from robustbench_karp.threat.rows import forward_rows, pieces
 
-UNBOUNDED_MAX_ACCURACY = 0.05  # an attack on the whole box should leave about nothing
+UNBOUNDED_MAX_ACCURACY = indicators.UNCONSTRAINED_ACCURACY  # an attack on the whole box should leave about nothing
 ZERO_GRADIENT_SHARE = 0.10
 OBFUSCATION_GAP = 0.10  # non-adaptive minus adaptive robust accuracy
 CHANCE_FACTOR = 1.5  # clean accuracy at most this many times 1/classes: the model is no better than a guess
@@ -51,10 +56,12 @@ def cascade_checks(result: EvalResult, attacks: Sequence, order: list[str]) -> l
         earlier = parts[:i]
         if drop > 0 and _flag(part, "single_step") and any(not _flag(p, "single_step") and not _flag(p, "black_box")
                                                             for p in earlier):
-            out.append(f"single-step {name} broke {drop:.1%} of the points a multi-step attack before it missed: "
+            out.append(f"single-step-beats-multi-step: single-step {name} broke {drop:.1%} of the points a "
+                       "multi-step attack before it missed: "
                        "the multi-step attack is weaker than the single-step one (gradient masking?)")
         if drop > 0 and _flag(part, "black_box") and any(not _flag(p, "black_box") for p in earlier):
-            out.append(f"black-box {name} broke {drop:.1%} of the points the white-box attacks before it missed "
+            out.append(f"black-box-beats-white-box: black-box {name} broke {drop:.1%} of the points the white-box "
+                       "attacks before it missed "
                        "(gradient masking?)")
     return out
 
@@ -80,7 +87,7 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Se
     with torch.no_grad():  # in physical pieces when memory asks
         first, second = forward_rows(model, x), forward_rows(model, x)
     if not torch.allclose(first, second, rtol=1e-4, atol=1e-5) and not any(_flag(p, "eot") for _, p in expand(attacks)):
-        out.append("the model's outputs differ on the same input (randomized) and no EOT attack was run")
+        out.append("unstable-predictions: the model's outputs differ on the same input (randomized) and no EOT attack was run")
     ones = torch.ones(len(first), device=first.device)  # on the outputs' device: a CPU tensor fails against CUDA outputs
     if first.min() >= 0 and first.max() <= 1 and torch.allclose(first.sum(1), ones, atol=1e-3):
         out.append("the model returns probabilities instead of logits: losses on them saturate (use logits)")
@@ -93,8 +100,8 @@ def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Se
     g = torch.cat(grads).flatten(1)
     bad = (~torch.isfinite(g).all(1)) | (g == 0).all(1)
     if bad.float().mean() > ZERO_GRADIENT_SHARE:
-        out.append(f"{bad.float().mean():.0%} of the sampled inputs have zero or non-finite input gradients "
-                   "(gradient masking?)")
+        out.append(f"unavailable-gradients: {bad.float().mean():.0%} of the sampled inputs have zero or non-finite "
+                   "input gradients (gradient masking?)")
     return out
 
 
@@ -107,15 +114,14 @@ def chance_check(result: EvalResult, classes: int) -> list[str]:
     return []
 
 
-def unbounded_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> list[str]:
-    """PGD with eps = 1 in Linf can reach any image: a model that survives it is masking gradients."""
-    x, y = x[:100], y[:100]
-    gen = torch.Generator(device=device).manual_seed(0)
-    x_adv = PGD(steps=10, step_size=0.2)(model, x, y, ThreatModel("linf", 1.0), gen)
-    accuracy = (predict(model, x_adv) == y).float().mean().item()
-    if accuracy > UNBOUNDED_MAX_ACCURACY:
-        return [f"an unbounded attack (PGD-10, Linf eps = 1) leaves {accuracy:.1%} accuracy instead of about 0% "
-                "(gradient masking?)"]
+def unbounded_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
+                    found: dict[str, Any] | None = None) -> list[str]:
+    """PGD with eps = 1 in Linf can reach any image: a model that survives it is masking gradients.
+    found: the unconstrained-failure indicator when already computed (else it is computed here)."""
+    found = found or indicators.unconstrained_failure(model, x, y, device)
+    if found["fired"]:
+        return [f"unconstrained-failure: an unbounded attack (PGD-10, Linf eps = 1) leaves {found['value']:.1%} "
+                "accuracy instead of about 0% (gradient masking?)"]
     return []
 
 
@@ -127,23 +133,42 @@ def run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: EvalR
 
     non_adaptive: the plain attacks' robust accuracy (a probe's, on every point); None: read off the cascade.
     """
-    return in_pieces_on_oom(lambda: _run_checks(model, x, y, result, attacks, order, threat, device, sweep, non_adaptive),
-                            model, len(x))
+    return check_all(model, x, y, result, attacks, order, threat, device, sweep, non_adaptive)[0]
+
+
+def check_all(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: EvalResult, attacks: Sequence,
+              order: list[str], threat: ThreatModel, device: torch.device, sweep: list[dict[str, Any]],
+              non_adaptive: float | None = None) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """(warnings, indicators): run_checks' warnings, every fired indicator among them under its name, and the
+    attack-failure indicators of the evaluation (evaluation/indicators.py). result.indicators is left as it was."""
+    return in_pieces_on_oom(lambda: _run_checks(model, x, y, result, attacks, order, threat, device, sweep,
+                                                non_adaptive), model, len(x))
 
 
 def _run_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result: EvalResult, attacks: Sequence,
                 order: list[str], threat: ThreatModel, device: torch.device, sweep: list[dict[str, Any]],
-                non_adaptive: float | None) -> list[str]:
+                non_adaptive: float | None) -> tuple[list[str], dict[str, dict[str, Any]]]:
     out = cascade_checks(result, attacks, order) + sweep_checks(result, threat, sweep)
     with eval_mode(model):
+        found = indicators.compute(model, x, y, result, attacks, order, threat, device)
         with torch.no_grad():
             out += chance_check(result, int(forward_rows(model, x[:1]).shape[1]))
         out += model_checks(model, x, y, attacks)
         if threat.eps > 0:
-            out += unbounded_check(model, x, y, device)
+            out += unbounded_check(model, x, y, device, found["unconstrained-failure"])
     gap_base = non_adaptive if non_adaptive is not None else non_adaptive_accuracy(result, attacks, order)
     if gap_base is not None and gap_base - result.robust_accuracy > OBFUSCATION_GAP:
         out.append(f"non-adaptive attacks leave {gap_base:.1%} but adaptive ones {result.robust_accuracy:.1%}: "
                    "the defense relies on obfuscated gradients")
-    return out
+    return _one_meaning(out, found)
+
+
+def _one_meaning(warnings: list[str], found: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """A warning under an indicator's name fires that indicator (the sample's zero-gradient check where the ascents
+    saw none); a fired indicator with no warning of its own gets one. One name, one meaning."""
+    named = {w.partition(": ")[0] for w in warnings}
+    for name in named & set(found):
+        if not found[name]["fired"]:
+            found[name] = {**found[name], "fired": True, "by": "sanity check on the sample"}
+    return warnings + [warning_line(name, ind) for name, ind in found.items() if ind["fired"] and name not in named], found
 

@@ -39,6 +39,8 @@ from robustbench_karp.evaluation.batch import (  # noqa: F401  (eval_mode, predi
     predict,
 )
 from robustbench_karp.evaluation.cost import attack_cost, count_passes
+from robustbench_karp.evaluation.indicator_rules import trace_indicators
+from robustbench_karp.evaluation.indicators import merge, traced_cascade
 from robustbench_karp.threat import ThreatModel
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ class EvalResult:
     certified: list[bool] | None = None  # (N,) proven robust (None: no certification ran)
     adversarial: torch.Tensor | None = field(default=None, repr=False)  # (N, C, H, W) worst-case x_adv, when asked
     broken: torch.Tensor | None = field(default=None, repr=False)  # (N,) bool: an attack broke the point
+    # Attack-failure indicators, name -> {fired, value, threshold, points[, why]} (evaluation/indicators.py): the
+    # traces' from the engine, the rest added by the sanity checks (checks.check_all) where they run.
+    indicators: dict[str, dict[str, Any]] = field(default_factory=dict)
+    traces: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)  # per attack (threat/trace.py)
 
     def __repr__(self) -> str:  # not the (N,) masks
         attacks = ", ".join(f"{k} {v:.4f}" for k, v in self.per_attack.items())
@@ -119,6 +125,10 @@ def combine(outcomes: list[BatchOutcome], names: list[str], elapsed: float, devi
     if certified is not None:
         cost["certification"] = {k: sum(o.certification.get(k, 0) for o in outcomes) for k in ("seconds", "forward")}
     seen = list(dict.fromkeys(warnings + [w for o in outcomes for w in o.warnings]))
+    traces: dict[str, dict[str, float]] = {}
+    for o in outcomes:
+        for name, summary in (getattr(o, "traces", None) or {}).items():
+            traces[name] = merge(traces.get(name, {}), summary)
     return EvalResult(
         n_examples=n,
         clean_accuracy=sum(clean) / max(n, 1),
@@ -131,6 +141,8 @@ def combine(outcomes: list[BatchOutcome], names: list[str], elapsed: float, devi
         cost=cost,
         probes={name: used["robust"] / max(n, 1) for name, used in probed.items()},
         certified=certified,
+        indicators=trace_indicators(traces),
+        traces=traces,
     )
 
 
@@ -148,11 +160,11 @@ def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, 
     .tick(forward passes) after every pass through the network.
     Returns the engine's warnings (a model found in train mode is evaluated in eval mode).
     """
-    cascade = Cascade(expand(attacks), threat, [(f"probe:{p.name}", p) for p in probes], certifier, method,
-                      check_certified)
-    warnings = []
+    warnings, sink = [], {}
     on_pass = reporter.tick if reporter is not None else None
     with eval_mode(model) as was_training, count_passes(model, on_pass) as passes:
+        cascade = Cascade(traced_cascade(expand(attacks), passes, sink), threat,  # ascents report to sink
+                          [(f"probe:{p.name}", p) for p in probes], certifier, method, check_certified)
         if was_training:
             warnings.append("model was in train mode; it was evaluated in eval mode")
         for b, x, y in batches:
@@ -163,6 +175,8 @@ def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, 
             except CertificationConflict as e:
                 raise e.at(b, None) from None
             release_memory()
+            outcome.traces = dict(sink)  # this batch's ascents (an OOM rerun's twice: shares barely move)
+            sink.clear()
             on_outcome(b, outcome)
     return warnings
 

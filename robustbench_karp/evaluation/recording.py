@@ -3,7 +3,8 @@
     record = make_record(plan, model, provenance, result, device, sweep=[])   # harness.run_evaluation stores it
 
 The layout is store/records.py's (schema 3): the config under "config" and nowhere else; results,
-sanity-check warnings, what the evaluation cost, and the conditions CPU numbers depend on beside it.
+sanity-check warnings and attack-failure indicators, what the evaluation cost, and the conditions CPU numbers
+depend on beside it.
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def make_record(plan, model: nn.Module, provenance: dict[str, Any], result: Eval
     base = non_adaptive(result, plan.attacks, order)
     reseed_randomized(model, batch_seed(plan.config.seed, -1))  # the checks draw the same randomness however the
     # batches ran (in one process, resumed, or sharded under torchrun)
-    warnings = result.warnings + checks.run_checks(model, x.to(device), y.to(device), result, plan.attacks, order,
-                                                    plan.threat, device, sweep, non_adaptive=base)
+    found, result.indicators = checks.check_all(model, x.to(device), y.to(device), result, plan.attacks, order,
+                                                plan.threat, device, sweep, non_adaptive=base)
+    warnings = result.warnings + [w for w in found if w not in result.warnings]
     warnings += bracket_warning(result, plan.config.defense, plan.config.eps,
                                 (provenance.get("train_config") or {}).get("eps"))
     config = plan.config.to_dict()
@@ -81,4 +83,5 @@ def make_record(plan, model: nn.Module, provenance: dict[str, Any], result: Eval
         "conditions": cpu_conditions(),
         "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "warnings": warnings,
+        "indicators": result.indicators,  # attack-failure indicators (evaluation/indicators.py; a result, not the id)
     }

@@ -9,7 +9,10 @@ An evaluation record (schema 3) holds:
                                     (name and options), weights, defense_weights, norm, eps, n_examples, seed,
                                     batch_size, attacks, protocol, source, rng
     results                         clean_accuracy, robust_accuracy, per_attack, attack_order, clean_mask,
-                                    robust_mask, indices, non_adaptive_accuracy, protocols, protocol_requirements
+                                    robust_mask, indices, non_adaptive_accuracy, protocols, protocol_requirements,
+                                    indicators (name -> fired, value, threshold, points[, why]: the attack-failure
+                                    indicators, evaluation/indicators.py; absent from records made before them,
+                                    which read as they are: a result, never part of the id)
     provenance                      checkpoint, checkpoint_sha256, model_file, train_config, train_conditions,
                                     train_amp, train_outcome, attack_provenance, cost, device, conditions,
                                     versions, created_utc, elapsed_seconds, warnings

@@ -1,7 +1,8 @@
 """The shared ascent loop: projected steepest ascent inside a threat model's ball and [0, 1].
 
 Every attack and every adversarial-training defense perturbs images through `ascend`, so there is
-one loop, with one early-stop and compaction scheme.
+one loop, with one early-stop and compaction scheme. Inside a `trace.tracing()` block (the engine opens
+one around each attack) it also reports its losses, gradients and outcomes for the attack-failure indicators.
 
 Shapes: images are float (B, C, H, W) in [0, 1]; step sizes are in pixel units (8/255).
 """
@@ -14,6 +15,7 @@ import torch
 
 from robustbench_karp.threat.ball import ThreatModel
 from robustbench_karp.threat.rows import loss_and_grad, pieces
+from robustbench_karp.threat.trace import current
 
 Objective = Callable[[torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
 
@@ -58,8 +60,13 @@ def ascend(
     idx = torch.arange(len(x), device=x.device)
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)  # (b,) rows not yet done
     x_adv, x_ref = out.clone(), x
+    trace = current()
+    if trace is not None:
+        trace.start(x, steps)
     for step in range(steps):
-        done, g = loss_and_grad(objective, x_adv, idx)  # in physical pieces when memory asks (rows.py)
+        done, g = loss_and_grad(objective if trace is None else trace.watch(objective), x_adv, idx)  # in physical
+        if trace is not None:                                                     # pieces when memory asks
+            trace.step(step, idx, x_adv, done, g, active)
         if stop_when_done and done is not None:
             newly = done & active  # (b,) first adversarial iterate: keep it
             rows = newly.view(-1, *([1] * (x.dim() - 1)))
@@ -69,7 +76,7 @@ def ascend(
             if (step + 1) % k == 0 or step == steps - 1:  # compaction, the only host sync
                 keep = active.nonzero().squeeze(1)
                 if not len(keep):
-                    return out, done_all
+                    return _finished(out, done_all, trace, objective)
                 if len(keep) < len(idx):
                     idx, x_adv, x_ref, g, active = idx[keep], x_adv[keep], x_ref[keep], g[keep], active[keep]
         x_adv = threat.project(x_adv + step_size * threat.ascent_direction(g), x_ref)
@@ -83,4 +90,11 @@ def ascend(
         done = None if dones[0] is None else torch.cat(dones)
         if done is not None:
             done_all[idx[done]] = True
+    return _finished(out, done_all, trace, objective)
+
+
+def _finished(out: torch.Tensor, done_all: torch.Tensor, trace, objective: Objective
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    if trace is not None:
+        trace.finish(out, done_all, objective)
     return out, done_all
