@@ -40,6 +40,7 @@ CASES = {
     "fgsm": Case({}),
     "pgd": Case({"steps": 10}),
     "apgd-ce": Case({"steps": 10}),
+    "apgd": Case({"steps": 10}),
     "apgd-t": Case({"steps": 10}),
     "fab-t": Case({"steps": 10}),
     "square": Case({"queries": 300}),
@@ -54,7 +55,7 @@ CASES = {
 # attacks whose output depends on the generator, with options cheaper still: only their randomness is tested
 # here (fgsm and advgan never draw; fab-t's first restart starts at x and later ones rarely beat it)
 RANDOMIZED = {"pgd": {"steps": 2}, "eot-pgd": {"steps": 2, "samples": 2}, "bpda-pgd": {"steps": 2}, "transfer-pgd": {"steps": 2},
-              "apgd-ce": {"steps": 2}, "apgd-t": {"steps": 2}, "square": {"queries": 20},
+              "apgd": {"steps": 2}, "apgd-ce": {"steps": 2}, "apgd-t": {"steps": 2}, "square": {"queries": 20},
               "autoattack": {"steps": 2, "square_queries": 20}, "torchattacks:PGD": {"steps": 2}}
 
 

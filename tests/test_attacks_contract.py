@@ -17,7 +17,7 @@ from robustbench_karp.threat.context import RunContext
 
 FAST_OPTIONS = {
     "pgd": {"steps": 10},
-    "apgd-ce": {"steps": 10}, "apgd-t": {"steps": 5}, "fab-t": {"steps": 5},
+    "apgd": {"steps": 10}, "apgd-ce": {"steps": 10}, "apgd-t": {"steps": 5}, "fab-t": {"steps": 5},
     "square": {"queries": 50}, "autoattack": {"steps": 5, "square_queries": 50},
     "advgan": {"epochs": 5}, "bpda-pgd": {"steps": 10}, "eot-pgd": {"steps": 10, "samples": 2},
     "transfer-pgd": {"steps": 10},

@@ -1,0 +1,178 @@
+"""Our APGD (attacks/apgd.py) against the original AutoAttack's, point by point, and the properties that make it ours:
+each point's first adversarial iterate is kept at its early exit, a standing point gets its iterate of highest loss,
+the ball holds, the same generator gives the same output, and DLR refuses models with too few classes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from robustbench_karp.attacks import build_attack
+from robustbench_karp.attacks.apgd_rows import checkpoints
+from robustbench_karp.evaluation.cost import count_passes
+from robustbench_karp.threat import ThreatModel, check_budget
+from robustbench_karp.threat.rows import physical_rows
+
+LINF = ThreatModel("linf", 0.1)  # on the digits smallcnn: about a third of the points break, at various steps
+
+
+class Wavy(nn.Module):
+    """Class 9 by a margin of 4 or more, never broken; the other logit is cos(200 * mean pixel), so the loss rises
+    and falls along APGD's path and its last iterate is often not its best."""
+
+    def forward(self, x):
+        wave = torch.cos(200 * x.flatten(1).mean(1))  # (B,)
+        zero = torch.zeros_like(wave)
+        return torch.stack([wave] + [zero] * 8 + [zero + 5], dim=1)
+
+
+class Recorder:
+    """Every batch that goes through a module's forward (its input and logits), via a hook removed on exit."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.calls = model, []
+
+    def __enter__(self):
+        self.handle = self.model.register_forward_hook(
+            lambda m, i, o: self.calls.append((i[0].detach().clone(), o.detach().clone())))
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+@pytest.fixture(scope="module")
+def points(digits, digits_model):
+    """40 test digits the model classifies correctly."""
+    _, test = digits
+    x, y = test.batch(torch.arange(60))
+    ok = digits_model(x).argmax(1) == y
+    return x[ok][:40], y[ok][:40]
+
+
+def reference_broken(model, x, y, loss: str, eps: float, targets: int) -> torch.Tensor:
+    """(B,) which points pyautoattack's APGD breaks in 100 iterations from x itself (no random start)."""
+    autopgd = pytest.importorskip("pyautoattack.autopgd_base")
+    with torch.random.fork_rng():  # it draws a random start (then replaced by x_init) from the global RNG
+        if loss != "dlr-targeted":
+            ref = autopgd.APGDAttack(model, n_iter=100, norm="Linf", eps=eps, loss=loss, device=x.device)
+            ref.init_hyperparam(x)
+            return ~ref.attack_single_run(x, y, x_init=x.clone())[1].bool()
+        ref = autopgd.APGDAttack_targeted(model, n_iter=100, norm="Linf", eps=eps, device=x.device)
+        ref.init_hyperparam(x)
+        ranked, broken = model(x).sort(dim=1)[1], torch.zeros(len(x), dtype=torch.bool)
+        for k in range(2, targets + 2):  # its targets: the 2nd, 3rd, ... largest clean logit, as ours
+            ref.y_target = ranked[:, -k]
+            broken |= ~ref.attack_single_run(x, y, x_init=x.clone())[1].bool()
+        return broken
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
+def test_breaks_the_points_the_original_breaks(loss, digits_model, points):
+    """Same model, points and start (x itself), 100 iterations: the same points break. On 296 digits at eps 0.1
+    and 0.2 (Linf; and L2 at 1.0 and 1.5) the two agreed on every point. One disagreement is allowed: our batch
+    shrinks as points leave, and a matrix product over fewer rows may round its last bit differently, which can
+    flip the sign of a near-zero gradient coordinate and send one trajectory elsewhere."""
+    x, y = points[0][:24], points[1][:24]
+    ours = build_attack("apgd", {"loss": loss, "random_start": False, "targets": 2})(
+        digits_model, x, y, LINF, torch.Generator().manual_seed(0))
+    broken = digits_model(ours).argmax(1) != y
+    ref = reference_broken(digits_model, x, y, loss, LINF.eps, targets=2)
+    assert 4 <= ref.sum() <= len(x) - 4  # a comparison with something on both sides
+    assert (broken != ref).sum() <= 1, (broken.sum(), ref.sum())
+
+
+def test_a_broken_point_returns_the_iterate_that_broke_it(digits, digits_model):
+    """Points of one class, so each recorded batch says how many rows were misclassified at that step: each row
+    leaves at its first misclassified iterate, so the rows counted misclassified over all steps are exactly the
+    points returned adversarial (dropping a broken point's example, or keeping its rows on, breaks the equality)."""
+    _, test = digits
+    x, y = test.batch(torch.arange(300))
+    keep = (y == 8) & (digits_model(x).argmax(1) == y)
+    x, y = x[keep][:30], y[keep][:30]
+    with Recorder(digits_model) as seen:
+        out = build_attack("apgd", {"steps": 30})(digits_model, x, y, LINF, torch.Generator().manual_seed(0))
+    per_call = torch.tensor([int((logits.argmax(1) != 8).sum()) for _, logits in seen.calls[1:]])  # [0]: classes check
+    assert per_call[3:].sum() >= 2  # some points broke at an intermediate step, not at the start or first steps
+    returned = digits_model(out).argmax(1) != y
+    assert int(returned.sum()) == int(per_call.sum())
+    sizes = torch.tensor([len(inputs) for inputs, _ in seen.calls[1:]])  # the working batch at each step
+    assert sizes[0] == len(x) and torch.equal(sizes[1:], sizes[:-1] - per_call[:-1])  # a broken row leaves at once
+
+
+@pytest.mark.parametrize("threat", [ThreatModel("linf", 0.1), ThreatModel("l2", 0.5)], ids=["linf", "l2"])
+def test_a_standing_point_returns_its_iterate_of_highest_loss(threat):
+    """Nothing breaks Wavy, so every step evaluates all rows in order: the returned point's loss is the highest
+    of any iterate, and on some points strictly above the last iterate's (so returning the last would fail)."""
+    x, y, model = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((30,), 9), Wavy()
+    with Recorder(model) as seen:
+        out = build_attack("apgd", {"steps": 20})(model, x, y, threat, torch.Generator().manual_seed(0))
+    losses = torch.stack([F.cross_entropy(logits, y, reduction="none") for _, logits in seen.calls[1:]])  # (21, 30)
+    assert len(losses) == 21
+    returned = F.cross_entropy(model(out), y, reduction="none")
+    assert torch.allclose(returned, losses.max(0).values, atol=1e-6)
+    assert (losses[-1] < losses.max(0).values - 1e-4).sum() >= 2
+    check_budget(out, x, threat)
+
+
+@pytest.mark.parametrize("threat", [ThreatModel("linf", 0.1), ThreatModel("l2", 0.5)], ids=["linf", "l2"])
+@pytest.mark.parametrize("options", [{"restarts": 2, "odi_steps": 2}, {"loss": "dlr-targeted", "targets": 3,
+                                                                       "target_batch": 2}])
+def test_every_point_lies_in_the_ball_and_the_seed_decides(threat, options, digits_model, points):
+    x, y = points
+    x0 = x.clone()
+    attack = build_attack("apgd", {"steps": 10, **options})
+    first = attack(digits_model, x, y, threat, torch.Generator().manual_seed(0))
+    check_budget(first, x, threat)  # raises outside the ball or [0, 1]
+    assert torch.equal(x, x0) and not first.requires_grad
+    assert torch.equal(first, attack(digits_model, x, y, threat, torch.Generator().manual_seed(0)))
+    assert not torch.equal(first, attack(digits_model, x, y, threat, torch.Generator().manual_seed(1)))
+
+
+def test_physical_pieces_give_the_same_numbers(digits_model, points):
+    """splits = True: the engine may cut a batch into pieces on out-of-memory and expect identical results."""
+    x, y = points
+    attack = build_attack("apgd", {"steps": 10, "loss": "dlr-targeted", "targets": 3, "odi_steps": 1})
+    whole = attack(digits_model, x, y, LINF, torch.Generator().manual_seed(3))
+    with physical_rows(7):
+        assert torch.equal(whole, attack(digits_model, x, y, LINF, torch.Generator().manual_seed(3)))
+
+
+def test_targets_in_one_batch_break_the_points_they_break_one_at_a_time(digits_model, points):
+    """Rows are independent: a point breaks if one of its targets does, however many targets run at once."""
+    x, y = points
+    broken = []
+    for group in (None, 1):
+        attack = build_attack("apgd", {"loss": "dlr-targeted", "targets": 3, "target_batch": group,
+                                       "random_start": False, "steps": 20})
+        broken.append(digits_model(attack(digits_model, x, y, LINF, torch.Generator().manual_seed(0))).argmax(1) != y)
+    assert torch.equal(broken[0], broken[1]) and broken[0].any()
+
+
+def test_dlr_on_too_few_classes_is_a_one_line_error():
+    x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    for loss, classes in (("dlr-targeted", 3), ("dlr", 2)):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, classes))
+        with pytest.raises(ValueError, match=f"at least {classes + 1} classes") as error:
+            build_attack("apgd", {"loss": loss})(model, x, y, LINF, torch.Generator())
+        assert "\n" not in str(error.value)
+    with pytest.raises(ValueError, match="unknown apgd loss"):
+        build_attack("apgd", {"loss": "cw"})
+
+
+@pytest.mark.parametrize("options", [{"steps": 10}, {"steps": 5, "loss": "dlr-targeted", "targets": 3},
+                                     {"steps": 10, "restarts": 2, "odi_steps": 2}])
+def test_forward_budget_bounds_the_passes(options):
+    attack, model = build_attack("apgd", options), Wavy()
+    x, y = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((12,), 9)
+    with count_passes(model) as passes:
+        attack(model, x, y, LINF, torch.Generator().manual_seed(0))
+    assert 0.9 * attack.forward_budget() <= passes.forward / len(x) <= attack.forward_budget()
+
+
+def test_checkpoints_follow_the_paper():
+    """p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), p_1 = 0.22, times 100 iterations (checked after iteration p - 1)."""
+    assert [i + 1 for i in checkpoints(100)] == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert set(checkpoints(100).values()) == {22, 19, 16, 13, 10, 7, 6}
