@@ -58,7 +58,7 @@ class Rows:
         return len(self.owner)
 
 
-def evaluate(model, objective, x_adv: torch.Tensor, y: torch.Tensor, extra: torch.Tensor | None):
+def rows_loss_and_grad(model, objective, x_adv: torch.Tensor, y: torch.Tensor, extra: torch.Tensor | None):
     """(loss (R,), misclassified (R,), d loss.sum() / d x_adv) in physical pieces (robustbench_karp.threat.rows).
 
     torch.autograd.grad, not .backward(): the parameters' .grad stay untouched."""
@@ -111,7 +111,7 @@ def odi_run(model, rows: Rows, start: torch.Tensor, threat: ThreatModel, gen: to
     rows.w = 2 * random_uniform((len(rows), classes), gen, start) - 1  # (R, classes): a direction per row
     rows.x_adv = start
     for _ in range(steps):
-        _, wrong, rows.grad = evaluate(model, odi_objective, rows.x_adv, rows.y, rows.w)
+        _, wrong, rows.grad = rows_loss_and_grad(model, odi_objective, rows.x_adv, rows.y, rows.w)
         rows = settle(rows, wrong, adv, broken)
         if not len(rows):
             break
@@ -123,7 +123,7 @@ def apgd_run(model, objective, rows: Rows, start: torch.Tensor, threat: ThreatMo
              momentum: float, adv: torch.Tensor, broken: torch.Tensor) -> Rows:
     """APGD from start on rows; broken points go to adv and broken, the rows left carry x_best and loss_best."""
     rows.x_adv = start
-    rows.loss, wrong, rows.grad = evaluate(model, objective, rows.x_adv, rows.y, rows.target)
+    rows.loss, wrong, rows.grad = rows_loss_and_grad(model, objective, rows.x_adv, rows.y, rows.target)
     rows = settle(rows, wrong, adv, broken)
     n = len(rows)
     rows.x_best, rows.grad_best, rows.loss_best = rows.x_adv.clone(), rows.grad.clone(), rows.loss.clone()
@@ -140,7 +140,7 @@ def apgd_run(model, objective, rows: Rows, start: torch.Tensor, threat: ThreatMo
         x = rows.x_adv
         z = threat.project(x + column(rows.eta, x) * threat.ascent_direction(rows.grad), rows.x)
         rows.x_old, rows.x_adv = x, threat.project(x + weight * (z - x) + (1 - weight) * (x - rows.x_old), rows.x)
-        loss, wrong, rows.grad = evaluate(model, objective, rows.x_adv, rows.y, rows.target)
+        loss, wrong, rows.grad = rows_loss_and_grad(model, objective, rows.x_adv, rows.y, rows.target)
         rows.rises, rows.loss = rows.rises + (loss > rows.loss), loss
         rows = settle(rows, wrong, adv, broken)
         better = rows.loss > rows.loss_best
@@ -148,11 +148,11 @@ def apgd_run(model, objective, rows: Rows, start: torch.Tensor, threat: ThreatMo
         rows.grad_best = torch.where(column(better, x), rows.grad, rows.grad_best)
         rows.loss_best = torch.where(better, rows.loss, rows.loss_best)
         if i in windows:
-            check_step_size(rows, windows[i], rho)
+            halve_stalled_steps(rows, windows[i], rho)
     return rows
 
 
-def check_step_size(rows: Rows, window: int, rho: float) -> None:
+def halve_stalled_steps(rows: Rows, window: int, rho: float) -> None:
     """Halve the step of rows whose loss rose in at most rho of the window, or that were not halved last time and
     whose best loss did not rise since; those restart from their best iterate and its gradient."""
     halve = (rows.rises <= window * rho) | (~rows.halved & (rows.loss_at_check >= rows.loss_best))
