@@ -188,3 +188,17 @@ def test_records_carry_indicators_verify_rederives_them_and_old_records_still_re
     old = {k: v for k, v in record.items() if k != "indicators"}
     assert migrate(old)["id"] == record["id"] and "indicators" not in migrate(old)
     assert record_problems(migrate(old)) == []
+
+
+def test_evaluate_ends_with_one_indicator_line(digits_points, karp_home, capsys):
+    from robustbench_karp.cli.evaluate import print_record
+
+    model, _, _ = digits_points
+    record = evaluate(model, dataset="digits", model_name="centroid", n_examples=40,
+                      attacks=[("pgd", {"steps": 10, "step_size": 0.002})], eps=0.1, store=True, device="cpu").record
+    print_record(record)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("indicators: fired: incomplete-optimization (") and lines[-1].startswith("record ")
+    assert "warning: incomplete-optimization: value" in "\n".join(lines)  # the flag, under its name
+    print_record({k: v for k, v in record.items() if k != "indicators"})  # an older record: no line, no error
+    assert not any(line.startswith("indicators:") for line in capsys.readouterr().out.splitlines())

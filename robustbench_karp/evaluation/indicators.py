@@ -13,7 +13,8 @@ randomness). The names and thresholds live in indicator_rules.py (pure); docs/in
     unstable-predictions    two identical calls, and small uniform noise, on the sample
     unconstrained-failure   PGD-10 at Linf eps = 1 on the sample's first 100 points
     transfer-failure        PGD on a purifier's own classifier, on the sample points the cascade left standing
-    more-iterations-help    the first multi-step attack with `steps`, again with twice the steps, on 64 points
+    more-iterations-help    the first multi-step attack with `steps`, with twice the steps, on the points of the
+                            sample's first 64 that the cascade left standing
 """
 
 from __future__ import annotations
@@ -135,25 +136,24 @@ def transfer_failure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, standin
     return indicator(float(broken.float().mean()), TRANSFER_FAILURE_SHARE, len(idx))
 
 
-def more_iterations_help(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Sequence, threat: ThreatModel,
-                         device: torch.device) -> dict[str, Any]:
-    """The first multi-step gradient attack with a `steps` option, run with its steps and with twice as many from
-    the same random state on the sample's first clean-correct points: the accuracy doubling takes off."""
+def more_iterations_help(model: nn.Module, x: torch.Tensor, y: torch.Tensor, standing: torch.Tensor,
+                         attacks: Sequence, threat: ThreatModel, device: torch.device) -> dict[str, Any]:
+    """The first multi-step gradient attack with a `steps` option, with twice its steps, on the points of the
+    sample's first MORE_ITERATIONS_POINTS the cascade left standing: the accuracy it takes off the cascade's."""
     chosen = next(((name, part) for name, part in expand(attacks) if isinstance(getattr(part, "steps", None), int)
                    and dataclasses.is_dataclass(part) and not _flag(part, "single_step")
                    and not _flag(part, "black_box") and base_name(name) not in ("transfer-pgd",)), None)
     if chosen is None:
         return not_computed("no multi-step gradient attack with a `steps` option in the cascade", MORE_ITERATIONS_GAP)
-    idx = (predict(model, x) == y).nonzero().squeeze(1)[:MORE_ITERATIONS_POINTS]
-    if not len(idx) or threat.eps <= 0:
-        return not_computed("no clean-correct sample point to attack", MORE_ITERATIONS_GAP)
+    n = min(len(x), MORE_ITERATIONS_POINTS)
+    idx = standing[:n].nonzero().squeeze(1)
     name, attack = chosen
-    accuracy = []
-    for steps in (attack.steps, 2 * attack.steps):
+    broken = 0
+    if len(idx) and threat.eps > 0:  # only points still standing can lower the accuracy
         gen = torch.Generator(device=device).manual_seed(0)
-        x_adv = dataclasses.replace(attack, steps=steps)(model, x[idx], y[idx], threat, gen)
-        accuracy.append((predict(model, x_adv) == y[idx]).float().mean().item())
-    return indicator(accuracy[0] - accuracy[1], MORE_ITERATIONS_GAP, len(idx), attack=name, steps=attack.steps)
+        x_adv = dataclasses.replace(attack, steps=2 * attack.steps)(model, x[idx], y[idx], threat, gen)
+        broken = int((predict(model, x_adv) != y[idx]).sum())
+    return indicator(broken / n, MORE_ITERATIONS_GAP, n, attack=name, steps=attack.steps, standing=len(idx))
 
 
 def compute(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result, attacks: Sequence, order: list[str],
@@ -170,12 +170,14 @@ def compute(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result, attacks:
     standing = torch.tensor(result.robust[: len(x)], dtype=torch.bool, device=x.device)
     if len(standing) == len(x):
         out["transfer-failure"] = transfer_failure(model, x, y, standing, threat, device)
+        with torch.enable_grad():
+            out["more-iterations-help"] = more_iterations_help(model, x, y, standing, attacks, threat, device)
     else:
-        out["transfer-failure"] = not_computed("the sample's masks are not known", TRANSFER_FAILURE_SHARE)
+        why = "the sample's masks are not known"
+        out["transfer-failure"] = not_computed(why, TRANSFER_FAILURE_SHARE)
+        out["more-iterations-help"] = not_computed(why, MORE_ITERATIONS_GAP)
     if threat.eps > 0:
         out["unconstrained-failure"] = unconstrained_failure(model, x, y, device)
     else:
         out["unconstrained-failure"] = not_computed("eps 0: a clean evaluation attacks nothing", UNCONSTRAINED_ACCURACY)
-    with torch.enable_grad():
-        out["more-iterations-help"] = more_iterations_help(model, x, y, attacks, threat, device)
     return {name: out[name] for name in NAMES if name in out}
