@@ -1,4 +1,4 @@
-"""Attack.forward_budget, which the progress display turns into time left within an attack.
+"""Attack.forward_budget, which the progress display turns into time left; the time-left model and the bar.
 
 The budget must bound the forward passes an attack really spends per point (else the estimate runs
 past 100%) and be close to it when no point breaks (else "at most N s left" is far too long). Counted
@@ -7,6 +7,8 @@ with the engine's own pass counter on a model whose prediction no perturbation c
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from conftest import Purified
@@ -14,6 +16,7 @@ from torch import nn
 
 from robustbench_karp.attacks import build_attack
 from robustbench_karp.evaluation.cost import count_passes
+from robustbench_karp.progress import CascadeTracker
 from robustbench_karp.threat import ThreatModel
 
 
@@ -50,3 +53,139 @@ def test_forward_budget_bounds_the_passes_and_is_close_when_nothing_breaks(name,
     used = passes.forward / len(x)
     assert 0.9 * attack.forward_budget() <= used <= attack.forward_budget(), (used, attack.forward_budget())
 
+
+
+# --- The time-left model and the final-verdict count (robustbench_karp/progress.py CascadeTracker), on a fake clock.
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run_attack(tracker, clock, name: str, points: int, per_point: float, rate: float, budget: float) -> None:
+    """The engine's calls for one attack on `points` points spending per_point passes each at `rate` passes/s."""
+    tracker.attack(name, points, budget)
+    for _ in range(10):  # ten ticks, as passes go through the network
+        clock.now += points * per_point / rate / 10
+        tracker.tick(tracker.passes + int(points * per_point / 10))
+
+
+def test_a_cascade_where_most_points_break_first_is_estimated_from_the_points_left_not_every_budget():
+    clock, rate = Clock(), 1000.0  # passes per second, every attack
+    tracker = CascadeTracker(clock)
+    tracker.expect([("apgd", 100.0), ("square", 5000.0)], batch_size=100)
+    tracker.start(1000)
+    tracker.batch(0)
+    run_attack(tracker, clock, "apgd", 90, 40.0, rate, 100.0)  # 10 misclassified clean; early stop: 40 of 100 passes
+    run_attack(tracker, clock, "square", 3, 5000.0, rate, 5000.0)  # 87 of 90 broken by apgd
+    tracker.update(100)
+    tracker.batch(1)
+    left = tracker.seconds_left()
+    # 9 batches to come, each: 90 points into apgd at 40 passes, then 90 * 3/90 = 3 into square at 5000
+    expected = 9 * (90 * 40 + 3 * 5000) / rate
+    assert left == pytest.approx(expected, rel=1e-6)
+    every_budget = 9 * 100 * (100 + 5000) / rate  # the old estimate: every attack's budget on every point
+    assert left < every_budget / 20
+
+
+def test_the_running_attack_counts_only_its_own_remaining_passes_and_what_follows_it():
+    clock = Clock()
+    tracker = CascadeTracker(clock)
+    tracker.expect([("pgd", 10.0), ("square", 100.0)], batch_size=50)
+    tracker.start(100)
+    tracker.batch(0)
+    clock.now = 1.0  # clean prediction: 1 s for 50 points
+    tracker.attack("pgd", 40, 10.0)
+    clock.now += 1.0
+    tracker.tick(100)  # 100 of pgd's 400 budgeted passes in 1 s (the run's 100 passes in 2 s before square runs)
+    left = tracker.seconds_left()
+    # pgd: 300 passes at 100/s; square, unmeasured: 40 points (survival 1) x 100 at the run's 50/s;
+    # batch 2: 1 s of clean prediction, 40 of 50 points (measured) into pgd (4 s), 40 into square (80 s)
+    assert left == pytest.approx(3 + 40 * 100 / 50 + 1 + 400 / 100 + 4000 / 50, rel=1e-6)
+
+
+def test_the_bar_counts_points_as_their_verdict_becomes_final():
+    clock = Clock()
+    tracker = CascadeTracker(clock)
+    tracker.expect([("a", 10.0), ("b", 10.0), ("c", 10.0)], batch_size=100)
+    tracker.start(150)
+    seen = []
+    tracker.batch(0)
+    seen.append(tracker.final())
+    tracker.attack("a", 80, 10.0)  # 20 misclassified or certified
+    seen.append(tracker.final())
+    tracker.attack("b", 30, 10.0)  # a broke 50
+    seen.append(tracker.final())
+    tracker.attack("c", 5, 10.0)
+    seen.append(tracker.final())
+    tracker.update(100)  # c's 5 are through every attack
+    seen.append(tracker.final())
+    tracker.batch(1)
+    tracker.attack("a", 40, 10.0)  # the last batch holds 50 points
+    seen.append(tracker.final())
+    tracker.update(50)  # a broke all 40: b and c never ran
+    seen.append(tracker.final())
+    assert seen == [0, 20, 70, 95, 100, 110, 150]
+    assert tracker.survival(2) == pytest.approx(5 / 30)  # b: 30 in, 5 on
+    assert tracker.survival(1) == pytest.approx(30 / 120)  # a: 80 + 40 in, 30 + 0 on
+    assert tracker.survival(3) == 1.0  # c never seen to finish with a later attack: unmeasured
+
+
+def test_the_engine_reports_what_the_tracker_counts_as_final():
+    """A real cascade: when each attack starts, the points left are those the engine found still robust."""
+    from robustbench_karp.evaluation.engine import attack_batches
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    x, y = torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,))
+    y[:20] = model(x[:20]).argmax(1)  # half clean-correct
+    tracker, finals, outcomes = CascadeTracker(), [], []
+
+    class Watch(CascadeTracker):
+        def attack(self, name, points, budget=None):
+            super().attack(name, points, budget)
+            finals.append((name, self.final()))
+
+    tracker = Watch()
+    tracker.expect([("fgsm", 1.0), ("pgd", 10.0)], batch_size=20)
+    tracker.start(40)
+    batches = [(b, x[b * 20:(b + 1) * 20], y[b * 20:(b + 1) * 20]) for b in range(2)]
+    attacks = [build_attack("fgsm", {}), build_attack("pgd", {"steps": "10"})]
+    attack_batches(model, batches, attacks, ThreatModel("linf", 0.05), lambda b: torch.Generator().manual_seed(b),
+                   torch.device("cpu"), lambda b, o: (outcomes.append(o), tracker.update(len(o.clean))), tracker)
+    expected = []
+    for b, outcome in enumerate(outcomes):
+        standing = [sum(outcome.clean), outcome.after["fgsm"]]
+        expected += [(name, 20 * b + 20 - k) for name, k in zip(["fgsm", "pgd"], standing) if k]
+    assert finals == expected and tracker.final() == 40
+
+
+def test_at_80_columns_the_terminal_line_shows_the_time_left():
+    import fcntl
+    import os
+    import struct
+    import termios
+    import time
+
+    from robustbench_karp.cli.progress import EvalProgress
+
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    stream = os.fdopen(slave, "w", buffering=1)
+    progress = EvalProgress(stream=stream)
+    progress.expect([("apgd-ce", 101.0), ("apgd-t", 920.0), ("fab-t", 1829.0), ("square", 5003.0)], batch_size=500)
+    progress.start(10000)
+    progress.batch(0)
+    progress.attack("apgd-ce", 480, 101.0)
+    for passes in range(0, 20001, 4000):
+        time.sleep(0.11)
+        progress.tick(passes)
+    progress.__exit__(None, None, None)
+    os.set_blocking(master, False)
+    out = os.read(master, 1 << 20).decode(errors="replace")
+    drawn = [part for part in re.split(r"[\r\n]|\x1b\[A", out) if "apgd-ce" in part]
+    assert drawn and all(len(part) <= 80 for part in drawn)
+    assert re.search(r"about \d+ (s|min|h) left", drawn[-1]), drawn[-1]

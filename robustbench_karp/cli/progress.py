@@ -12,6 +12,8 @@ import time
 
 from tqdm import tqdm
 
+from robustbench_karp.progress import CascadeTracker
+
 
 def tqdm_progress(iterable, *, total=None, desc=""):
     """The CLI's renderer for robustbench_karp.progress: a tqdm bar on stderr (none when not a TTY)."""
@@ -38,149 +40,95 @@ class TqdmTraining:
         tqdm.write(shown, file=sys.stderr)
 
 
-class EvalProgress:
-    """Evaluation progress on stderr: the running attack and batch, points done, passes, time left for the run.
+class EvalProgress(CascadeTracker):
+    """Evaluation progress on stderr: time left for the run, the running attack and batch, final verdicts, passes.
 
-    It is the engine's reporter (.batch(b), .attack(name, points, budget), .tick(forward passes)), takes
-    the harness's .expect(attacks, batch size), on_start and on_batch. On a terminal, a tqdm bar over the
-    test points, redrawn at least every REFRESH seconds while passes run (so it moves within a batch), its
-    description naming the running attack, its postfix the passes and the time left. Elsewhere (a log
-    file, CI) a plain line at most every `interval` seconds (KARP_PROGRESS_INTERVAL, default 10).
-
-    Time left, for the whole run: every attack still to run on this batch and on every later batch, each
-    at its pass budget (Attack.forward_budget: about the most forward passes per point it spends; early
-    stop spends fewer) over the points that reached it in earlier batches, divided by its own measured
-    rate (passes per second; the run's rate for an attack not measured yet).
+    It is the engine's reporter (.batch, .attack, .tick) and takes the harness's .expect, on_start (.start)
+    and on_batch (.update); robustbench_karp.progress.CascadeTracker keeps the counts and says how the
+    time left is estimated. On a terminal, a tqdm bar over the test points that counts those whose
+    verdict is final (misclassified, certified, broken, or through every attack), redrawn at least every
+    REFRESH seconds while passes run, the time left first on the line so that 80 columns still show it.
+    Elsewhere (a log file, CI) a plain line at most every `interval` seconds (KARP_PROGRESS_INTERVAL,
+    default 10).
     """
 
     REFRESH = 0.5  # seconds between redraws of the terminal bar
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]"
 
-    def __init__(self, stream=None, interval: float | None = None):
+    def __init__(self, stream=None, interval: float | None = None, clock=time.perf_counter):
+        super().__init__(clock)
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.interval = float(os.environ.get("KARP_PROGRESS_INTERVAL", "10")) if interval is None else interval
-        self.bar, self.total, self.done, self.passes, self.b = None, 0, 0, 0, 0
-        self.name, self.started, self.shown = "", time.perf_counter(), 0.0
-        self.plan: list[tuple[str, float | None]] = []  # (attack, budget per point) in cascade order
-        self.batch_size = 0
-        self.batch_points = 0  # points in the running batch (those the first attack is given, at most)
-        self.attack_started, self.attack_passes, self.attack_points = self.started, 0, 0
-        self.rate: dict[str, list[float]] = {}  # attack -> [passes, seconds] measured so far
-        self.reach: dict[str, list[int]] = {}  # attack -> [points it was given, batch points] over finished attacks
-
-    def expect(self, attacks: list[tuple[str, float | None]], batch_size: int) -> None:
-        """The cascade about to run on every batch (name, forward budget per point) and the logical batch size."""
-        self.plan, self.batch_size = list(attacks), batch_size
+        self.bar, self.shown = None, None
 
     def start(self, n: int) -> None:
-        self.total, self.started = n, time.perf_counter()
+        super().start(n)
         if self.tty:
-            self.bar = tqdm(total=n, desc="evaluating", unit="img", file=self.stream, leave=False, mininterval=0)
+            self.bar = tqdm(total=n, desc="evaluating", unit="img", file=self.stream, leave=False, mininterval=0,
+                            bar_format=self.FORMAT, ncols=self.columns())
 
     def batch(self, b: int) -> None:
-        self._close_attack()
-        self.b, self.name, self.batch_points = b, "", min(self.batch_size or self.total, self.total - self.done)
+        super().batch(b)
+        self._show()
 
     def attack(self, name: str, points: int, budget: float | None = None) -> None:
-        """An attack starts on `points` points and takes about `budget` forward passes per point at most."""
-        self._close_attack()
-        self.name, self.attack_points = name, points
-        self.attack_started, self.attack_passes = time.perf_counter(), self.passes
-        if name not in dict(self.plan):
-            self.plan.append((name, budget))
-        self._show(force=not self.shown)
-
-    def _close_attack(self) -> None:
-        """Book the finished attack's passes, time and reach: the rates and fractions the estimate uses."""
-        if not self.name:
-            return
-        spent = self.rate.setdefault(self.name, [0.0, 0.0])
-        spent[0] += self.passes - self.attack_passes
-        spent[1] += time.perf_counter() - self.attack_started
-        reach = self.reach.setdefault(self.name, [0, 0])
-        reach[0] += self.attack_points
-        reach[1] += max(self.batch_points, 1)
-        self.name = ""
+        super().attack(name, points, budget)
+        self._show(force=self.shown is None)
 
     def tick(self, passes: int) -> None:
-        self.passes = passes
+        super().tick(passes)
         self._show()
 
     def update(self, k: int) -> None:
-        self.done += k
-        if self.bar is not None:
-            self.bar.update(k)
+        super().update(k)
         self._show()
 
-    def _rate(self, name: str) -> float | None:
-        passes, seconds = self.rate.get(name, [0.0, 0.0])
-        if name == self.name:  # the running attack: its passes so far count too
-            passes += self.passes - self.attack_passes
-            seconds += time.perf_counter() - self.attack_started
-        if passes > 0 and seconds > 0:
-            return passes / seconds
-        elapsed = time.perf_counter() - self.started
-        return self.passes / elapsed if self.passes and elapsed > 0 else None
-
-    def seconds_left(self) -> float | None:
-        """About how long the whole run still takes (the class docstring says how); None before any measure."""
-        budgets = dict(self.plan)
-        names = [name for name, _ in self.plan]
-        left = 0.0
-
-        def cost(name: str, points: float) -> float | None:
-            rate, budget = self._rate(name), budgets.get(name)
-            return None if rate is None or budget is None else points * budget / rate
-
-        running = names.index(self.name) if self.name in names else -1
-        pending = []  # (attack, points it should get)
-        if running >= 0:
-            done_here = self.passes - self.attack_passes
-            rate, budget = self._rate(self.name), budgets.get(self.name)
-            if rate is None or budget is None:
-                return None
-            left += max(self.attack_points * budget - done_here, 0) / rate
-        later_in_batch = names[running + 1:] if running >= 0 else (names if self.done < self.total else [])
-        pending += [(n, self._reach(n) * self.batch_points) for n in later_in_batch]
-        batches_after = max(self.total - self.done - self.batch_points, 0)
-        pending += [(n, self._reach(n) * batches_after) for n in names]
-        for name, points in pending:
-            seconds = cost(name, points)
-            if seconds is None:
-                return None
-            left += seconds
-        return left
-
-    def _reach(self, name: str) -> float:
-        """The share of a batch's points an attack was given so far (1 before it ran: an upper bound)."""
-        given, points = self.reach.get(name, [0, 0])
-        return given / points if points else 1.0
+    def columns(self) -> int | None:
+        """The terminal's width (None where it says 0 or cannot say: tqdm then draws the whole line)."""
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns or None
+        except (AttributeError, OSError, ValueError):
+            return None
 
     def share(self) -> str:
-        """', pgd 40% of its passes': how far the running attack is through its pass budget on this batch."""
-        budget = dict(self.plan).get(self.name)
-        if not self.name or not budget or not self.attack_points:
+        """'40% of pgd': how far the running attack is through the passes it is expected to spend on this batch."""
+        per_point = self.per_point(self.name) if self.name else None
+        if not per_point or not self.attack_points:
             return ""
-        fraction = (self.passes - self.attack_passes) / (self.attack_points * budget)
-        return f", {self.name} {100 * min(fraction, 1.0):.0f}% of its passes"
+        fraction = (self.passes - self.mark_passes) / (self.attack_points * per_point)
+        return f"{100 * min(fraction, 1.0):.0f}% of {self.short()}"
+
+    def short(self) -> str:
+        """The running stage's name without its composite's prefix: autoattack/apgd-ce -> apgd-ce."""
+        return self.name.rsplit("/", 1)[-1] if self.name else "clean"
+
+    def left(self) -> str:
+        """'about 85 s left' (or 12 min, 1.5 h); 'time left: measuring' before the first measure."""
+        seconds = self.seconds_left()
+        if seconds is None:
+            return "time left: measuring"
+        shown = f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.0f} min" if seconds < 5400
+                                                          else f"{seconds / 3600:.1f} h")
+        return f"about {shown} left"
 
     def line(self) -> str:
-        elapsed = time.perf_counter() - self.started
-        left = self.seconds_left()
-        shown = f", about {left:.0f} s left in the run" if left is not None else ""
-        return (f"evaluating: {self.name or 'clean'} on batch {self.b + 1}: {self.done}/{self.total} points done, "
-                f"{self.passes} forward passes, {elapsed:.0f} s{self.share()}{shown}")
+        elapsed = self.clock() - self.started
+        share = self.share()
+        return (f"evaluating: {self.left()}; {self.name or 'clean'} on batch {self.b + 1}: {self.final()}/{self.total} "
+                f"points final, {self.passes} forward passes, {elapsed:.0f} s" + (f", {share}" if share else ""))
 
     def _show(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not force and now - self.shown < (self.REFRESH if self.tty else self.interval):
+        now = self.clock()
+        if not force and self.shown is not None and now - self.shown < (self.REFRESH if self.tty else self.interval):
             return
         self.shown = now
         if self.bar is not None:
-            left = self.seconds_left()
-            self.bar.set_description(f"{self.name or 'clean'} (batch {self.b + 1})", refresh=False)
-            self.bar.set_postfix_str(f"{self.passes} passes{self.share()}" + (
-                f", about {left:.0f} s left" if left is not None else ""), refresh=False)
+            self.bar.set_description_str(f"{self.left()}, {self.short()} b{self.b + 1}", refresh=False)
+            share = self.share()
+            self.bar.set_postfix_str((f"{share}, " if share else "") + f"{self.passes} passes", refresh=False)
+            self.bar.ncols = self.columns()  # the terminal's width now: a resized window is followed
+            self.bar.update(self.final() - self.bar.n)
             self.bar.refresh()  # redrawn now, within the batch: tqdm would wait for the next update()
         elif not self.tty:
             print(self.line(), file=self.stream, flush=True)

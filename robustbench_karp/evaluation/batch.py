@@ -162,6 +162,8 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
             forward, backward = passes.forward, passes.backward
             if reporter is not None:
                 reporter.attack(name, len(idx), attack.forward_budget())
+                if hasattr(reporter, "labels"):  # with outputs(logits), the display sees points break live
+                    reporter.labels(y[idx])
             try:
                 x_adv = attack(model, x[idx], y[idx], threat, gen)
             except OutOfMemoryError:

@@ -41,10 +41,12 @@ def counted_network(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def count_passes(model: nn.Module, on_pass: Callable[[int], None] | None = None) -> Iterator[Passes]:
+def count_passes(model: nn.Module, on_pass: Callable[[int], None] | None = None,
+                 on_output: Callable[[Any], None] | None = None) -> Iterator[Passes]:
     """Count the passes through model's network while the block runs; the hook is removed in finally.
 
     on_pass(forward passes so far) after each forward pass: progress within an attack, at no cost.
+    on_output(the network's output) after each forward pass: the progress display's live count of broken points.
     """
     import torch
 
@@ -55,6 +57,8 @@ def count_passes(model: nn.Module, on_pass: Callable[[int], None] | None = None)
         passes.forward += n
         if on_pass is not None:
             on_pass(passes.forward)
+        if on_output is not None:
+            on_output(output)
         if torch.is_tensor(output) and output.requires_grad:
             def on_backward(grad: torch.Tensor) -> None:
                 passes.backward += n

@@ -162,7 +162,8 @@ def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, 
     """
     warnings, sink = [], {}
     on_pass = reporter.tick if reporter is not None else None
-    with eval_mode(model) as was_training, count_passes(model, on_pass) as passes:
+    on_output = getattr(reporter, "outputs", None)  # the display counts the running attack's broken points live
+    with eval_mode(model) as was_training, count_passes(model, on_pass, on_output) as passes:
         cascade = Cascade(traced_cascade(expand(attacks), passes, sink), threat,  # ascents report to sink
                           [(f"probe:{p.name}", p) for p in probes], certifier, method, check_certified)
         if was_training:

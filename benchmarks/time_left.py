@@ -1,0 +1,100 @@
+"""Is the progress display's time left true? Every estimate of a real evaluation against the real time left.
+
+    python benchmarks/time_left.py --data-dir ../shared/data                  # smallcnn, MNIST, standard protocol
+    python benchmarks/time_left.py --data-dir ../shared/data --n-examples 200 --batch-size 100
+
+The model is a smallcnn trained on MNIST (standard training, one epoch on the first --train-size
+points: about 20 s on 2 cores, once; the checkpoint is kept under KARP_HOME). The evaluation is the
+CLI's: `--protocol standard` (AutoAttack: APGD-CE, APGD-T, FAB-T, Square) through the harness, with the
+CLI's progress display (robustbench_karp/cli/progress.py EvalProgress) as its reporter, off-terminal.
+Every time the display would redraw (at most every --every seconds) the benchmark keeps the time,
+the estimate and the bar's count. When the run has ended, each estimate is compared with the real
+time left (end - t). Printed: a timeline, the worst ratio max(estimate / real, real / estimate) after
+the first 20% of the run, and whether every estimate from then on lies within 3x of the real time
+left, plus 10 s (the target of issue 31): real / 3 - 10 <= estimate <= 3 * real + 10.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from robustbench_karp.cli.progress import EvalProgress
+from robustbench_karp.harness import EvalRequest, run_evaluation
+from robustbench_karp.store import ResultsStore
+from robustbench_karp.training.checkpoints import obtain_checkpoint
+from robustbench_karp.training.config import make_train_config
+
+
+class Recorder(EvalProgress):
+    """The CLI's display, off-terminal and silent, that keeps (seconds since start, estimate, bar count)."""
+
+    def __init__(self, every: float):
+        super().__init__(stream=io.StringIO(), interval=float("inf"))
+        self.every, self.kept, self.last = every, [], float("-inf")
+
+    def _show(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if force or now - self.last >= self.every:
+            self.last = now
+            self.kept.append((now - self.started, self.seconds_left(), self.final(), self.name or "clean", self.b))
+
+
+def within(estimate: float, real: float) -> bool:
+    return real / 3 - 10 <= estimate <= 3 * real + 10
+
+
+def report(kept: list, total: float, n: int) -> None:
+    print(f"{'t (s)':>7} {'estimate':>9} {'real left':>9} {'ratio':>6}  bar      attack (batch)")
+    step = max(len(kept) // 30, 1)
+    for i, (t, left, done, name, b) in enumerate(kept):
+        if i % step == 0 or i == len(kept) - 1:
+            real = total - t
+            ratio = f"{max(left / real, real / left):6.2f}" if left and real > 0 else "     -"
+            shown = f"{left:9.1f}" if left is not None else "        -"
+            print(f"{t:7.1f} {shown} {real:9.1f} {ratio}  {done:>4}/{n:<4} {name} ({b + 1})")
+    late = [(t, left, total - t) for t, left, *_ in kept if t >= 0.2 * total and left is not None]
+    worst = max((max(left / real, real / max(left, 1e-9)) for _, left, real in late if real > 0), default=None)
+    misses = [(t, left, real) for t, left, real in late if not within(left, real)]
+    print(f"run: {total:.1f} s; {len(kept)} estimates, {len(late)} after the first 20% of the run")
+    print(f"worst ratio estimate/real (either way) after 20%: {worst:.2f}" if worst else "no estimate after 20%")
+    print(f"within 3x + 10 s after 20%: {len(late) - len(misses)} of {len(late)}"
+          + (f"; first miss at {misses[0][0]:.1f} s: {misses[0][1]:.1f} s estimated, {misses[0][2]:.1f} s real"
+             if misses else ""))
+    first = next((t for t, _, done, *_ in kept if done > 0), None)
+    print(f"bar: first advanced at {first:.1f} s" if first is not None else "bar: never advanced before the end")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--n-examples", type=int, default=400)
+    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--train-size", type=int, default=6000)
+    parser.add_argument("--protocol", default="standard")
+    parser.add_argument("--every", type=float, default=0.25, help="seconds between kept estimates")
+    args = parser.parse_args()
+    print(f"load average before: {os.getloadavg()[0]:.2f}; torch threads: {os.environ.get('OMP_NUM_THREADS', 'default')}")
+    config = make_train_config("smallcnn", "mnist", "standard", recipe_overrides={"epochs": 1}, seed=0,
+                               train_size=args.train_size)
+    checkpoint = obtain_checkpoint(config, data_dir=args.data_dir, download=False)
+    req = EvalRequest(model="smallcnn", dataset="mnist", checkpoint=str(checkpoint), protocol=args.protocol,
+                      n_examples=args.n_examples, batch_size=args.batch_size, data_dir=args.data_dir, download=False,
+                      device="cpu")
+    progress = Recorder(args.every)
+    with tempfile.TemporaryDirectory() as scratch:
+        record = run_evaluation(req, store=ResultsStore(Path(scratch) / "results.sqlite"), on_start=progress.start,
+                                on_batch=progress.update, reporter=progress)
+    total = time.perf_counter() - progress.started
+    print(f"clean {record['clean_accuracy']:.3f}, robust {record['robust_accuracy']:.3f}, per attack "
+          + ", ".join(f"{k} {v:.3f}" for k, v in record["per_attack"].items()))
+    report(progress.kept, total, args.n_examples)
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
