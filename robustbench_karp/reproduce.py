@@ -6,6 +6,9 @@
 
 A re-run never touches the user's store unless asked (`append=True`), and then only when it
 matched: a mismatch can never replace a published number. It runs with the recorded thread count.
+Exact reproduction is the first check. A checkpoint with other weights (retrained on another processor)
+is evaluated anyway, and `agreement(record, new)` then says whether clean and robust accuracy agree
+within their 95% intervals: a two-proportion z-test that treats the two runs as independent samples.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +32,7 @@ from robustbench_karp.store.records import migrate
 log = logging.getLogger(__name__)
 GPU_TOLERANCE = 0.005  # accuracies re-run on a GPU may differ by this much (nondeterministic kernels)
 NUMBERS = ("clean_accuracy", "robust_accuracy")
+Z95 = 1.959964  # the two-sided 95% quantile of the normal distribution
 MASKS = ("clean_mask", "robust_mask")
 
 
@@ -47,7 +52,7 @@ def find_records(some_id: str, site: Path | None) -> list[dict[str, Any]]:
 
 
 def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch.device,
-                      data_dir: Path | None = None, download: bool = True) -> Path:
+                      data_dir: Path | None = None, download: bool = True, callbacks: list | None = None) -> Path:
     """The record's checkpoint in this store: at its recorded path, else wherever its recorded recipe trains into
     now (names have changed: the precision joined them); rebuilt with train_missing, else an error saying how."""
     from robustbench_karp.training.checkpoints import checkpoint_path, find_checkpoint, obtain_checkpoint, train_command
@@ -68,23 +73,28 @@ def locate_checkpoint(record: dict[str, Any], train_missing: bool, device: torch
         raise CheckpointError(f"checkpoint {record.get('checkpoint')} of record {record['id']} is missing; rebuild "
                               f"it with `{train_command(train, data_dir)}` (it writes "
                               f"{portable_path(checkpoint_path(config, device))}), or pass --train-missing")
-    return obtain_checkpoint(config, device=device, data_dir=data_dir, download=download)
+    # estimated first (and said), with no limit: --train-missing asked for it; callbacks correct it as it runs
+    return obtain_checkpoint(config, device=device, data_dir=data_dir, download=download, callbacks=callbacks,
+                             limit_seconds=math.inf)
 
 
 def check_weights(record: dict[str, Any], checkpoint: Path, rebuilt_on: torch.device | None = None) -> None:
-    """Refuse a checkpoint whose weights are not the recorded ones: its numbers would prove nothing.
+    """Refuse a checkpoint whose weights are not the recorded ones (CheckpointError saying how the hardware differs)."""
+    hardware = other_weights(record, checkpoint, rebuilt_on)
+    if hardware is not None:
+        raise CheckpointError(f"checkpoint {checkpoint} does not hold the weights of record {record['id']} "
+                              f"(weights_sha256 differs): not reproducible{hardware}")
 
-    rebuilt_on: the device `--train-missing` just retrained it on; the refusal then says how that
-    training's hardware differs from the recorded one's, the likely reason.
-    """
+
+def other_weights(record: dict[str, Any], checkpoint: Path, rebuilt_on: torch.device | None = None) -> str | None:
+    """None when the checkpoint holds the record's weights; else ', rebuilt on ...' naming how the hardware of
+    rebuilt_on (the device `--train-missing` just retrained it on) differs from the recorded one ('' if unknown)."""
     from robustbench_karp.sources import load_weights, new_model
     from robustbench_karp.store.identity import weights_sha256
 
     model = new_model(record["config"]["model"], record["config"]["dataset"])
     load_weights(model, checkpoint)
-    if weights_sha256(model) != recorded_weights(record):
-        raise CheckpointError(f"checkpoint {checkpoint} does not hold the weights of record {record['id']} "
-                              f"(weights_sha256 differs): not reproducible{_rebuild_hardware(record, rebuilt_on)}")
+    return None if weights_sha256(model) == recorded_weights(record) else _rebuild_hardware(record, rebuilt_on)
 
 
 def recorded_weights(record: dict[str, Any]) -> str | None:
@@ -207,8 +217,14 @@ class DataMismatch(ValueError):
 
 
 def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None = None, download: bool = True,
-          train_missing: bool = False, model_file: Path | None = None) -> tuple[dict[str, Any], list[str]]:
-    """(the re-run's record, notes): the stored config run again, into a scratch store that is then discarded."""
+          train_missing: bool = False, model_file: Path | None = None, progress=None,
+          train_callbacks: list | None = None) -> tuple[dict[str, Any], list[str]]:
+    """(the re-run's record, notes): the stored config run again, into a scratch store that is then discarded.
+
+    A checkpoint with other weights than the recorded ones is evaluated all the same (a note says so):
+    its numbers can only agree statistically (agreement()). progress: the evaluation's reporter (its
+    start, update, and the engine's reporter calls); train_callbacks: a retraining's.
+    """
     from robustbench_karp.devices import resolve_device
     from robustbench_karp.harness import run_evaluation
 
@@ -218,20 +234,45 @@ def rerun(record: dict[str, Any], *, device: str = "auto", data_dir: Path | None
     check_data(record, data_dir, download)
     dev = resolve_device(device)
     source = record["config"].get("source")
+    other = ""
     if source:  # a zoo, file, torchvision or Python model: its own weights, checked by the re-run's weights_sha256
         checkpoint = external_checkpoint(record)
     else:
         recorded = resolve_path(record["checkpoint"]) if record.get("checkpoint") else None
         rebuilt = recorded is None or not recorded.is_file()
-        checkpoint = locate_checkpoint(record, train_missing, dev, data_dir, download)
+        checkpoint = locate_checkpoint(record, train_missing, dev, data_dir, download, train_callbacks)
         if recorded_weights(record):
-            check_weights(record, checkpoint, rebuilt_on=dev if rebuilt else None)
+            other = other_weights(record, checkpoint, rebuilt_on=dev if rebuilt else None) or ""
     req = request_of(record, checkpoint, device, data_dir, download, model_file)
+    hooks = {"on_start": progress.start, "on_batch": progress.update, "reporter": progress} if progress else {}
     with recorded_threads(record, dev) as notes, tempfile.TemporaryDirectory(prefix="karp-reproduce-") as scratch:
-        new = run_evaluation(req, store=ResultsStore(Path(scratch) / "results.sqlite"))
+        new = run_evaluation(req, store=ResultsStore(Path(scratch) / "results.sqlite"), **hooks)
     if recorded_weights(record) and new["config"]["weights"] != recorded_weights(record):
-        notes.append("the checkpoint's weights differ from the recorded ones (weights_sha256)")
+        notes.append(f"the checkpoint's weights differ from the recorded ones (weights_sha256){other}")
     return new, notes
+
+
+def agreement(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, float, float, float, bool]]:
+    """(quantity, recorded, now, 95% half-width of the difference, agree) for clean, robust (and certified) accuracy.
+
+    A two-proportion z-test at the 5% level: the two runs are treated as independent samples of their
+    n points (they share their test points, so the pooled standard error is an approximation; paired
+    runs that agree point by point agree here too). Agree: |difference| <= 1.96 * standard error.
+    """
+    rows = []
+    for key in ("clean_accuracy", "robust_accuracy", "certified_accuracy"):
+        if old.get(key) is None or new.get(key) is None:
+            continue
+        n1, n2 = _points(old), _points(new)
+        k1, k2 = round(old[key] * n1), round(new[key] * n2)
+        pooled = (k1 + k2) / (n1 + n2)
+        half = Z95 * math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+        rows.append((key.removesuffix("_accuracy"), old[key], new[key], half, abs(k1 / n1 - k2 / n2) <= half + 1e-12))
+    return rows
+
+
+def _points(record: dict[str, Any]) -> int:
+    return len(record.get("clean_mask") or "") or int(record["config"]["n_examples"])
 
 
 def why_not(old: dict[str, Any], new: dict[str, Any], notes: list[str]) -> str:

@@ -207,8 +207,8 @@ def test_a_fused_recipe_reaches_the_optimizer_names_its_checkpoint_and_its_rebui
     # A record trained before the field existed ran unfused: its rebuild command must say so.
     legacy = {**asdict(plain), "recipe": {k: v for k, v in plain.recipe.items() if k != "fused"}}
     assert "--no-fused" in train_command(legacy) and "fused" not in train_command(asdict(fused))
-    from robustbench_karp.cli.evaluate import train_config_from_args
     from robustbench_karp.cli.parser import build_parser
+    from robustbench_karp.cli.train import train_config_from_args
 
     for config in (plain, fused):  # the printed command rebuilds exactly the recorded recipe
         args = build_parser().parse_args(train_command(asdict(config)).split()[1:])

@@ -5,7 +5,8 @@
     karp-robust list
 
     parser.py       every subcommand's flags
-    evaluate.py     evaluate, train, list
+    evaluate.py     evaluate, list
+    train.py        train
     compare.py      compare: the defenses x attacks matrix
     leaderboard.py  leaderboard build | publish | add-external | export
     reproduce.py    reproduce
@@ -31,7 +32,7 @@ from robustbench_karp.store import CheckpointError
 log = logging.getLogger("robustbench_karp")
 EXIT_USAGE, EXIT_FAILED, EXIT_BUDGET = 2, 1, 3
 # command -> "module.function" inside this package; imported only for its own command
-COMMANDS = {"evaluate": "evaluate.cmd_evaluate", "train": "evaluate.cmd_train", "list": "evaluate.cmd_list",
+COMMANDS = {"evaluate": "evaluate.cmd_evaluate", "train": "train.cmd_train", "list": "evaluate.cmd_list",
             "compare": "compare.cmd_compare", "leaderboard": "leaderboard.cmd_leaderboard",
             "reproduce": "reproduce.cmd_reproduce", "records": "records.cmd_records", "data": "data.cmd_data"}
 

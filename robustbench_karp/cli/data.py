@@ -32,5 +32,8 @@ def download(name: str, data_dir: Path | None) -> str:
 
 
 def cmd_data(args) -> int:
-    print(download(args.dataset, args.data_dir))
+    try:
+        print(download(args.dataset, args.data_dir))
+    except DataUnavailable as e:  # without the advice to run this very command
+        raise DataUnavailable(str(e).removesuffix(e.advice) + ", or give --data-dir DIR where they are") from None
     return 0

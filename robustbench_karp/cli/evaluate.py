@@ -1,20 +1,18 @@
-"""`karp-robust evaluate`, `train` and `list`: evaluations, trainings and what the registries hold."""
+"""`karp-robust evaluate` and `list`: evaluations (training a missing checkpoint on demand) and what the registries hold."""
 
 from __future__ import annotations
 
-import datetime
 import json
+import math
 import os
-import shutil
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 from tabulate import tabulate
+from tqdm import tqdm
 
 from robustbench_karp.boards.format import fraction
 from robustbench_karp.cli.progress import EvalProgress, TqdmTraining
-from robustbench_karp.store import atomic_write_bytes
 
 
 def parse_attacks(args) -> list:
@@ -68,6 +66,7 @@ def cmd_evaluate(args) -> int:
     from robustbench_karp.harness import EvalRequest, prepare, run_evaluation
     from robustbench_karp.sources import parse_model
     from robustbench_karp.threat import check_eps
+    from robustbench_karp.training.estimate import TrainingClock
 
     spec = DATASETS.get(args.dataset)
     parse_model(args.model), DEFENSES.get(args.defense)  # fail fast on names
@@ -89,12 +88,16 @@ def cmd_evaluate(args) -> int:
                        restart=args.restart or bool(args.save_adversarial),  # every batch's x_adv: none resumed
                        random_weights=args.random_weights, certify=args.certify, train_eps=args.train_eps,
                        weights_in_factory=args.weights_in_factory, model_name=args.name,
-                       train_limit_seconds=None if args.train else train_limit())
+                       train_limit_seconds=math.inf if args.train else train_limit())  # estimated either way
+    hint = train_eps_hint(args, spec.default_eps[args.norm])
+    if hint:
+        print(hint, file=sys.stderr)
     records = []
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 prints and writes the record
     for eps in args.eps or [None]:
         req = EvalRequest(**{**base.__dict__, "eps": eps})
-        prepared = prepare(req, train_callbacks=[TqdmTraining()])  # a fresh model per config: no state carries over
+        clock = TrainingClock(say=lambda line: tqdm.write(line, file=sys.stderr), tty=sys.stderr.isatty())
+        prepared = prepare(req, train_callbacks=[TqdmTraining(), clock])  # a fresh model per config: nothing carries over
         with EvalProgress() as progress:
             saver, collector, reporter = _reporters(args, progress if main_rank else None)
             record = run_evaluation(req, prepared=prepared, on_start=progress.start if main_rank else None,
@@ -115,6 +118,34 @@ def cmd_evaluate(args) -> int:
         for record in records:
             print(json.dumps(record, sort_keys=True))
     return 0
+
+
+def train_eps_hint(args, trains_at: float) -> str | None:
+    """'hint: ...' when rows of this model at an evaluated eps (published, or in the store) used a checkpoint
+    trained at another eps than trains_at, the one this run uses without --train-eps."""
+    from robustbench_karp.cli.leaderboard import default_site
+    from robustbench_karp.store import read_records
+
+    if args.train_eps is not None or args.checkpoint or not args.eps:
+        return None
+    site = default_site()
+    records = list(read_records())
+    for path in sorted((site / "entries").glob("*.json")) if site and (site / "entries").is_dir() else []:
+        records += json.loads(path.read_text()).get("records") or []
+    used: dict[float, set[float]] = {}
+    for r in records:
+        config, trained = r.get("config") or {}, r.get("train_config") or {}
+        defense = config.get("defense")
+        if (config.get("model"), config.get("dataset"), config.get("norm")) == (args.model, args.dataset, args.norm) \
+                and (defense.get("name") if isinstance(defense, dict) else defense) == args.defense \
+                and trained.get("eps") is not None and abs(trained["eps"] - trains_at) > 1e-9:
+            used.setdefault(config.get("eps"), set()).add(trained["eps"])
+    shown = [(eps, sorted(used[e])) for eps in args.eps for e in used if e is not None and abs(e - eps) <= 1e-9]
+    if not shown:
+        return None
+    rows = "; ".join(f"at eps {eps:.6g}, --train-eps {', '.join(f'{t:.6g}' for t in train)}" for eps, train in shown)
+    return (f"hint: rows of {args.model}/{args.dataset}/{args.defense} used checkpoints trained at another eps ({rows}); "
+            f"without --train-eps this run uses the one trained at eps {trains_at:.6g}")
 
 
 def _reporters(args, progress):
@@ -176,81 +207,6 @@ def print_record(record: dict) -> None:
 
         print(summary_line(record["indicators"]))
     print(f"record {record['id']}  ({record['elapsed_seconds']:.1f} s on {record['device']})")
-
-
-def train_config_from_args(args):
-    """The TrainConfig a `karp-robust train` command line asks for: the registered recipe plus its flags."""
-    from robustbench_karp.data import DATASETS
-    from robustbench_karp.models import MODELS
-    from robustbench_karp.training.config import make_train_config
-
-    DATASETS.get(args.dataset), MODELS.get(args.model)
-    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "optimizer", "schedule", "momentum",
-                                               "weight_decay", "eps_ramp_epochs", "ema_decay", "select", "amp",
-                                               "channels_last", "fused")
-                 if getattr(args, k) is not None}
-    if args.eps is not None and len(args.eps) != 1:
-        raise ValueError("train takes a single --eps")
-    return make_train_config(args.model, args.dataset, args.defense, defense_options=dict(args.defense_arg),
-                             recipe_overrides=overrides, norm=args.norm, eps=args.eps[0] if args.eps else None,
-                             seed=args.seed, train_size=args.train_size)
-
-
-def cmd_train(args) -> int:
-    import os
-
-    from robustbench_karp.devices import resolve_device
-    from robustbench_karp.training.checkpoints import checkpoint_path
-    from robustbench_karp.training.logs import TensorBoardCallback
-    from robustbench_karp.training.loop import ResumeError, fit, interrupted_epoch
-
-    config = train_config_from_args(args)
-    device = resolve_device(args.device)
-    out = checkpoint_path(config, device)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
-    if out.is_file() and not (args.force or args.resume):
-        if main_rank:
-            print(f"already trained: {out} (use --force to retrain)")
-        _copy(out, args.out)
-        return 0
-    if args.resume and args.restart:
-        raise ValueError("--resume and --restart contradict each other: pick one")
-    saved = interrupted_epoch(out)
-    if args.resume and saved is None:
-        raise ResumeError(f"--resume: no interrupted run to resume ({out.with_suffix('.last.pt')} does not exist)")
-    if saved is not None and args.restart:
-        if main_rank:
-            out.with_suffix(".last.pt").unlink(missing_ok=True)
-            print(f"--restart: discarded the interrupted run of {out.stem} ({saved} epochs saved)", file=sys.stderr)
-        saved = None
-    elif saved is not None and main_rank:
-        print(f"resuming the interrupted run of {out.stem} after epoch {saved} (--restart starts over)",
-              file=sys.stderr)
-    callbacks = [TqdmTraining()] if main_rank else []
-    if args.tensorboard and main_rank:  # one subdirectory per run, so runs' curves never overlap
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        callbacks.append(TensorBoardCallback(args.tensorboard / f"{out.stem}-{stamp}"))
-    if main_rank:
-        print(f"training {out.stem}: {json.dumps(asdict(config)['recipe'])}", file=sys.stderr)
-    payload = fit(config, out, data_dir=args.data_dir, device=device, download=args.download,
-                  resume=saved is not None, callbacks=callbacks)
-    if main_rank:
-        if payload["stopped_early"]:
-            print(f"catastrophic overfitting: stopped after epoch {payload['epochs_completed']}, kept the weights of "
-                  f"epoch {payload['selected_epoch']}")
-        kept = payload["history"][payload["selected_epoch"] - 1] if payload["history"] else {}
-        print(f"checkpoint {out}  (epoch {payload['selected_epoch']}: val clean "
-              f"{kept.get('val_clean_accuracy', float('nan')):.4f}, val PGD-10 {kept.get('val_pgd_accuracy', float('nan')):.4f})")
-        _copy(out, args.out)
-    return 0
-
-
-def _copy(src, dst) -> None:
-    if dst is None:
-        return
-    with open(src, "rb") as f:
-        atomic_write_bytes(dst, lambda out: shutil.copyfileobj(f, out))
-    print(f"copied to {dst}")
 
 
 def torchattacks_lines(norms: dict[str, list | None]) -> list[str]:

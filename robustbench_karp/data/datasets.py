@@ -13,6 +13,7 @@ Fixed splits and subsets (documented in docs/datasets.md):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -29,7 +30,15 @@ log = logging.getLogger(__name__)
 
 
 class DataUnavailable(RuntimeError):
-    """The dataset is not on disk and could not be downloaded; the message says where to put it."""
+    """The dataset is not on disk and could not be downloaded; the message says where to put it.
+
+    .advice is the message's tail naming `--data-dir` and `karp-robust data download` (the command
+    that downloads drops it: it would name itself).
+    """
+
+    def __init__(self, message: str, advice: str = ""):
+        super().__init__(message + advice)
+        self.advice = advice
 
 
 @dataclass
@@ -142,17 +151,58 @@ DATASETS.register("digits")(DatasetSpec(
 def _open_torchvision(spec: DatasetSpec, cls, root: Path, kwargs: dict, download: bool):
     """torchvision's own loader: on disk if present, else its download, else a clear DataUnavailable."""
     where = spec.expected_files.format(root=root)
+    advice = (f", give --data-dir DIR where they are, or run `karp-robust data download {spec.name} "
+              f"--data-dir DIR` on a machine with network")
     try:
         return cls(str(root), download=False, **kwargs)
     except RuntimeError:
         if not download:
-            raise DataUnavailable(f"{spec.name} not found under {root} (download disabled); put {where}") from None
-    log.info("%s not found under %s; downloading through torchvision", spec.name, root)
+            raise DataUnavailable(f"{spec.name} not found under {root} (download disabled); put {where}",
+                                  advice) from None
+    log.info("%s not found under %s; downloading it through torchvision", spec.name, root)
+    made = _missing_dirs(root)
     try:
         return cls(str(root), download=True, **kwargs)
     except Exception as e:  # network failures come as URLError, RuntimeError, OSError, ...
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise DataUnavailable(f"{spec.name} not found under {root} and the download failed ({reason}); put {where}") from None
+        _remove_empty(root, made)
+        raise DataUnavailable(f"{spec.name} not found under {root} and the download failed "
+                              f"({download_reason(e)}); put {where}", advice) from None
+
+
+def download_reason(e: Exception) -> str:
+    """One line from a failed download: torchvision's 'Error downloading X:' is followed by each mirror's reason."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    reasons = [lines[i + 1] for i, line in enumerate(lines[:-1]) if line.startswith("Tried ") and line.endswith("got:")]
+    if reasons:
+        head = lines[0].rstrip(":")
+        tried = len(reasons)
+        return f"{head}: {'; '.join(dict.fromkeys(reasons))}" + (f" (from {tried} mirrors)" if tried > 1 else "")
+    text = " ".join(lines)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _missing_dirs(root: Path) -> tuple[set[Path], list[Path]]:
+    """(the folders under root now, root and its parents that do not exist yet): what a failed download may leave."""
+    return _dirs_under(root), [p for p in (root, *root.parents) if not p.exists()]
+
+
+def _dirs_under(root: Path, depth: int = 3) -> set[Path]:
+    found, level = set(), [root] if root.is_dir() else []
+    for _ in range(depth):
+        level = [d for p in level for d in p.iterdir() if d.is_dir()]
+        found.update(level)
+    return found
+
+
+def _remove_empty(root: Path, made: tuple[set[Path], list[Path]]) -> None:
+    """Delete the empty folders a failed download created (torchvision makes <root>/MNIST/raw before it fetches)."""
+    before, missing = made
+    new = sorted(_dirs_under(root) - before, key=lambda p: len(p.parts), reverse=True)
+    for folder in [*new, *missing]:  # deepest first; a folder that holds anything stays
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _idx_loader(cls_name: str):

@@ -20,7 +20,7 @@ import torch
 from robustbench_karp.store import karp_home, load_checkpoint
 from robustbench_karp.store.locks import file_lock
 from robustbench_karp.training.config import TrainConfig, make_train_config
-from robustbench_karp.training.estimate import describe_seconds, estimate_seconds
+from robustbench_karp.training.estimate import describe_seconds, measure_training
 from robustbench_karp.training.loop import fit, interrupted_epoch
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,8 @@ def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, devi
     """The stored checkpoint for config, training it with the loop when none exists.
 
     limit_seconds: estimate the training first (estimate.py), say what is trained, why and for
-    about how long, and refuse (TrainingTooLong) past the limit; None trains without estimating.
+    about how long, and refuse (TrainingTooLong) past the limit (math.inf: never); None trains without
+    estimating. A callback with .expect(estimate, first epoch) (estimate.TrainingClock) is handed the estimate.
     """
     device = device or torch.device("cpu")
     found = find_checkpoint(config, device)
@@ -72,18 +73,23 @@ def obtain_checkpoint(config: TrainConfig, *, data_dir: Path | None = None, devi
             return found
         what = (f"{config.recipe['epochs']} epochs of {config.defense['name']} on {config.dataset} "
                 f"({out.stem})")
+        resume = interrupted_epoch(out)  # an interrupted training of this recipe continues
         if limit_seconds is not None:
-            seconds = estimate_seconds(config, device, data_dir, download)
+            estimate = measure_training(config, device, data_dir, download)
+            seconds = estimate.seconds(resume or 0)
             if seconds > limit_seconds:
                 raise TrainingTooLong(f"no checkpoint for {config.model}: training it ({what}) would take about "
                                       f"{describe_seconds(seconds)} on {device}; pass --train to start it, or give "
                                       "--checkpoint")
-            log.info("no checkpoint for %s: training it now, %s; about %s on %s", config.model, what,
-                     describe_seconds(seconds), device)
+            log.info("no checkpoint for %s: training it now, %s; about %s on %s (measured on %d batches)",
+                     config.model, what, describe_seconds(seconds), device, estimate.batches)
+            for cb in callbacks or []:  # a clock corrects the estimate as the training runs
+                if hasattr(cb, "expect"):
+                    cb.expect(estimate, resume or 0)
         else:
             log.info("no checkpoint for %s: training it now, %s", config.model, what)
-        resume = interrupted_epoch(out) is not None  # an interrupted training of this recipe continues
-        fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks, resume=resume)
+        fit(config, out, data_dir=data_dir, device=device, download=download, callbacks=callbacks,
+            resume=resume is not None)
     return out
 
 
