@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustbench_karp.attacks import build_attack
-from robustbench_karp.attacks.apgd_rows import checkpoints
+from robustbench_karp.attacks.apgd_rows import LOSSES, Rows, checkpoints, halve_stalled_steps
 from robustbench_karp.evaluation.cost import count_passes
 from robustbench_karp.threat import ThreatModel, check_budget
 from robustbench_karp.threat.rows import physical_rows
@@ -52,36 +52,58 @@ def points(digits, digits_model):
     return x[ok][:40], y[ok][:40]
 
 
-def reference_broken(model, x, y, loss: str, eps: float, targets: int) -> torch.Tensor:
-    """(B,) which points pyautoattack's APGD breaks in 100 iterations from x itself (no random start)."""
+def reference_run(model, x, y, loss: str, eps: float, targets: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(broken (B,), best loss (B,) or None for dlr-targeted) of pyautoattack's APGD, 100 iterations from x itself."""
     autopgd = pytest.importorskip("pyautoattack.autopgd_base")
     with torch.random.fork_rng():  # it draws a random start (then replaced by x_init) from the global RNG
         if loss != "dlr-targeted":
             ref = autopgd.APGDAttack(model, n_iter=100, norm="Linf", eps=eps, loss=loss, device=x.device)
             ref.init_hyperparam(x)
-            return ~ref.attack_single_run(x, y, x_init=x.clone())[1].bool()
+            _, robust, best_loss, _ = ref.attack_single_run(x, y, x_init=x.clone())
+            return ~robust.bool(), best_loss
         ref = autopgd.APGDAttack_targeted(model, n_iter=100, norm="Linf", eps=eps, device=x.device)
         ref.init_hyperparam(x)
         ranked, broken = model(x).sort(dim=1)[1], torch.zeros(len(x), dtype=torch.bool)
         for k in range(2, targets + 2):  # its targets: the 2nd, 3rd, ... largest clean logit, as ours
             ref.y_target = ranked[:, -k]
             broken |= ~ref.attack_single_run(x, y, x_init=x.clone())[1].bool()
-        return broken
+        return broken, None
 
 
 @pytest.mark.parametrize("loss", ["ce", "dlr", "dlr-targeted"])
-def test_breaks_the_points_the_original_breaks(loss, digits_model, points):
-    """Same model, points and start (x itself), 100 iterations: the same points break. On 296 digits at eps 0.1
-    and 0.2 (Linf; and L2 at 1.0 and 1.5) the two agreed on every point. One disagreement is allowed: our batch
-    shrinks as points leave, and a matrix product over fewer rows may round its last bit differently, which can
-    flip the sign of a near-zero gradient coordinate and send one trajectory elsewhere."""
+def test_matches_the_original_point_by_point(loss, digits_model, points):
+    """Same model, points and start (x itself), 100 iterations: the same points break, and a point that stands
+    returns the original's best loss (its step sizes, momentum and restarts from the best point agree). On 296
+    digits at eps 0.1 and 0.2 (Linf; and L2 at 1.0 and 1.5) the two agreed on every point. One point is allowed
+    to differ: our batch shrinks as points leave, and a matrix product over fewer rows may round its last bit
+    differently, which can flip the sign of a near-zero gradient coordinate and send one trajectory elsewhere."""
     x, y = points[0][:24], points[1][:24]
     ours = build_attack("apgd", {"loss": loss, "random_start": False, "targets": 2})(
         digits_model, x, y, LINF, torch.Generator().manual_seed(0))
-    broken = digits_model(ours).argmax(1) != y
-    ref = reference_broken(digits_model, x, y, loss, LINF.eps, targets=2)
-    assert 4 <= ref.sum() <= len(x) - 4  # a comparison with something on both sides
-    assert (broken != ref).sum() <= 1, (broken.sum(), ref.sum())
+    with torch.no_grad():
+        logits = digits_model(ours)
+    broken = logits.argmax(1) != y
+    ref_broken, ref_loss = reference_run(digits_model, x, y, loss, LINF.eps, targets=2)
+    assert 4 <= ref_broken.sum() <= len(x) - 4  # a comparison with something on both sides
+    assert (broken != ref_broken).sum() <= 1, (broken.sum(), ref_broken.sum())
+    if ref_loss is not None:
+        standing = ~broken & ~ref_broken
+        ours_loss = LOSSES[loss](logits, y, None)[standing]
+        assert (~torch.isclose(ours_loss, ref_loss[standing], rtol=1e-4, atol=1e-6)).sum() <= 1
+
+
+@pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 0.5)])
+def test_matches_the_original_where_the_loss_rises_and_falls(norm, eps):
+    """On Wavy nothing breaks and the loss goes up and down, so every checkpoint's two halving rules are at work:
+    each point's best loss after 100 iterations is the original's (measured: equal to the last bit)."""
+    autopgd = pytest.importorskip("pyautoattack.autopgd_base")
+    x, y, model = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((30,), 9), Wavy()
+    ours = build_attack("apgd", {"random_start": False})(model, x, y, ThreatModel(norm.lower(), eps), torch.Generator())
+    ref = autopgd.APGDAttack(model, n_iter=100, norm=norm, eps=eps, loss="ce", device=x.device)
+    ref.init_hyperparam(x)
+    with torch.random.fork_rng():
+        ref_loss = ref.attack_single_run(x, y, x_init=x.clone())[2]
+    assert torch.allclose(F.cross_entropy(model(ours), y, reduction="none"), ref_loss, rtol=1e-5, atol=1e-7)
 
 
 def test_a_broken_point_returns_the_iterate_that_broke_it(digits, digits_model):
@@ -176,3 +198,36 @@ def test_checkpoints_follow_the_paper():
     """p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06), p_1 = 0.22, times 100 iterations (checked after iteration p - 1)."""
     assert [i + 1 for i in checkpoints(100)] == [22, 41, 57, 70, 80, 87, 93, 99]
     assert set(checkpoints(100).values()) == {22, 19, 16, 13, 10, 7, 6}
+
+
+def test_a_checkpoint_halves_the_steps_that_stalled():
+    """A window of 20 steps, rho 0.75: halve where the loss rose in at most 15 steps, or where the step was not
+    halved at the last check and the best loss has not risen since; halved rows go back to their best point."""
+    rises = torch.tensor([15.0, 16.0, 16.0, 16.0])
+    halved_last = torch.tensor([True, False, True, False])
+    best_at_last = torch.tensor([1.0, 2.0, 2.0, 2.0])
+    best = torch.tensor([1.5, 2.0, 2.0, 2.5])  # rows 1 and 2 did not improve; row 3 did
+    rows = Rows(rises=rises, halved=halved_last, loss_at_check=best_at_last, loss_best=best, eta=torch.full((4,), 0.2),
+                x_adv=torch.zeros(4, 1, 2, 2), x_best=torch.ones(4, 1, 2, 2), grad=torch.zeros(4, 1, 2, 2),
+                grad_best=torch.full((4, 1, 2, 2), 3.0))
+    halve_stalled_steps(rows, window=20, rho=0.75)
+    expected = torch.tensor([True, True, False, False])
+    assert torch.equal(rows.halved, expected)
+    assert torch.equal(rows.eta, torch.where(expected, 0.1, 0.2))
+    assert torch.equal(rows.x_adv.flatten(1).amax(1), expected.float())  # the best point, where halved
+    assert torch.equal(rows.grad.flatten(1).amax(1), 3 * expected.float())
+    assert torch.equal(rows.loss_at_check, best) and not rows.rises.any()
+
+
+def test_dlr_losses_are_the_originals():
+    """On random logits (and rows with ties), DLR and targeted DLR equal pyautoattack's own functions."""
+    autopgd = pytest.importorskip("pyautoattack.autopgd_base")
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 10, generator=gen) * 3
+    logits[:8, :3] = 1.0  # ties among the largest logits
+    y, target = torch.randint(0, 10, (64,), generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    ref = autopgd.APGDAttack_targeted(nn.Identity(), eps=0.1)
+    ref.y_target = target
+    assert torch.allclose(LOSSES["dlr"](logits, y, None), ref.dlr_loss(logits, y), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(LOSSES["dlr-targeted"](logits, y, target), ref.dlr_loss_targeted(logits, y), rtol=1e-6,
+                          atol=1e-6)
