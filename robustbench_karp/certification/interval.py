@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from robustbench_karp.certification.graph import Graph, Step, UnsupportedOp
+from robustbench_karp.certification.graph import Graph, Step, UnsupportedOp, pool_options
 
 
 @dataclass
@@ -80,10 +80,10 @@ def step_box(step: Step, args: list[Any]) -> Any:
     if kind == "relu":
         return x.map(F.relu)
     if kind == "maxpool":
-        kw = _pool_args(step, m, ("kernel_size", "stride", "padding", "dilation", "ceil_mode"))
+        kw = {k: v for k, v in pool_options(step).items() if k != "return_indices"}
         return x.map(lambda t: F.max_pool2d(t, **kw))
     if kind == "avgpool":
-        kw = _pool_args(step, m, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad"))
+        kw = pool_options(step)
         return x.map(lambda t: F.avg_pool2d(t, **kw))
     if kind == "adaptive_avgpool":
         size = m.output_size if m is not None else (args[1] if len(args) > 1 else step.kwargs["output_size"])
@@ -95,13 +95,6 @@ def step_box(step: Step, args: list[Any]) -> Any:
     if kind in ("add", "sub", "mul", "div"):
         return _arithmetic(kind, args[0], args[1])
     raise UnsupportedOp(f"certification: no interval rule for {kind}")
-
-
-def _pool_args(step: Step, module, names: tuple[str, ...]) -> dict[str, Any]:
-    if module is not None:
-        return {n: getattr(module, n) for n in names if hasattr(module, n)}
-    positional = dict(zip(names, step.inputs[1:]))
-    return {**positional, **{k: v for k, v in step.kwargs.items() if k in names}}
 
 
 def _reshape(step: Step, x: Box, args: list[Any]) -> Box:

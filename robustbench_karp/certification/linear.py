@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from robustbench_karp.certification.graph import Graph, Step
+from robustbench_karp.certification.graph import Graph, Step, pool_options
 from robustbench_karp.certification.interval import Box, scale_shift
 
 
@@ -88,13 +88,6 @@ def _maxpool(a: torch.Tensor, box: Box, kw: dict[str, Any]) -> tuple[torch.Tenso
     return back.reshape(b, k, *box.lower.shape[1:]), bias
 
 
-def _pool_kwargs(step: Step) -> dict[str, Any]:
-    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "count_include_pad")
-    if step.target is not None:
-        return {n: getattr(step.target, n) for n in names if hasattr(step.target, n)}
-    return {**dict(zip(names, step.inputs[1:])), **{k: v for k, v in step.kwargs.items() if k in names}}
-
-
 def _linear_map(a: torch.Tensor, fn, in_shape: torch.Size) -> torch.Tensor:
     """The transpose of a linear, bias-free map fn (pooling) applied to a, by one vector-Jacobian product."""
     b, k = a.shape[:2]
@@ -124,10 +117,10 @@ def _step_back(step: Step, a: torch.Tensor, values: dict[str, Any]) -> tuple[lis
         back, bias = _relu(a, box)
         return [(x, back)], bias
     if kind == "maxpool":
-        out = _maxpool(a, box, _pool_kwargs(step))
+        out = _maxpool(a, box, pool_options(step))
         return ([(x, out[0])], out[1]) if out is not None else ([], None)
     if kind == "avgpool":
-        kw = {k: v for k, v in _pool_kwargs(step).items() if k != "dilation"}
+        kw = pool_options(step)
         return [(x, _linear_map(a, lambda h: F.avg_pool2d(h, **kw), box.shape))], 0
     if kind == "adaptive_avgpool":
         size = m.output_size if m is not None else values.get(step.inputs[1], step.inputs[1]) if len(step.inputs) > 1 \

@@ -13,6 +13,7 @@ with autograd, for certified training.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from robustbench_karp.certification.consistency import check_consistent
 from robustbench_karp.certification.graph import Graph, UnsupportedOp, trace
 from robustbench_karp.certification.interval import Box, propagate
 from robustbench_karp.certification.linear import InputSet, backward
@@ -29,6 +31,7 @@ from robustbench_karp.threat import Norm, ThreatModel, budget_tolerance
 
 METHODS = ("ibp", "crown-ibp")
 SAFETY_ABSOLUTE, SAFETY_RELATIVE = 1e-4, 1e-5  # certified iff lower bound > 1e-4 + 1e-5 * max |logit at x|
+PREFLIGHT_POINTS = 8  # points of the whole [0, 1] box at which preflight runs the model against its graph
 PRECISION = {"bounds": "float64", "safety_margin": f"{SAFETY_ABSOLUTE:g} + {SAFETY_RELATIVE:g} * max|logit|"}
 
 
@@ -110,24 +113,54 @@ def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norm: str = "lin
             method: str = "crown-ibp", batch_size: int = 200) -> Certificate:
     """Which points are certified, and the lower bound of each one's worst margin (see the module docstring).
 
-    model must be deterministic and in eval mode (the engine evaluates it so); x (B, C, H, W) in [0, 1].
-    The set bounded is the ball an attack may reach: eps plus the budget check's rounding tolerance. On a GPU,
-    the certificate holds for the model evaluated without TF32 (exact_float32).
-    UnsupportedOp (a ValueError) names an operation outside the supported set.
+    model must be deterministic; a model in train mode is certified in eval mode, with a warning, as the engine
+    evaluates it (its mode is restored after). x (B, C, H, W) in [0, 1]. The set bounded is the ball an attack may
+    reach: eps plus the budget check's rounding tolerance. On a GPU, the certificate holds for the model evaluated
+    without TF32 (exact_float32). Before any bound, the traced graph is checked against the model's own forward at
+    the points and in their box (consistency.py).
+    UnsupportedOp (a ValueError) names an operation outside the supported set, or the mismatch.
     """
     check_method(method)
     asked = ThreatModel(norm, eps)
     threat = ThreatModel(norm, eps + budget_tolerance(asked))
-    graph = trace(model, x[:1])
     bounds, certified = [torch.zeros(0, dtype=torch.float64, device=x.device)], [torch.zeros(0, dtype=torch.bool,
                                                                                              device=x.device)]
-    with exact_float32():
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+    with in_eval_mode(model), exact_float32():
+        graph = trace(model, x[:1])
+        for b, (xb, yb) in enumerate(zip(x.split(batch_size), y.split(batch_size))):
+            logits = check_consistent(model, graph, xb, input_set(xb.double(), threat).box, method == "crown-ibp",
+                                      seed=b)  # the float32 model at x: its largest logit is its rounding's scale
             bound = margins(model, xb.double(), yb, threat, method, graph).amin(1)  # (b,) float64
-            scale = model(xb).abs().amax(1).double()  # the float32 model's largest logit at x: its rounding's scale
             bounds.append(bound)
-            certified.append(bound > SAFETY_ABSOLUTE + SAFETY_RELATIVE * scale)
+            certified.append(bound > SAFETY_ABSOLUTE + SAFETY_RELATIVE * logits.abs().amax(1).double())
     return Certificate(torch.cat(certified), torch.cat(bounds))
 
 
-__all__ = ["METHODS", "PRECISION", "Certificate", "UnsupportedOp", "certify", "check_method", "exact_float32", "margins"]
+def preflight(model: nn.Module, example: torch.Tensor, method: str) -> None:
+    """UnsupportedOp now, before any attack runs, where certify would refuse this model mid-evaluation: the trace,
+    its consistency with the model over the whole [0, 1] box, and every bound rule once."""
+    with torch.no_grad(), in_eval_mode(model, warn=False), exact_float32():
+        graph = trace(model, example[:1])
+        shape = (PREFLIGHT_POINTS, *example.shape[1:])
+        whole = Box(example.new_zeros(shape, dtype=torch.float64), example.new_ones(shape, dtype=torch.float64))
+        logits = check_consistent(model, graph, example[:1], whole, method == "crown-ibp")
+        margins(model, example[:1].double(), logits.argmax(1), ThreatModel("linf", 0.1), method, graph)
+
+
+@contextmanager
+def in_eval_mode(model: nn.Module, warn: bool = True) -> Iterator[None]:
+    """Eval mode for every module while certifying (a train-mode dropout is no identity); restored in finally."""
+    modes = {m: m.training for m in model.modules()}
+    if warn and any(modes.values()):
+        warnings.warn("certify: the model was in train mode; it is certified in eval mode, as the engine evaluates it",
+                      stacklevel=3)
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+__all__ = ["METHODS", "PRECISION", "Certificate", "UnsupportedOp", "certify", "check_method", "exact_float32", "margins",
+           "preflight"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustbench_karp.certification import PRECISION, UnsupportedOp, check_method, trace
+from robustbench_karp.certification import PRECISION, UnsupportedOp, check_method, preflight
 from robustbench_karp.evaluation.batch import expand
 from robustbench_karp.evaluation.engine import EvalResult
 from robustbench_karp.evaluation.protocols import get_protocol
@@ -41,7 +41,7 @@ def certification_method(requested: str | None, protocol: str | None, model: nn.
               "one deterministic function" if randomized else None)
     if reason is None:
         try:
-            trace(model, example)
+            preflight(model, example, asked)  # every refusal now, before any attack runs
         except UnsupportedOp as e:
             reason = str(e)
     if reason is None:
