@@ -116,4 +116,145 @@ def test_reproduce_prints_evaluates_progress_line_off_a_terminal(karp_home, digi
     assert main(["reproduce", record["id"]]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip().endswith("reproduced")
-    assert re.search(r"^evaluating: fgsm on batch 1: \d+/30 points done", captured.err, re.M)
+    assert re.search(r"^evaluating: .*\b\d+/30 points", captured.err, re.M)  # cli/progress.py's EvalProgress line
+
+
+class _Rising:
+    """A defense whose steps cost 200 ms more while eps ramps up (as crown-ibp's CROWN pass does), else standard's."""
+
+    adversarial = False
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def uses_ramp(self):
+        return True
+
+    def uses_memory(self):
+        return False
+
+    def loss(self, model, x, y, threat, gen, ramp=1.0):
+        if ramp < 1:
+            time.sleep(0.2)
+        return self.inner.loss(model, x, y, threat, gen)
+
+
+def test_the_estimate_times_each_eps_ramp_phase_and_sums_them(monkeypatch, digits):
+    import torch
+
+    from robustbench_karp.defenses.base import build_defense
+    from robustbench_karp.training import estimate
+    from robustbench_karp.training.config import make_train_config
+
+    monkeypatch.setattr(estimate, "build_defense", lambda name, options: _Rising(build_defense("standard")))
+    monkeypatch.setattr(estimate, "load_split", lambda *a, **kw: digits[0])  # the session's copy: no reload
+    monkeypatch.setattr(estimate, "TIMED_SECONDS", 0.0)  # 3 timed steps a phase
+    config = make_train_config("smallcnn", "digits", recipe_overrides={"epochs": 5, "eps_ramp_epochs": 2})
+    got = estimate.measure_training(config, torch.device("cpu"))
+    assert got.ramp_epochs == 2 and got.steps_per_epoch == -(-1295 // config.recipe["batch_size"])
+    assert got.ramp_step - got.step > 0.15  # the ramp's steps were timed as they run, not at the end of the ramp
+    by_hand = 2 * got.ramp_step * got.steps_per_epoch + 3 * got.step * got.steps_per_epoch + 5 * got.validation
+    assert got.seconds() == pytest.approx(by_hand) and got.seconds(4) == pytest.approx(got.seconds() - got.seconds(0, 4))
+
+
+def test_the_clock_recalibrates_on_the_first_batches_and_after_each_epoch(monkeypatch):
+    from robustbench_karp.training import estimate
+
+    now = [100.0]
+    monkeypatch.setattr(estimate.time, "perf_counter", lambda: now[0])
+    lines = []
+    clock = estimate.TrainingClock(say=lines.append, tty=False, interval=10)
+    clock.expect(estimate.TrainingEstimate(epochs=4, steps_per_epoch=100, ramp_epochs=1, ramp_step=0.2, step=0.1,
+                                           validation=5.0, batches=6))  # epochs: 25 s, then 15 s each
+    now[0] += 1
+    clock.on_step(0, 25, 100, 1.0, 0.5)
+    now[0] += 25 * 0.4  # twice the measured 0.2 s a batch
+    clock.on_step(0, 50, 100, 1.0, 0.5)
+    assert lines[-1] == "calibrated on batches 26-50: 0.4 s a batch (measured before the start: 0.2 s); about 2 min left"
+    assert clock.left(0, 50) == pytest.approx(2 * (0.2 * 50 + 5 + 2 * 15 + 15))
+    now[0] = 100 + 50.0  # epoch 1 took 50 s where 25 were estimated: the 45 s left of the estimate double
+    clock.on_epoch({"epoch": 1})
+    assert lines[-1] == "epoch 1 took 50 s (estimated 25 s): about 90 s left"
+    shown = len(lines)
+    now[0] += 3
+    clock.on_step(1, 25, 100, 1.0, 0.5)  # 3 s after the last line: quiet
+    now[0] += 8
+    clock.on_step(1, 50, 100, 1.0, 0.5)
+    assert len(lines) == shown + 1 and lines[-1].startswith("training: epoch 2 of 4, batch 50 of 100, 61 s, about ")
+
+
+def _record(clean: int, robust: int, n: int = 60) -> dict:
+    return {"clean_accuracy": clean / n, "robust_accuracy": robust / n, "clean_mask": "1" * clean + "0" * (n - clean),
+            "config": {"n_examples": n}}
+
+
+def test_agreement_is_a_two_proportion_z_test_at_95_percent():
+    import math
+
+    from robustbench_karp.reproduce import agreement
+
+    # clean 50/60 vs 40/60: pooled 0.75, standard error sqrt(0.75 * 0.25 * 2/60) = 0.0791, 1.96 x = 0.155 < 0.167
+    (clean, robust) = agreement(_record(50, 30), _record(40, 33))
+    assert clean[0] == "clean" and clean[3] == pytest.approx(1.959964 * math.sqrt(0.75 * 0.25 * 2 / 60))
+    assert clean[4] is False and robust[4] is True  # robust 30 vs 33 of 60: 0.05 apart, inside +-0.18
+    assert all(row[4] for row in agreement(_record(45, 30), _record(50, 30)))  # 0.083 apart: inside +-0.148
+    assert agreement(_record(60, 60), _record(60, 60))[0][3] == 0 and agreement(_record(60, 0), _record(60, 0))[1][4]
+
+
+def test_other_weights_are_evaluated_and_judged_statistically(karp_home, digits_checkpoint, capsys):
+    import json
+
+    import torch
+
+    from robustbench_karp.cli import main
+    from robustbench_karp.sources import new_model
+    from robustbench_karp.store import resolve_path
+
+    assert main(["evaluate", "--model", "smallcnn", "--checkpoint", str(digits_checkpoint), "--n-examples", "60",
+                 "--attack", "fgsm", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    stored = resolve_path(record["checkpoint"])
+    weights = torch.load(digits_checkpoint, weights_only=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        nudged = {k: v + 1e-4 * torch.randn_like(v) if v.is_floating_point() else v for k, v in weights.items()}
+        torch.save(nudged, stored)  # as retrained on another processor: other bits, the same model
+        assert main(["reproduce", record["id"]]) == 0
+        out = capsys.readouterr().out
+        assert "note: the checkpoint's weights differ from the recorded ones (weights_sha256)" in out
+        assert "MISMATCH" in out  # the exact check comes first, and fails
+        assert out.strip().splitlines()[-1].startswith("statistically reproduced (other weights): clean and robust")
+        torch.manual_seed(2)
+        torch.save(new_model("smallcnn", "digits").state_dict(), stored)  # untrained: about 10% clean accuracy
+    assert main(["reproduce", record["id"]]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert re.match(r"NOT reproduced: other weights, and clean 0\.\d+ vs 0\.\d+ \(difference -0\.\d+ beyond ", last)
+
+
+def test_train_prints_its_estimate_first_and_corrects_it(karp_home, capsys, monkeypatch):
+    from robustbench_karp.cli import main
+    from robustbench_karp.training.config import make_train_config
+
+    steps = -(-300 // make_train_config("smallcnn", "digits").recipe["batch_size"])
+    monkeypatch.setenv("KARP_PROGRESS_INTERVAL", "0")
+    assert main(["train", "--model", "smallcnn", "--dataset", "digits", "--epochs", "2", "--train-size", "300"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    estimate = next(i for i, line in enumerate(err) if line.startswith("estimate: about "))
+    assert re.match(rf"estimate: about \d+ s on cpu for 2 epochs \([\d.e-]+ s a batch x {steps} batches an epoch", err[estimate])
+    first = next(i for i, line in enumerate(err) if line.startswith("epoch 1 took "))
+    assert estimate < first and re.match(r"epoch 1 took \d+ s \(estimated \d+ s\): about \d+ s left$", err[first])
+    assert any(line.startswith(f"training: epoch 1 of 2, batch {steps} of {steps}, ") for line in err)  # off a terminal
+
+
+def test_evaluate_names_the_train_eps_a_published_row_used(karp_home, capsys):
+    from robustbench_karp.cli import main
+
+    args = ["evaluate", "--model", "certcnn", "--dataset", "mnist", "--defense", "ibp", "--eps", "0.1",
+            "--no-download", "--n-examples", "10"]
+    assert main(args) == 2  # no MNIST here: the hint comes first, then the one-line error
+    hint, error = capsys.readouterr().err.strip().splitlines()
+    assert hint.startswith("hint: rows of certcnn/mnist/ibp used checkpoints trained at another eps (at eps 0.1, "
+                           "--train-eps 0.1)") and hint.endswith("the one trained at eps 0.3")
+    assert error.startswith("karp-robust: error: mnist not found")
+    assert main([*args, "--train-eps", "0.1"]) == 2
+    assert not capsys.readouterr().err.startswith("hint")

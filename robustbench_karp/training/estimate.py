@@ -157,7 +157,7 @@ class TrainingClock:
                 self.say(f"calibrated on batches {self.mark[1] + 1}-{step}: {self.ratio * e.step_seconds(epoch):.3g} s a "
                          f"batch (measured before the start: {e.step_seconds(epoch):.3g} s); about "
                          f"{describe_seconds(self.left(epoch, step))} left")
-                self.mark = (now, -1)  # said once
+                self.mark, self.shown = (now, -1), now  # said once; it counts as the interval's line
         if not self.tty and now - self.shown >= self.interval:
             self.shown = now
             left = self.left(epoch, step)
@@ -174,6 +174,7 @@ class TrainingClock:
             f"after epoch {done} of {e.epochs}: ")
         if done < e.epochs:
             self.say(f"{took}about {describe_seconds(self.ratio * e.seconds(done))} left")
+            self.shown = time.perf_counter()
 
 
 def describe_seconds(seconds: float) -> str:
