@@ -80,9 +80,16 @@ def column_order(table, column_class: str) -> tuple[list[str], list[float]]:
     """(entry ids of the rows, the column's numeric data-value) in the order the page shows them."""
     from selenium.webdriver.common.by import By
 
-    rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
+    rows = table.find_elements(By.CSS_SELECTOR, "tbody tr.entry")
     values = [float(r.find_element(By.CSS_SELECTOR, f"td.{column_class}").get_attribute("data-value")) for r in rows]
     return [r.get_attribute("data-entry-id") for r in rows], values
+
+
+def detail_follows_each_row(browser, table) -> bool:
+    """Whether every row's detail row is right under it (sorting moves them together)."""
+    return browser.execute_script(
+        "return Array.from(arguments[0].querySelectorAll('tr.entry')).every(function (r) {"
+        "  var d = r.nextElementSibling; return d && d.dataset.detailOf === r.dataset.entryId; });", table)
 
 
 def test_page_rows_sorting_and_plots(browser, tmp_path):
@@ -111,10 +118,10 @@ def test_page_rows_sorting_and_plots(browser, tmp_path):
     header = table.find_element(By.XPATH, ".//th[normalize-space()='n']")
     header.click()  # numeric, ascending: 20 < 100 (as text "100" would come first); ties keep rank order
     assert column_order(table, "n") == ([ranked[1], ranked[2], ranked[0]], [20, 20, 100])
-    assert header.get_attribute("aria-sort") == "ascending"
+    assert header.get_attribute("aria-sort") == "ascending" and detail_follows_each_row(browser, table)
     header.click()  # the exact reverse
     assert column_order(table, "n") == ([ranked[0], ranked[2], ranked[1]], [100, 20, 20])
-    assert header.get_attribute("aria-sort") == "descending"
+    assert header.get_attribute("aria-sort") == "descending" and detail_follows_each_row(browser, table)
 
     clean = table.find_element(By.XPATH, ".//th[starts-with(normalize-space(), 'clean')]")
     clean.click()
@@ -125,6 +132,10 @@ def test_page_rows_sorting_and_plots(browser, tmp_path):
     certified = table.find_element(By.XPATH, ".//th[starts-with(normalize-space(), 'certified')]")
     certified.click()  # every value unknown ('-'): sorting keeps the rows, and throws nothing
     assert column_order(table, "n")[1] == [100, 20, 20]
+    date = table.find_element(By.XPATH, ".//th[normalize-space()='date']")
+    date.click()  # text: ISO dates sort as time does
+    dates = [td.text for td in table.find_elements(By.CSS_SELECTOR, "td.date")]
+    assert dates == sorted(dates) and all(len(d) == 10 and d[4] == "-" for d in dates)
 
     images = browser.execute_script(
         "return Array.from(document.images).map(function (i) { return [i.complete, i.naturalWidth, i.alt]; });")
@@ -145,17 +156,18 @@ def test_skip_reason_names_the_missing_binary(monkeypatch, tmp_path):
 
 
 def test_flag_codes_legend_and_paper_links(browser, tmp_path):
-    """Long flags show as short codes, spelled out in the legend under the table and as a tooltip."""
+    """Long flags show as short codes beside the model, spelled out in the legend, the tooltip and the detail row."""
     from selenium.webdriver.common.by import By
 
     render_site(golden_entries(), tmp_path / "site")
     browser.get((tmp_path / "site" / "index.html").as_uri())
     section = browser.find_element(By.ID, "board-cifar10-linf-8-255")
-    kang = section.find_element(By.CSS_SELECTOR, "tbody tr")  # ranked first by its best-known 64.20%
-    assert kang.find_element(By.CSS_SELECTOR, "td.model").text == "Kang2021Stable (WideResNet-70-16, Neural ODE block)"
-    flags = kang.find_element(By.CSS_SELECTOR, "td.flags")
-    assert (flags.text, flags.get_attribute("title")) == ("\u26a0 F1", "robustbench marks this evaluation unreliable")
-    assert kang.find_element(By.CSS_SELECTOR, "td.robust-worst-case-95-ci").text.endswith("\u2020")
+    kang = section.find_element(By.CSS_SELECTOR, "tbody tr.entry")  # ranked first by its best-known 64.20%
+    assert kang.find_element(By.CSS_SELECTOR, "td.model").text == \
+        "Kang2021Stable (WideResNet-70-16, Neural ODE block) \u26a0 F1"
+    flag = kang.find_element(By.CSS_SELECTOR, "td.model span.flag")
+    assert (flag.text, flag.get_attribute("title")) == ("\u26a0 F1", "robustbench marks this evaluation unreliable")
+    assert kang.find_element(By.CSS_SELECTOR, "td.robust-worst-case-95-ci").text.startswith("64.2 \u2020")
     link = kang.find_element(By.CSS_SELECTOR, "td.defense a")
     assert link.get_attribute("href") == "https://arxiv.org/abs/2110.12976" and "NeurIPS 2021" in link.text
     legend = [li.text for li in section.find_elements(By.CSS_SELECTOR, "ul.legend li")]
@@ -166,27 +178,112 @@ def test_flag_codes_legend_and_paper_links(browser, tmp_path):
         "F2: gradient masking suspected: black-box square beats white-box pgd on 2 points"]
 
 
-def test_the_reflowed_table_fits_1280_pixels_and_shows_the_bracket(browser, tmp_path):
-    """At 1,280 px every row's entry id is on screen without scrolling; the other columns fold under it."""
+# Every word of the rows and headers on one line: a word whose glyphs sit on two lines was broken inside.
+BROKEN_WORDS = """
+var out = [];
+document.querySelectorAll("table.leaderboard thead th, table.leaderboard tr.entry td").forEach(function (cell) {
+  var walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT), m;
+  while (walker.nextNode()) {
+    var node = walker.currentNode, words = /\\S+/g;
+    while ((m = words.exec(node.data))) {
+      var range = document.createRange();
+      range.setStart(node, m.index); range.setEnd(node, m.index + m[0].length);
+      var tops = new Set(Array.from(range.getClientRects()).filter(function (r) { return r.width > 0; })
+                         .map(function (r) { return Math.round(r.top); }));
+      if (tops.size > 1) { out.push(m[0]); }
+    }
+  }
+});
+return out;
+"""
+
+
+def test_at_1280_pixels_the_default_columns_fit_unbroken_and_a_row_opens_its_details(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     render_site(with_a_protocol_entry(golden_entries()), tmp_path / "site")
     browser.set_window_size(1280, 900)
     browser.get((tmp_path / "site" / "index.html").as_uri())
-    width = browser.execute_script("return window.innerWidth;")
-    assert browser.execute_script("return document.documentElement.scrollWidth;") <= width  # no horizontal scroll
-    for cell in browser.find_elements(By.CSS_SELECTOR, "td.entry-id"):
-        right = browser.execute_script("return arguments[0].getBoundingClientRect().right;", cell)
-        assert 0 < right <= width
-    heads = [th.text for th in browser.find_elements(By.CSS_SELECTOR, "#table-mnist-linf-0-1-partial th")]
-    assert "certified % [95% CI] · gap" in heads and "attacks run" not in heads  # folded into the entry id
-    row = browser.find_element(By.CSS_SELECTOR, "#table-mnist-linf-0-1-partial tbody tr")
-    assert row.find_element(By.CSS_SELECTOR, "td.certified-95-ci-gap").text == "35.0 [18.1, 56.7] · 40.0"
-    summary = row.find_element(By.CSS_SELECTOR, "td.entry-id summary")
-    assert not row.find_element(By.CSS_SELECTOR, "td.entry-id dl").is_displayed()
-    summary.click()
-    details = row.find_element(By.CSS_SELECTOR, "td.entry-id dl")
-    assert details.is_displayed() and "attacks run" in details.text and "pgd" in details.text
+    width = browser.execute_script("return document.documentElement.clientWidth;")
+    assert browser.execute_script("return document.documentElement.scrollWidth;") <= width  # no page scroll
+    for box in browser.find_elements(By.CSS_SELECTOR, "div.scroll"):  # and every table fits its box
+        assert browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth;", box)
+    assert browser.execute_script(BROKEN_WORDS) == []
+    heads = [th.get_attribute("title") for th in browser.find_elements(By.CSS_SELECTOR, "#table-mnist-linf-0-1-partial th")]
+    assert heads == ["rank", "model", "defense", "clean % [95% CI]", "robust % worst case [95% CI]",
+                     "certified % [95% CI] · gap", "certified \u2192 robust", "protocol", "n", "date", "entry id"]
+    row = browser.find_element(By.CSS_SELECTOR, "#table-mnist-linf-0-1-partial tbody tr.entry")
+    assert row.find_element(By.CSS_SELECTOR, "td.certified-95-ci-gap").text == "35.0\n[18.1, 56.7]"
+    bar = row.find_element(By.CSS_SELECTOR, "td.certified-robust svg.bracket")  # certified 35.0 to robust 75.0
+    assert "certified 35.0% \u2264 true robust \u2264 75.0% (attacked): gap 40.0 points" in bar.get_attribute("aria-label")
+    proven, gap = bar.find_elements(By.CSS_SELECTOR, "rect")[1:]
+    assert [round(float(r.get_attribute("width")) / 1.16, 1) for r in (proven, gap)] == [35.0, 40.0]  # on 0-100
+    detail = browser.find_element(By.ID, f"detail-{row.get_attribute('data-entry-id')}")
+    assert not detail.is_displayed()
+    row.find_element(By.CSS_SELECTOR, "button.more").click()
+    assert detail.is_displayed() and "attacks run" in detail.text and "pgd" in detail.text and "training" in detail.text
+    assert row.find_element(By.CSS_SELECTOR, "button.more").get_attribute("aria-expanded") == "true"
     code = browser.find_elements(By.CSS_SELECTOR, "p.separation code")  # Markdown code renders as code
     assert any(c.text == "karp-robust evaluate --protocol standard" for c in code)
+    about = browser.find_element(By.ID, "about")  # the long prose comes after every table
+    tables = browser.find_elements(By.CSS_SELECTOR, "table.leaderboard")
+    assert browser.execute_script("return arguments[0].compareDocumentPosition(arguments[1]) & 4;", tables[-1], about)
 
+
+def test_at_390_pixels_tables_scroll_sideways_with_the_model_column_sticky(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    render_site(with_a_protocol_entry(golden_entries()), tmp_path / "site")
+    browser.set_window_size(390, 844)
+    browser.get((tmp_path / "site" / "index.html").as_uri())
+    width = browser.execute_script("return document.documentElement.clientWidth;")
+    assert browser.execute_script("return document.documentElement.scrollWidth;") <= width  # only the tables scroll
+    assert browser.execute_script(BROKEN_WORDS) == []
+    widths = browser.execute_script(  # [class, width, whether its content overflows it]
+        "return Array.from(document.querySelectorAll('table.leaderboard tr.entry td, table.leaderboard th'))"
+        ".map(function (td) { return [td.className, td.getBoundingClientRect().width, td.scrollWidth > td.clientWidth]; });")
+    assert not [kind for kind, _, squeezed in widths if squeezed]  # no cell narrower than its numbers and words
+    assert min(w for kind, w, _ in widths if kind.split()[-1] in ("model", "defense", "protocol")) >= 60  # no 1-char columns
+    box = browser.find_element(By.CSS_SELECTOR, "#board-mnist-linf-0-3-partial div.scroll")
+    browser.execute_script("arguments[0].scrollIntoView(); arguments[0].scrollLeft = 400;", box)
+    assert browser.execute_script("return arguments[0].scrollLeft;", box) == 400  # it scrolls sideways
+    left = browser.execute_script("return arguments[0].getBoundingClientRect().left;", box)
+    for cell in box.find_elements(By.CSS_SELECTOR, "tr.entry td.model"):  # the model stays in view, at the left
+        assert abs(browser.execute_script("return arguments[0].getBoundingClientRect().left;", cell) - left) <= 2
+        assert cell.text
+    rank = box.find_element(By.CSS_SELECTOR, "tr.entry td.rank")  # while the rank scrolled away under it
+    assert browser.execute_script("return arguments[0].getBoundingClientRect().right;", rank) < left + 5
+
+
+def test_filter_by_text_and_a_row_named_in_the_url_is_highlighted(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    entries = with_a_protocol_entry(golden_entries())
+    render_site(entries, tmp_path / "site")
+    page = (tmp_path / "site" / "index.html").as_uri()
+    browser.set_window_size(1280, 700)
+    browser.get(page)
+    box = browser.find_element(By.ID, "filter")
+    box.send_keys("Kang2021")
+    shown = [r.get_attribute("data-entry-id") for r in browser.find_elements(By.CSS_SELECTOR, "tr.entry")
+             if r.is_displayed()]
+    assert shown == [e["entry_id"] for e in entries if e.get("model_id") == "Kang2021Stable"]
+    assert browser.find_element(By.ID, "filter-count").text == f"1 of {len(entries)} rows match"
+    box.clear()
+    box.send_keys("trades 0.1")  # every word must match: trades' rows whose text has 0.1 (its eps 0.1 board)
+    shown = [r.get_attribute("data-entry-id") for r in browser.find_elements(By.CSS_SELECTOR, "tr.entry")
+             if r.is_displayed()]
+    assert shown and all(e["defense"] == "trades" for e in entries if e["entry_id"] in shown)
+    assert len(shown) < sum(e["defense"] == "trades" for e in entries)
+
+    last = [e for e in entries if e["dataset"] == "mnist"][-1]["entry_id"]  # far down the page
+    browser.get(f"{page}#{last}")
+    row = browser.find_element(By.ID, last)
+    assert "target" in row.get_attribute("class").split()
+    assert browser.find_element(By.ID, f"detail-{last}").is_displayed()  # its details open
+    top, bottom = browser.execute_script("var r = arguments[0].getBoundingClientRect(); return [r.top, r.bottom];", row)
+    assert 0 <= top and bottom <= 700  # scrolled into view
+    assert browser.find_elements(By.CSS_SELECTOR, "tr.target") == [row]
+    first = entries[0]["entry_id"]
+    row.find_element(By.XPATH, f"//a[@href='#{first}']").click()  # an entry id is the link to its row
+    assert browser.find_elements(By.CSS_SELECTOR, "tr.target") == [browser.find_element(By.ID, first)]

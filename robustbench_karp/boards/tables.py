@@ -14,12 +14,14 @@ from robustbench_karp.boards.format import eps_label, slug
 
 COLUMNS = [("rank", "number"), ("model", "text"), ("defense", "text"), ("training", "text"), ("clean % [95% CI]", "number"),
            ("robust % worst case [95% CI]", "number"), ("certified % [95% CI] · gap", "number"), ("protocol", "text"),
-           ("attacks run", "text"), ("n", "number"), ("extra data", "text"), ("forward passes", "number"),
-           ("grad evals / point", "number"), ("wall time", "number"), ("seed", "text"), ("flags", "text"),
-           ("reproducible", "text"), ("entry id", "text")]
-# index.html shows these at 1,280 px; the other columns fold into the entry id's details (README.md shows all)
-PAGE_COLUMNS = ("rank", "model", "defense", "training", "clean % [95% CI]", "robust % worst case [95% CI]",
-                "certified % [95% CI] · gap", "protocol", "n", "flags", "entry id")
+           ("attacks run", "text"), ("n", "number"), ("date", "text"), ("extra data", "text"),
+           ("forward passes", "number"), ("grad evals / point", "number"), ("wall time", "number"), ("seed", "text"),
+           ("flags", "text"), ("reproducible", "text"), ("entry id", "text")]
+# index.html shows these (BRACKET: an inline SVG of certified to robust, drawn by html.py); the other columns go into
+# each row's expandable detail row (README.md shows all)
+BRACKET = "certified → robust"
+PAGE_COLUMNS = ("rank", "model", "defense", "clean % [95% CI]", "robust % worst case [95% CI]",
+                "certified % [95% CI] · gap", BRACKET, "protocol", "n", "date", "entry id")
 BEST_KNOWN_MARK = "\u2020"  # after a robust accuracy that is RobustBench's `external` figure
 BEST_KNOWN_LEGEND = ("best known robust accuracy (RobustBench's `external` field: attacks beyond AutoAttack), "
                      "below the entry's AutoAttack figure")
@@ -62,12 +64,23 @@ def _cells(rank: int, e: dict[str, Any], codes: dict[str, str], ranked: bool = T
         f"{_percent_ci(proven, e['certified_ci'])} · {100 * (e['robust_accuracy'] - proven):.1f}", proven)
     extra = {True: "yes", False: "no"}.get(e.get("additional_data"), "-")
     passes = e.get("forward_passes")
+    date = entry_date(e)
     return [rank_cell, (model, model), (defense, defense), (training, training),
             (_percent_ci(e["clean_accuracy"], e["clean_ci"]), e["clean_accuracy"]), (robust, e["robust_accuracy"]),
             certified, (protocols, protocols), (", ".join(e["attacks"]), ", ".join(e["attacks"])), (str(e["n"]), e["n"]),
-            (extra, extra), (str(passes), passes) if passes else ("-", ""), *_cost_cells(e.get("cost")), (seeds, seeds),
+            (date or "-", date), (extra, extra), (str(passes), passes) if passes else ("-", ""),
+            *_cost_cells(e.get("cost")), (seeds, seeds),
             (", ".join(codes[f] for f in e["flags"]), "; ".join(e["flags"])),
             (e["reproducibility"], e["reproducibility"]), (e["entry_id"], e["entry_id"])]
+
+
+def entry_date(e: dict[str, Any]) -> str:
+    """The day of the entry's newest counted record (its evaluation, or the import of a published figure), 'YYYY-MM-DD';
+    '' where no record says."""
+    counted = set(e.get("record_ids") or [])
+    days = [str(r.get("created_utc"))[:10] for r in e.get("records") or [] if r.get("id") in counted
+            and str(r.get("created_utc") or "unknown") != "unknown"]
+    return max(days, default="")
 
 
 def _web_link(e: dict[str, Any]) -> str | None:
@@ -140,18 +153,22 @@ def boards(ranked_entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (dataset, norm, eps, tier), ranked in grouped.items():
         label = eps_label(eps)
         key = f"{slug(dataset)}-{slug(norm)}-{slug(label)}" + ("-partial" if tier == "partial" else "")
-        title = f"{dataset} · {norm} · ε = {label}" + {
-            "clean": " (clean accuracy only)", "ranked": " · ranked (evaluation protocol run)",
-            "partial": " · partial evaluations (no protocol run: robust accuracy is an upper bound, not ranked)"}[tier]
+        heading = f"{dataset} · {norm} · ε = {label}"
+        subtitle = {"clean": "clean accuracy only", "ranked": "ranked (evaluation protocol run)",
+                    "partial": "partial evaluations (no protocol run: robust accuracy is an upper bound, not ranked)"}[tier]
+        title = f"{heading} ({subtitle})" if tier == "clean" else f"{heading} · {subtitle}"
         legend = _legend(ranked, codes)
         rows = [{"entry_id": e["entry_id"], "flags": e["flags"], "reproducibility": e["reproducibility"],
-                 "link": _web_link(e), "examples": e.get("examples"),
+                 "link": _web_link(e), "examples": e.get("examples"), "notes": e["notes"],
+                 "codes": [codes[f] for f in e["flags"]],
+                 "bracket": (e.get("certified_accuracy"), e["robust_accuracy"]),  # certified <= true robust <= robust
                  "cells": _cells(rank, e, codes, ranked=tier != "partial")}
                 for rank, e in enumerate(ranked, start=1)]
         out.append({
             "id": f"board-{key}", "table_id": f"table-{key}", "dataset": dataset, "norm": norm, "eps": eps, "tier": tier,
-            "title": title, "command": shlex.join(["karp-robust", "leaderboard", "build", "--dataset", dataset,
-                                                           "--norm", norm, "--eps", label]),
+            "title": title, "heading": f"{heading} · {tier}", "subtitle": subtitle,
+            "command": shlex.join(["karp-robust", "leaderboard", "build", "--dataset", dataset, "--norm", norm,
+                                   "--eps", label]),
             "rows": rows, "legend": legend, "separation": _separation(ranked) if tier != "partial" else
             "Partial evaluations are not ranked: run `karp-robust evaluate --protocol standard` on them.",
             "notes": [f"{e['entry_id']}: {note}" for e in ranked for note in e["notes"]],
