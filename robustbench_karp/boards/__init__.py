@@ -7,7 +7,8 @@
     counts.py               the per-example worst case over an entry's records (ANDed masks), intervals, cost
     published.py            a published site read back, checked, migrated, merged
     tables.py               the boards' tables, shared by README.md and index.html
-    html.py                 index.html: self-contained, sortable
+    html.py                 index.html: self-contained; sort, filter, detail rows, #<entry id>, bracket bars
+    page_assets.py          index.html's inline CSS and JS
     curves.py               robustness curves as PNG (the only module that imports matplotlib)
     site.py                 writes entries/*.json, README.md, results.csv, index.html, curves/*.png
     format.py               how numbers and names are written
