@@ -28,6 +28,15 @@ class Wavy(nn.Module):
         return torch.stack([wave] + [zero] * 8 + [zero + 5], dim=1)
 
 
+class Waves(nn.Module):
+    """Class 9 by a margin of 3.5 or more; class k's logit is 0.1 k + 0.5 cos(200 * mean pixel + k): every target's
+    DLR rises and falls along APGD's path, and which target does best varies from point to point."""
+
+    def forward(self, x):
+        phase = 200 * x.flatten(1).mean(1, keepdim=True) + torch.arange(9.0)  # (B, 9)
+        return torch.cat([0.1 * torch.arange(9.0) + 0.5 * torch.cos(phase), torch.full((len(x), 1), 5.0)], dim=1)
+
+
 class Recorder:
     """Every batch that goes through a module's forward (its input and logits), via a hook removed on exit."""
 
@@ -137,6 +146,24 @@ def test_a_standing_point_returns_its_iterate_of_highest_loss(threat):
     assert torch.allclose(returned, losses.max(0).values, atol=1e-6)
     assert (losses[-1] < losses.max(0).values - 1e-4).sum() >= 2
     check_budget(out, x, threat)
+
+
+@pytest.mark.parametrize("threat", [ThreatModel("linf", 0.1), ThreatModel("l2", 0.5)], ids=["linf", "l2"])
+def test_targeted_returns_the_iterate_of_highest_loss_over_all_targets(threat):
+    """Nothing breaks Waves: each step evaluates 3 rows per point (its 3 targets) in order. The returned image is
+    exactly the recorded iterate of highest targeted DLR over every step and target, not the last, not any row's."""
+    x, y, model = torch.rand(30, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((30,), 9), Waves()
+    with Recorder(model) as seen:
+        out = build_attack("apgd", {"steps": 20, "loss": "dlr-targeted", "targets": 3})(
+            model, x, y, threat, torch.Generator().manual_seed(0))
+    targets = seen.calls[0][1][:, :9].topk(3, dim=1).indices.reshape(-1)  # (90,) from the clean pass: distinct logits
+    inputs = torch.stack([inputs for inputs, _ in seen.calls[1:]]).view(21, 30, 3, *x.shape[1:])
+    losses = torch.stack([LOSSES["dlr-targeted"](logits, torch.full((90,), 9), targets) for _, logits in seen.calls[1:]])
+    best = losses.view(21, 30, 3).max(dim=0)  # per (point, target): the highest loss and its step
+    target = best.values.argmax(dim=1)  # (30,)
+    step = best.indices[torch.arange(30), target]
+    assert torch.equal(out, inputs[step, torch.arange(30), target])
+    assert (step < 20).sum() >= 5 and len(set(target.tolist())) > 1  # not the last step; not always one target
 
 
 @pytest.mark.parametrize("threat", [ThreatModel("linf", 0.1), ThreatModel("l2", 0.5)], ids=["linf", "l2"])
