@@ -10,7 +10,7 @@ ramp, autocast, channels-last, example memory and weight average), timed after a
 median kept. A defense whose cost changes with the eps warm-up (crown-ibp runs CROWN only while eps
 ramps up, about 7x the IBP step) is timed in both phases: timing it at the end of the ramp alone
 predicted a third of its real time. The per-epoch validation (PGD-10 on the validation slice and the
-guard) is timed on a tenth of its points. Training on demand (an `evaluate` whose checkpoint is missing)
+guard) is timed on a fifth of its points, after a warm-up. Training on demand (an `evaluate` whose checkpoint is missing)
 says this estimate; past KARP_TRAIN_LIMIT_SECONDS (default 600) the CLI asks for `--train` first.
 """
 
@@ -104,7 +104,8 @@ def measure_training(config, device: torch.device, data_dir=None, download: bool
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # dropout: the run's RNG untouched
         rising = phase(0, warm=2) if ramp else []
         steady = phase(ramp, warm=2 if not ramp else 1) if ramp < recipe.epochs else rising
-    v, g = min(len(val_idx), max(1, config.val_size // 10)), min(len(guard_idx), max(1, config.guard_size // 10))
+    v, g = min(len(val_idx), max(1, config.val_size // 5)), min(len(guard_idx), max(1, config.guard_size // 5))
+    _measure(model, data, val_idx[:8], guard_idx[:8], config, env, defense.adversarial)  # warm-up: allocations
     started = time.perf_counter()
     _measure(model, data, val_idx[:v], guard_idx[:g], config, env, defense.adversarial)
     _sync(device)
