@@ -124,8 +124,9 @@ def _sync(device: torch.device) -> None:
 
 class TrainingClock:
     """A training callback that keeps the time left true: say(line) once calibrated on the first batches, after
-    every epoch (the estimate scaled by the measured over the estimated time so far), and off a terminal
-    (tty False) a progress line every KARP_PROGRESS_INTERVAL seconds (default 10)."""
+    the first epoch and then after any epoch that ends an interval (the estimate scaled by the measured over
+    the estimated time so far), and off a terminal (tty False) a progress line every interval seconds
+    (KARP_PROGRESS_INTERVAL, default 10)."""
 
     def __init__(self, say: Callable[[str], None], tty: bool = True, interval: float | None = None):
         self.say, self.tty = say, tty
@@ -173,9 +174,10 @@ class TrainingClock:
         self.ratio = spent / planned if planned > 0 else 1.0
         took = f"epoch {done} took {spent:.0f} s (estimated {planned:.0f} s): " if done == self.first_epoch + 1 else (
             f"after epoch {done} of {e.epochs}: ")
-        if done < e.epochs:
+        now = time.perf_counter()
+        if done < e.epochs and (done == self.first_epoch + 1 or now - self.shown >= self.interval):
             self.say(f"{took}about {describe_seconds(self.ratio * e.seconds(done))} left")
-            self.shown = time.perf_counter()
+            self.shown = now
 
 
 def describe_seconds(seconds: float) -> str:
