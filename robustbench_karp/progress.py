@@ -171,15 +171,17 @@ class CascadeTracker:
         return 1.0
 
     def _rate(self, name: str) -> float | None:
-        """Passes per second of the attack (its running part included), else of the whole run; None before any."""
+        """Passes per second of the attack (its running part included), else of every attack so far (not the clean
+        prediction and certification: their time passes few images through the network); None before any."""
+        running = (self.passes - self.mark_passes, self.clock() - self.mark_time) if self.name else (0, 0.0)
         passes, seconds = self.rate.get(name, [0.0, 0.0])
         if name == self.name:
-            passes += self.passes - self.mark_passes
-            seconds += self.clock() - self.mark_time
+            passes, seconds = passes + running[0], seconds + running[1]
         if passes > 0 and seconds > 0:
             return passes / seconds
-        elapsed = self.clock() - self.started
-        return self.passes / elapsed if self.passes and elapsed > 0 else None
+        passes = sum(p for p, _ in self.rate.values()) + running[0]
+        seconds = sum(s for _, s in self.rate.values()) + running[1]
+        return passes / seconds if passes > 0 and seconds > 0 else None
 
     def per_point(self, name: str) -> float | None:
         """Forward passes per point the attack spent on its finished runs, else its budget (None: neither known)."""

@@ -100,11 +100,11 @@ def test_the_running_attack_counts_only_its_own_remaining_passes_and_what_follow
     clock.now = 1.0  # clean prediction: 1 s for 50 points
     tracker.attack("pgd", 40, 10.0)
     clock.now += 1.0
-    tracker.tick(100)  # 100 of pgd's 400 budgeted passes in 1 s (the run's 100 passes in 2 s before square runs)
+    tracker.tick(100)  # 100 of pgd's 400 budgeted passes in 1 s
     left = tracker.seconds_left()
-    # pgd: 300 passes at 100/s; square, unmeasured: 40 points (survival 1) x 100 at the run's 50/s;
-    # batch 2: 1 s of clean prediction, 40 of 50 points (measured) into pgd (4 s), 40 into square (80 s)
-    assert left == pytest.approx(3 + 40 * 100 / 50 + 1 + 400 / 100 + 4000 / 50, rel=1e-6)
+    # pgd: 300 passes at 100/s; square, unmeasured: 40 points (survival 1) x 100 at the attacks' 100/s so far;
+    # batch 2: 1 s of clean prediction, 40 of 50 points (measured) into pgd (4 s), 40 into square (40 s)
+    assert left == pytest.approx(3 + 40 * 100 / 100 + 1 + 400 / 100 + 4000 / 100, rel=1e-6)
 
 
 def test_the_bar_counts_points_as_their_verdict_becomes_final():
@@ -142,10 +142,12 @@ def test_the_engine_reports_what_the_tracker_counts_as_final():
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
     x, y = torch.rand(40, 1, 8, 8), torch.randint(0, 10, (40,))
     y[:20] = model(x[:20]).argmax(1)  # half clean-correct
-    tracker, finals, outcomes = CascadeTracker(), [], []
+    finals, live, outcomes = [], [], []
 
     class Watch(CascadeTracker):
         def attack(self, name, points, budget=None):
+            if self.broken is not None:  # what the passes of the attack before showed broken
+                live.append(int(self.broken))
             super().attack(name, points, budget)
             finals.append((name, self.final()))
 
@@ -156,11 +158,30 @@ def test_the_engine_reports_what_the_tracker_counts_as_final():
     attacks = [build_attack("fgsm", {}), build_attack("pgd", {"steps": "10"})]
     attack_batches(model, batches, attacks, ThreatModel("linf", 0.05), lambda b: torch.Generator().manual_seed(b),
                    torch.device("cpu"), lambda b, o: (outcomes.append(o), tracker.update(len(o.clean))), tracker)
-    expected = []
+    expected, broken = [], []
     for b, outcome in enumerate(outcomes):
         standing = [sum(outcome.clean), outcome.after["fgsm"]]
         expected += [(name, 20 * b + 20 - k) for name, k in zip(["fgsm", "pgd"], standing) if k]
+        broken += [standing[0] - standing[1]] if standing[1] else []
     assert finals == expected and tracker.final() == 40
+    # the engine's prediction of FGSM's x_adv passes every attacked point: the live count is exact by then
+    assert live == broken and sum(broken) > 0
+
+
+def test_the_running_attack_survival_comes_from_its_passes_over_all_its_points():
+    tracker = CascadeTracker(Clock())
+    tracker.expect([("a", 10.0), ("b", 10.0)], batch_size=4)
+    tracker.start(8)
+    tracker.batch(0)
+    tracker.attack("a", 4, 10.0)
+    tracker.labels(torch.tensor([0, 1, 2, 3]))
+    assert tracker.survival(1) == 1.0  # nothing seen yet
+    tracker.outputs(torch.eye(4)[[0, 1, 0, 0]])  # points 2 and 3 misclassified
+    tracker.outputs(torch.eye(4)[[0, 1, 2, 0]])  # a pass where fewer are: the most seen stays
+    tracker.outputs(torch.eye(4)[[1, 0]])  # two rows: another subset, not these points
+    assert tracker.survival(1) == 0.5
+    tracker.attack("b", 1, 10.0)  # a broke 3 in the end: measured now, the live count is b's
+    assert tracker.survival(1) == 0.25 and tracker.broken is None
 
 
 def test_at_80_columns_the_terminal_line_shows_the_time_left():
