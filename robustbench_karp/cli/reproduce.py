@@ -102,11 +102,12 @@ def report_reproduction(old: dict, new: dict, notes: list[str] = ()) -> tuple[st
             shown = [before, now, "exact match" if good else "differs"]
         table.append([name, *shown, "ok" if good else "MISMATCH"])
     print(tabulate(table, headers=["quantity", "recorded", "now", "difference", ""], tablefmt="github"))
-    why = None if all(good for *_, good in rows) else why_not(old, new, notes)
+    other = any("weights differ" in n for n in notes)  # never bit-exact, even where an old record has no id row
+    why = None if all(good for *_, good in rows) and not other else why_not(old, new, notes)
     if why is None:
         print(EXACT)
         return EXACT, None
-    if any("weights differ" in n for n in notes):
+    if other:
         return statistical_verdict(old, new, why)
     print(f"NOT reproduced: {why} (nothing was written to the store)")
     return "NOT reproduced", why
