@@ -9,8 +9,10 @@ loss with 0; ours compares it with the starting point's loss, as the paper says.
 
 Every point leaves the working batch at the first iterate that is misclassified, and that iterate is what is
 returned for it; a point never misclassified gets its iterate of highest loss, never merely the last one.
-Targeted DLR attacks `targets` classes per point, those of highest clean logit first, `target_batch` of them
-at once as one batch (a row per point and target); all rows of a point leave when one of them breaks.
+Targeted DLR attacks `targets` classes per point, `target_batch` of them at once as one batch (a row per point
+and target); all rows of a point leave when one of them breaks. Targets are ranked by clean logit, highest first,
+or with target_order="malt" by MALT's score (Melamed et al., NeurIPS 2024, https://arxiv.org/abs/2407.02240):
+(z_pred - z_i) / ||grad_x (z_i - z_y)||_dual, lowest first, for one more forward and backward per target.
 `odi_steps` > 0 runs that many output-diversified steps first (ODI, Tashiro et al. 2020,
 https://arxiv.org/abs/2003.06878): steps of size eps up w . logits, w uniform in [-1, 1]^classes per row.
 
@@ -22,6 +24,7 @@ Arguments:
     loss (str): "ce", "dlr" (3 classes or more) or "dlr-targeted" (4 or more). Default "ce".
     targets (int): dlr-targeted: target classes per point (at most classes - 1). Default 9.
     target_batch (int | None): dlr-targeted: targets run at once; None means all. Default None.
+    target_order (str): dlr-targeted: "logits" (highest clean logit first) or "malt". Default "logits".
     random_start (bool): start at a uniform random point of the ball; False starts at x. Default True.
     odi_steps (int): output-diversified steps before APGD. Default 0.
     rho (float): the fraction of rising steps below which the step is halved. Default 0.75.
@@ -39,9 +42,11 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_karp.attacks.apgd_rows import LOSSES, MIN_CLASSES, Rows, apgd_run, odi_run
+from robustbench_karp.attacks.apgd_rows import LOSSES, MIN_CLASSES, Rows, apgd_run, malt_order, odi_run
 from robustbench_karp.attacks.base import Attack, check_positive, register
 from robustbench_karp.threat import ThreatModel
+
+TARGET_ORDERS = ("logits", "malt")
 
 
 @register("apgd")
@@ -57,11 +62,14 @@ class APGD(Attack):
     odi_steps: int = 0
     rho: float = 0.75
     momentum: float = 0.75
+    target_order: str = "logits"
 
     def __post_init__(self):
         check_positive(steps=self.steps, restarts=self.restarts, targets=self.targets, target_batch=self.target_batch)
         if self.loss not in LOSSES:
             raise ValueError(f"unknown apgd loss {self.loss!r}; valid: {', '.join(LOSSES)}")
+        if self.target_order not in TARGET_ORDERS:
+            raise ValueError(f"unknown target_order {self.target_order!r}; valid: {', '.join(TARGET_ORDERS)}")
         if self.odi_steps < 0:
             raise ValueError(f"odi_steps must be >= 0, got {self.odi_steps}")
         if not 0 < self.rho <= 1 or not 0 <= self.momentum < 1:
@@ -73,13 +81,15 @@ class APGD(Attack):
 
     def forward_budget(self) -> float:
         runs = self.restarts * (self.targets if self.targeted else 1)
-        return float(runs * (self.odi_steps + self.steps + 1) + 1)  # + the clean pass that reads the classes
+        # MALT: a pass per candidate target, the classes but the true one: 9 on 10 classes (the budget cannot know)
+        ranking = max(self.targets, 9) if self.targeted and self.target_order == "malt" else 0
+        return float(runs * (self.odi_steps + self.steps + 1) + 1 + ranking)  # + the clean pass: the classes
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         x, y = x.detach(), y.detach()
         if not len(x):
             return x.clone()
-        classes, ranked = self._ranked_classes(model, x, y)  # ranked (B, targets): best target first (targeted)
+        classes, ranked = self._ranked_classes(model, x, y, threat)  # ranked (B, targets): best first (targeted)
         out = x.clone()
         best_loss = torch.full((len(x),), float("-inf"), device=x.device)  # (B,) of the points never broken
         todo = torch.arange(len(x), device=x.device)
@@ -92,7 +102,8 @@ class APGD(Attack):
                 todo = self._run(model, x, y, todo, targets, classes, threat, gen, out, best_loss)
         return out
 
-    def _ranked_classes(self, model, x: torch.Tensor, y: torch.Tensor) -> tuple[int, torch.Tensor | None]:
+    def _ranked_classes(self, model, x: torch.Tensor, y: torch.Tensor,
+                        threat: ThreatModel) -> tuple[int, torch.Tensor | None]:
         """(classes, ranked) after one clean pass, which checks the classes; ranked: dlr-targeted's targets of each
         point by clean logit, best first (None for the other losses)."""
         with torch.no_grad():
@@ -103,8 +114,11 @@ class APGD(Attack):
                              f"a gap between sorted logits); this one has {classes}: use loss=ce")
         if not self.targeted:
             return classes, None
+        k = min(self.targets, classes - 1)
+        if self.target_order == "malt":  # dual norms: L1 for Linf, L2 for L2
+            return classes, malt_order(model, x, y, logits, 1.0 if threat.norm.value == "linf" else 2.0)[:, :k]
         others = logits.scatter(1, y[:, None], float("-inf"))  # the true class is never a target
-        return classes, others.argsort(dim=1, descending=True)[:, : min(self.targets, classes - 1)]
+        return classes, others.argsort(dim=1, descending=True)[:, :k]
 
     def _run(self, model, x, y, todo, targets, classes, threat, gen, out, best_loss) -> torch.Tensor:
         """One run on the points `todo` (each with its `targets` as rows); writes out and best_loss, returns the

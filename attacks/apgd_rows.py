@@ -17,6 +17,7 @@ from robustbench_karp.threat import ThreatModel, random_uniform
 from robustbench_karp.threat.rows import pieces
 
 DLR_EPS = 1e-12  # keeps the DLR ratio finite when the sorted logits tie
+MALT_POOL = 100  # MALT ranks at most this many candidate targets per point: ImageNet's 999 would cost more than APGD-T
 
 
 def dlr(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -30,6 +31,26 @@ def dlr_targeted(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | N
     top = logits.sort(dim=1).values
     gap = logits.gather(1, target[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(1)
     return gap / (top[:, -1] - 0.5 * (top[:, -3] + top[:, -4]) + DLR_EPS)
+
+
+def logit_gap(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """(R,) z_t - z_y: MALT's linearized distance to target t is -(this) / ||its gradient||_dual."""
+    return (logits.gather(1, target[:, None]) - logits.gather(1, y[:, None])).squeeze(1)
+
+
+def malt_order(model, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, dual_p: float) -> torch.Tensor:
+    """(B, min(classes - 1, MALT_POOL)) every point's targets, most promising first by MALT's score (Melamed et al., NeurIPS 2024,
+    https://arxiv.org/abs/2407.02240; code odeliamel/MALT): (z_pred - z_i) / ||grad_x (z_i - z_y)||_dual, ascending,
+    the step a linearized model needs to make i the prediction. One forward and backward per point and candidate:
+    the MALT_POOL classes of highest logit but the true one (all of them below 101 classes)."""
+    pool = min(logits.shape[1] - 1, MALT_POOL)
+    others = logits.scatter(1, y[:, None], float("-inf")).argsort(dim=1, descending=True)[:, :pool]
+    owner = torch.arange(len(x), device=x.device).repeat_interleave(pool)  # (R,) row -> point
+    _, _, grad = rows_loss_and_grad(model, logit_gap, x[owner], y[owner], others.reshape(-1))
+    dual = grad.flatten(1).norm(p=dual_p, dim=1).view(len(x), pool)  # (B, pool)
+    gap = logits.amax(dim=1, keepdim=True) - logits.gather(1, others)  # z_pred - z_i >= 0
+    score = gap / (dual + DLR_EPS)  # a zero gradient makes the score huge: such targets go last
+    return others.gather(1, score.argsort(dim=1, stable=True))
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:

@@ -51,12 +51,14 @@ CASES = {
     "bpda-pgd": Case({"steps": 10}, "quantized"),  # BPDA: a purifier whose gradient is zero
     "transfer-pgd": Case({"steps": 10}, "quantized"),  # PGD on the classifier, judged through the purifier
     "torchattacks:PGD": Case({"steps": 10, "alpha": 0.03}),
+    "strong": Case({"steps": 10, "target_steps": 10, "targets": 3, "square_queries": 100, "escalated_queries": 100}),
 }
 # attacks whose output depends on the generator, with options cheaper still: only their randomness is tested
 # here (fgsm and advgan never draw; fab-t's first restart starts at x and later ones rarely beat it)
 RANDOMIZED = {"pgd": {"steps": 2}, "eot-pgd": {"steps": 2, "samples": 2}, "bpda-pgd": {"steps": 2}, "transfer-pgd": {"steps": 2},
               "apgd": {"steps": 2}, "apgd-ce": {"steps": 2}, "apgd-t": {"steps": 2}, "square": {"queries": 20},
-              "autoattack": {"steps": 2, "square_queries": 20}, "torchattacks:PGD": {"steps": 2}}
+              "autoattack": {"steps": 2, "square_queries": 20}, "torchattacks:PGD": {"steps": 2},
+              "strong": {"steps": 2, "target_steps": 2, "targets": 3, "square_queries": 20, "escalated_queries": 20}}
 
 
 pytestmark = pytest.mark.usefixtures("module_karp_home")  # AdvGAN's generator lands there

@@ -21,6 +21,8 @@ FAST_OPTIONS = {
     "square": {"queries": 50}, "autoattack": {"steps": 5, "square_queries": 50},
     "advgan": {"epochs": 5}, "bpda-pgd": {"steps": 10}, "eot-pgd": {"steps": 10, "samples": 2},
     "transfer-pgd": {"steps": 10},
+    "strong": {"steps": 5, "odi_steps": 1, "target_steps": 5, "targets": 3, "square_queries": 30,
+               "escalated_queries": 30, "escalated_restarts": 1, "eot_samples": 2},
 }
 PURIFIER_PROTOCOL = {"transfer-pgd"}  # attack the `classifier` of a model with `preprocess` and `classifier`
 EXTRA = {"torchattacks:PGD": "linf", "torchattacks:PGDL2": "l2", "torchattacks:CW": "l2"}  # each under its own norm only
@@ -28,7 +30,7 @@ THREATS = [ThreatModel("linf", 0.1), ThreatModel("l2", 1.0)]
 CASES = [(name, threat) for name in ATTACKS.names() for threat in THREATS]
 CASES += [(name, threat) for name, norm in EXTRA.items() for threat in THREATS if threat.norm.value == norm]
 # The heaviest cases (pytest --durations on 2 cores) are left out of the fast subset; the other norm of each stays in it.
-SLOW = {("advgan", "l2"), ("autoattack", "linf"), ("fab-t", "linf"), ("apgd-t", "linf")}
+SLOW = {("advgan", "l2"), ("autoattack", "linf"), ("fab-t", "linf"), ("apgd-t", "linf"), ("strong", "linf")}
 
 
 def make(name):

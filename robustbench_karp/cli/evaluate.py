@@ -206,6 +206,10 @@ def print_record(record: dict) -> None:
         from robustbench_karp.evaluation.indicator_rules import summary_line
 
         print(summary_line(record["indicators"]))
+    if record.get("escalations"):  # what the strong cascade ran more of, and why (records from before it have none)
+        from robustbench_karp.evaluation.recording import escalation_line
+
+        print(escalation_line(record["escalations"]))
     print(f"record {record['id']}  ({record['elapsed_seconds']:.1f} s on {record['device']})")
 
 

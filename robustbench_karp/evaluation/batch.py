@@ -110,6 +110,8 @@ class BatchOutcome:
     certified: list[bool] | None = None  # (b,) proven robust (None: no certification ran)
     certification: dict[str, float] = field(default_factory=dict)  # seconds and forward passes it took
     traces: dict[str, dict[str, float]] = field(default_factory=dict)  # per attack: its ascents (threat/trace.py)
+    # Escalations that fired on this batch: component, rule, fired, value, threshold, points (attacks/strong.py).
+    escalations: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, cascade: Cascade,
@@ -153,13 +155,15 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
     clean = still.clone()
     certified, margin, certification = (_certify(model, x, y, clean, cascade, passes) if cascade.certifier else
                                         (torch.zeros_like(clean), None, {}))
-    after, spent = {}, {}
+    after, spent, evidence, escalations = {}, {}, {"counts": {}}, []
     for name, attack in cascade.named:
         targets = still if cascade.check_certified else still & ~certified  # certified: robust by proof
         idx = targets.nonzero().squeeze(1)
         used, t0 = {"attacked": 0, "forward": 0, "backward": 0, "seconds": 0.0}, time.perf_counter()
+        forward, backward = passes.forward, passes.backward
+        if len(idx) and threat.eps > 0 and not _escalates(attack, name, model, x[idx], y[idx], evidence, escalations):
+            idx = idx[:0]  # an escalation whose rule did not fire on this batch: its probe's passes are its cost
         if len(idx) and threat.eps > 0:  # eps 0 allows no perturbation: robust == clean
-            forward, backward = passes.forward, passes.backward
             if reporter is not None:
                 reporter.attack(name, len(idx), attack.forward_budget())
                 if hasattr(reporter, "labels"):  # with outputs(logits), the display sees points break live
@@ -172,7 +176,7 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
                                       "into smaller pieces without changing its random draws; pass a smaller "
                                       "--batch-size (a new config, with its own id)") from None
                 raise
-            used["attacked"] = len(idx)  # the attack's own passes, not the engine's predict below
+            used["attacked"] = len(idx)  # the attack's own passes (and its probe's), not the engine's predict below
             used["forward"] = passes.forward - forward
             used["backward"] = passes.backward - backward
             check_budget(x_adv, x[idx], threat)
@@ -180,16 +184,36 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
             if margin is not None:
                 _conflict(model, x_adv, y, idx, predicted != y[idx], certified, margin, name, cascade.method)
             still[idx] &= predicted == y[idx]
+            evidence["counts"][name] = {"attacked": len(idx), "broken": int((predicted != y[idx]).sum())}
             if reporter is not None and hasattr(reporter, "adversarial"):  # evaluate --save-examples
                 reporter.adversarial(name, idx, x[idx], x_adv, y[idx], predicted)
         after[name] = int(still.sum())  # the sync that ends the attack's timing
         used["seconds"] = time.perf_counter() - t0
+        if not used["attacked"]:  # an escalation that did not run: its probe's passes
+            used["forward"], used["backward"] = passes.forward - forward, passes.backward - backward
         spent[name] = used
     probed = {name: _probe(model, x, y, clean, attack, threat, gen, passes, certified, margin, cascade)
               for name, attack in cascade.probes}
     return BatchOutcome(clean.cpu().tolist(), still.cpu().tolist(), after, spent, passes.forward - forward0,
                         passes.backward - backward0, probes=probed,
-                        certified=certified.cpu().tolist() if cascade.certifier else None, certification=certification)
+                        certified=certified.cpu().tolist() if cascade.certifier else None, certification=certification,
+                        escalations=escalations)
+
+
+def _escalates(attack: Attack, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evidence: dict[str, Any],
+               escalations: list[dict[str, Any]]) -> bool:
+    """Whether a component runs on this batch's standing points x, y: a plain attack always; an escalation
+    component (one with `decide`, attacks/strong.py) when its rule fires on the evidence, which is then kept.
+    The evidence is this batch's alone, so a batch's numbers do not depend on how batches are sharded."""
+    decide = getattr(attack, "decide", None)
+    if decide is None:
+        return True
+    verdict = decide(model, x, y, evidence)
+    if verdict["fired"]:
+        escalations.append({"component": name, **verdict})
+        log.info("escalation: %s runs on %d point(s): %s %.4g > %.4g", name, len(x), verdict["rule"],
+                 verdict["value"], verdict["threshold"])
+    return verdict["fired"]
 
 
 def _probe(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean: torch.Tensor, attack: Attack, threat: ThreatModel,

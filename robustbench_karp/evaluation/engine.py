@@ -67,6 +67,8 @@ class EvalResult:
     # traces' from the engine, the rest added by the sanity checks (checks.check_all) where they run.
     indicators: dict[str, dict[str, Any]] = field(default_factory=dict)
     traces: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)  # per attack (threat/trace.py)
+    # Escalations that fired: batch, component, rule, value, threshold, points (attacks/strong.py; batch.py decides).
+    escalations: list[dict[str, Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:  # not the (N,) masks
         attacks = ", ".join(f"{k} {v:.4f}" for k, v in self.per_attack.items())
@@ -143,6 +145,7 @@ def combine(outcomes: list[BatchOutcome], names: list[str], elapsed: float, devi
         certified=certified,
         indicators=trace_indicators(traces),
         traces=traces,
+        escalations=[{"batch": b, **e} for b, o in enumerate(outcomes) for e in getattr(o, "escalations", None) or []],
     )
 
 

@@ -3,7 +3,7 @@
     record = make_record(plan, model, provenance, result, device, sweep=[])   # harness.run_evaluation stores it
 
 The layout is store/records.py's (schema 3): the config under "config" and nowhere else; results,
-sanity-check warnings and attack-failure indicators, what the evaluation cost, and the conditions CPU numbers
+sanity-check warnings, attack-failure indicators and escalations, what the evaluation cost, and the conditions CPU numbers
 depend on beside it.
 """
 
@@ -84,4 +84,15 @@ def make_record(plan, model: nn.Module, provenance: dict[str, Any], result: Eval
         "versions": versions(), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "warnings": warnings,
         "indicators": result.indicators,  # attack-failure indicators (evaluation/indicators.py; a result, not the id)
+        "escalations": result.escalations,  # what a cascade ran more of, on which batch, and why (attacks/strong.py)
     }
+
+
+def escalation_line(escalations: list[dict[str, Any]]) -> str:
+    """One line: each escalated component, on how many batches, and the rule that fired with its largest value."""
+    seen: dict[str, list[dict[str, Any]]] = {}
+    for e in escalations:
+        seen.setdefault(e["component"], []).append(e)
+    parts = [f"{name} on {len(es)} batch(es) ({es[0]['rule']} {max(e['value'] for e in es):.3g} > "
+             f"{es[0]['threshold']:.3g})" for name, es in seen.items()]
+    return "escalated: " + "; ".join(parts)

@@ -12,7 +12,10 @@ An evaluation record (schema 3) holds:
                                     robust_mask, indices, non_adaptive_accuracy, protocols, protocol_requirements,
                                     indicators (name -> fired, value, threshold, points[, why]: the attack-failure
                                     indicators, evaluation/indicators.py; absent from records made before them,
-                                    which read as they are: a result, never part of the id)
+                                    which read as they are: a result, never part of the id), escalations
+                                    (the components a cascade ran only on evidence, attacks/strong.py: batch,
+                                    component, rule, fired, value, threshold, points; absent from older
+                                    records, which read as they are; never part of the id)
     provenance                      checkpoint, checkpoint_sha256, model_file, train_config, train_conditions,
                                     train_amp, train_outcome, attack_provenance, cost, device, conditions,
                                     versions, created_utc, elapsed_seconds, warnings
