@@ -117,7 +117,8 @@ def evaluate(
                           [r == "1" for r in record["robust_mask"]], record["elapsed_seconds"],
                           list(record["warnings"]), record, cost=record["cost"], probes=record.get("probes") or {},
                           certified=[c == "1" for c in record["certified_mask"]] if "certified_mask" in record else None,
-                          indicators=dict(record.get("indicators") or {}))
+                          indicators=dict(record.get("indicators") or {}),
+                          escalations=list(record.get("escalations") or []))
     if dataset is not None:
         from robustbench_karp.data import load_split, subset_indices
 

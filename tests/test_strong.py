@@ -18,9 +18,9 @@ from robustbench_karp.attacks.strong import (
     GRADIENT_SHARE,
     SQUARE_MIN_POINTS,
     SQUARE_SHARE,
-    square_break_share,
     probe_gradients,
     probe_randomness,
+    square_break_share,
 )
 from robustbench_karp.evaluation.cost import count_passes
 from robustbench_karp.evaluation.engine import run_attacks
@@ -190,3 +190,22 @@ def test_fewer_than_four_classes_is_a_one_line_error(points):
     with pytest.raises(ValueError, match="at least 4 classes") as err:
         evaluate(three, (x, y), strong())
     assert "\n" not in str(err.value)
+
+
+def test_the_record_says_what_escalated_and_evaluate_prints_it(quantized, karp_home, capsys):
+    from robustbench_karp.api import evaluate as api_evaluate
+    from robustbench_karp.cli.evaluate import print_record
+    from robustbench_karp.store.records import migrate
+
+    result = api_evaluate(quantized, attacks=[strong(escalated_queries=30)], eps=0.15, dataset="digits",
+                          n_examples=24, batch_size=12, store=True, model_name="quantized-mlp", device="cpu")
+    record = result.record
+    assert record["escalations"] == result.escalations and {e["batch"] for e in record["escalations"]} == {0, 1}
+    assert {"component", "rule", "value", "threshold", "points"} <= set(record["escalations"][0])
+    print_record(migrate(record))
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("escalated: ")]
+    assert len(line) == 1 and "strong/square+ on 2 batch(es) (square-finds-points" in line[0]
+    old = {k: v for k, v in record.items() if k != "escalations"}  # a record from before escalations
+    assert migrate(old)["id"] == record["id"]
+    print_record(migrate(old))
+    assert "escalated" not in capsys.readouterr().out

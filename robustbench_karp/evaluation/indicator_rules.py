@@ -27,6 +27,18 @@ UNCONSTRAINED_ACCURACY = 0.05  # accuracy left by PGD at Linf eps = 1 (the whole
 BEATS_DROP = 0.0  # accuracy a black-box or single-step attack took after the white-box or multi-step ones
 MORE_ITERATIONS_GAP = 0.02  # accuracy lost on the sample by doubling the steps
 
+# What each value measures, for the warning line of a fired indicator.
+MEASURES = {
+    "unavailable-gradients": "share of ascent rows with a zero, NaN or infinite input gradient",
+    "unstable-predictions": "share of sample points with random logits or a loss that jumps under small noise",
+    "silent-success": "share of rows whose adversarial iterate was not the point returned",
+    "incomplete-optimization": "rise of the scaled running-best loss over the last 10% of steps",
+    "transfer-failure": "share of the standing sample points a surrogate's examples break",
+    "unconstrained-failure": "accuracy left by PGD at Linf eps = 1",
+    "black-box-beats-white-box": "accuracy a black-box attack took after the white-box ones",
+    "single-step-beats-multi-step": "accuracy a single-step attack took after a multi-step one",
+    "more-iterations-help": "accuracy twice the steps took off the standing sample points",
+}
 NAMES = ("unavailable-gradients", "unstable-predictions", "silent-success", "incomplete-optimization",
          "transfer-failure", "unconstrained-failure", "black-box-beats-white-box", "single-step-beats-multi-step",
          "more-iterations-help")
@@ -50,10 +62,10 @@ def fired(indicators: dict[str, dict[str, Any]]) -> list[str]:
 
 def summary_line(indicators: dict[str, dict[str, Any]]) -> str:
     """One line: the fired indicators by name (with value and threshold), then how many stayed quiet or could not run."""
-    shown = [f"{name} ({ind['value']:.3g} > {ind['threshold']:.3g})" for name, ind in indicators.items()
-             if ind.get("fired")]
+    shown = [f"{name} ({ind['value']:.3g} > {ind['threshold']:.3g})" if ind.get("value") is not None else
+             f"{name} ({ind.get('by', 'no value')})" for name, ind in indicators.items() if ind.get("fired")]
     quiet = sum(1 for ind in indicators.values() if not ind.get("fired") and ind.get("value") is not None)
-    skipped = sum(1 for ind in indicators.values() if ind.get("value") is None)
+    skipped = sum(1 for ind in indicators.values() if not ind.get("fired") and ind.get("value") is None)
     head = f"fired: {', '.join(shown)}" if shown else "none fired"
     return f"indicators: {head}; {quiet} quiet, {skipped} not computed (docs/indicators.md)"
 
@@ -97,8 +109,10 @@ def trace_indicators(summaries: dict[str, dict[str, float]]) -> dict[str, dict[s
         return {name: not_computed(why, threshold) for name, threshold in (
             ("unavailable-gradients", UNAVAILABLE_GRADIENTS_SHARE), ("silent-success", SILENT_SUCCESS_SHARE),
             ("incomplete-optimization", INCOMPLETE_RISE))}
+    shares = {name: s.get("bad_gradient", 0) / s["rows"] for name, s in own.items() if s.get("rows")}
     out = {"unavailable-gradients": indicator(total["bad_gradient"] / total["rows"], UNAVAILABLE_GRADIENTS_SHARE,
-                                              total["rows"])}
+                                              total["rows"], **({"attack": max(shares, key=shares.get)}
+                                                                 if total["bad_gradient"] else {}))}
     out["silent-success"] = (indicator(total["silent"] / total["adversarial"], SILENT_SUCCESS_SHARE,
                                        total["adversarial"]) if total["adversarial"] else
                              not_computed("no iterate of any ascent was adversarial", SILENT_SUCCESS_SHARE))
@@ -118,5 +132,5 @@ def trace_indicators(summaries: dict[str, dict[str, float]]) -> dict[str, dict[s
 def warning_line(name: str, ind: dict[str, Any]) -> str:
     """A fired indicator as a warning line, its name first (the board shows it as a flag)."""
     where = f" ({ind['attack']})" if ind.get("attack") else ""
-    return (f"{name}: value {ind['value']:.4g} above its threshold {ind['threshold']:.4g} on {ind['points']} "
+    return (f"{name}: {MEASURES[name]} {ind['value']:.4g} > {ind['threshold']:.4g} on {ind['points']} "
             f"point(s){where}; see docs/indicators.md")
