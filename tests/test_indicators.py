@@ -160,6 +160,7 @@ def test_a_mutant_that_never_fires_fails_the_tests(digits_points, monkeypatch):
 
 
 def test_summary_line_names_the_fired_ones():
+    assert list(indicator_rules.MEASURES) == list(NAMES)  # every indicator says what its value measures
     found = {"silent-success": {"fired": True, "value": 0.25, "threshold": 0.0, "points": 8},
              "incomplete-optimization": {"fired": False, "value": 0.01, "threshold": 0.05, "points": 30},
              "transfer-failure": {"fired": False, "value": None, "threshold": 0.0, "points": 0, "why": "no surrogate"}}
@@ -199,6 +200,6 @@ def test_evaluate_ends_with_one_indicator_line(digits_points, karp_home, capsys)
     print_record(record)
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].startswith("indicators: fired: incomplete-optimization (") and lines[-1].startswith("record ")
-    assert "warning: incomplete-optimization: value" in "\n".join(lines)  # the flag, under its name
+    assert "warning: incomplete-optimization: rise of the scaled running-best loss" in "\n".join(lines)  # its flag
     print_record({k: v for k, v in record.items() if k != "indicators"})  # an older record: no line, no error
     assert not any(line.startswith("indicators:") for line in capsys.readouterr().out.splitlines())
