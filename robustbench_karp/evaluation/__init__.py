@@ -5,6 +5,7 @@
     evalconfig.py   EvalConfig: everything that decides a number; its hash is the record id
     protocols.py    named, versioned attack sets (standard/1), and which records cover them
     checks.py       sanity checks for gradient masking; each one that fires becomes a warning
+    indicators.py   attack-failure indicators on every evaluation (indicator_rules.py: names, thresholds, pure rules)
     cost.py         forward and backward passes through the network, counted with hooks
     examples.py     adversarial examples you can see (evaluate --save-examples)
 

@@ -7,6 +7,7 @@
     ball.py      Linf / L2 balls in [0, 1] pixel space, the budget check
     ascent.py    projected steepest ascent, shared by every attack and adversarial-training defense
     rows.py      physical row pieces: a logical batch through the network in smaller pieces, same numbers
+    trace.py     what the ascent loop shows while the engine traces it: losses, gradients, outcomes (indicators)
     context.py   RunContext: what an attack or defense may know about the run beyond (model, x, y)
 
 Layer: imports torch only. Attacks and defenses (the plugins) build
