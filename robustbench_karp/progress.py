@@ -38,35 +38,38 @@ class CascadeTracker:
     """What an evaluation has settled and what it has left, from the engine's reporter calls.
 
     Calls, in the order the engine and harness make them: expect(attacks, batch size) (the cascade:
-    (name, forward budget per point)), start(n points), then per batch: batch(b), attack(name, points,
-    budget) as each attack starts on the points still standing, tick(forward passes so far) after every
-    pass, and update(points) when the batch is done.
+    (name, forward budget per point)), start(n points), conditional(names) (escalations, which run on a
+    batch only when their rule fires), then per batch: batch(b), attack(name, points, budget) as each
+    attack starts on the points still standing, labels(y) of those points, tick(forward passes so far) and
+    outputs(logits) after every pass, and update(points) when the batch is done.
 
     Final verdicts (final()): a point leaves the cascade when it is misclassified clean, certified, or
-    broken (the next attack is given fewer points), and every point of a finished batch is final.
+    broken (a later attack is given fewer points), and every point of a finished batch is final.
 
-    Time left (seconds_left()): for every (batch, attack) still to run, the points expected to reach it
-    (points standing now in that batch, times the survival measured so far for each attack in between:
-    points it passed on / points it was given, 1 where not measured yet), times the passes per point that
-    attack really spent so far (its forward budget before it finished once), over its measured passes
-    per second (the run's before it ran); plus, per batch to come, the clean prediction and certification
-    time per point measured. Early stop and broken points make an attack spend less than its budget;
-    certified and broken points skip the later attacks: both only shorten the estimate as they are seen.
+    Time left (seconds_left()): for every (batch, attack) still to run, the points expected to reach it,
+    times the passes per point that attack really spent so far (its forward budget before it finished
+    once), over its measured passes per second (the attacks' so far before it ran); plus, per batch to
+    come, the clean prediction and certification time per point measured. The points expected to reach
+    attack k from n standing at attack j (or at the batch's start) are n x (points k was given) / (points
+    j was given) over the batches seen that far; where none was, n x the share of j's points its passes
+    have not misclassified yet (when j is running), and 0 for an escalation. So broken and certified
+    points, early stop and escalations that do not fire all shorten the estimate as they are seen.
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter):
         self.clock = clock
         self.plan: list[tuple[str, float | None]] = []  # (attack, forward budget per point) in cascade order
+        self.escalations: set[str] = set()
         self.batch_size, self.total, self.done, self.passes, self.b = 0, 0, 0, 0, 0
         self.started = clock()
         self.open = False  # a batch is running
         self.batch_points = 0  # points of the running batch
-        self.given: list[int] = []  # points each attack of the running batch was given, in cascade order
-        self.name, self.attack_points = "", 0  # the running attack ("" before the first one of a batch)
+        self.given: dict[int, int] = {}  # running batch: position in the plan (-1: the batch) -> points given
+        self.pos, self.name, self.attack_points = -1, "", 0  # the running attack ("", -1 before a batch's first)
         self.mark_time, self.mark_passes = self.started, 0  # when the running stage began
         self.rate: dict[str, list[float]] = {}  # attack -> [passes, seconds] of its finished runs
         self.spent: dict[str, list[float]] = {}  # attack -> [passes, points given] of its finished runs
-        self.flow: dict[int, list[int]] = {}  # stage i -> [points in, points on]: 0 batch -> first attack, i attack i-1 -> i
+        self.totals: dict[int, int] = {}  # position -> points given over finished batches (-1: their points)
         self.clean = [0.0, 0]  # [seconds, points]: clean prediction and certification before the first attack
         self.y, self.broken = None, None  # the running attack's labels; the most of its points one pass misclassified
 
@@ -74,14 +77,19 @@ class CascadeTracker:
         """The cascade about to run on every batch (name, forward budget per point) and the logical batch size."""
         self.plan, self.batch_size = list(attacks), batch_size
 
+    def conditional(self, names: list[str]) -> None:
+        """Attacks of the cascade that run on a batch only when their rule fires (strong's escalations)."""
+        self.escalations = set(names)
+
     def start(self, n: int) -> None:
         self.total, self.started = n, self.clock()
         self.mark_time = self.started
 
     def batch(self, b: int) -> None:
         self._close_batch()
-        self.b, self.open, self.given, self.name = b, True, [], ""
+        self.b, self.open, self.pos, self.name = b, True, -1, ""
         self.batch_points = max(min(self.batch_size or self.total, self.total - self.done), 0)
+        self.given = {-1: self.batch_points}
         self.mark_time, self.mark_passes = self.clock(), self.passes
 
     def attack(self, name: str, points: int, budget: float | None = None) -> None:
@@ -91,34 +99,45 @@ class CascadeTracker:
         if name not in self._names():
             self.plan.append((name, budget))
         self._close_stage()
-        self._book(len(self.given), self.given[-1] if self.given else self.batch_points, points)
-        self.given.append(points)
-        self.name, self.attack_points, self.y, self.broken = name, points, None, None
+        at = self._names().index(name)
+        self.given.update({skipped: 0 for skipped in range(self.pos + 1, at)})  # escalations that did not fire
+        self.given[at] = points
+        self.pos, self.name, self.attack_points, self.y, self.broken = at, name, points, None, None
+
+    def labels(self, y) -> None:
+        """The running attack's points' labels, (points,): its forward passes over all of them tell what broke so far."""
+        self.y, self.broken = y, None
 
     def tick(self, passes: int) -> None:
         self.passes = passes
 
+    def outputs(self, logits) -> None:
+        """A forward pass's (rows, classes) logits; on all of the running attack's points, count the misclassified.
+
+        The most seen in one pass is a lower bound on what the attack breaks (an attack keeps the first
+        x_adv that breaks a point). Kept as a tensor: no device sync until the estimate reads it.
+        """
+        y = self.y
+        if y is None or getattr(logits, "dim", lambda: 0)() != 2 or logits.shape[0] != len(y) or len(y) != self.attack_points:
+            return
+        wrong = (logits.detach().argmax(1) != y).sum()
+        self.broken = wrong if self.broken is None else self.broken.maximum(wrong)
+
     def update(self, k: int) -> None:
         """k more points are done: those of the batch that just finished (or resumed from partial results)."""
         if self.open:
-            self.batch_points = k
+            self.batch_points = self.given[-1] = k
             self._close_batch()
         self.done += k
 
     def final(self) -> int:
         """Points whose verdict is final: those of finished batches, and those the running batch's cascade has left."""
-        if not self.open or not self.given:
+        if not self.open or self.pos < 0:
             return min(self.done, self.total) if self.total else self.done
-        return min(self.done + max(self.batch_points - self.given[-1], 0), self.total)
+        return min(self.done + max(self.batch_points - self.attack_points, 0), self.total)
 
     def _names(self) -> list[str]:
         return [name for name, _ in self.plan]
-
-    def _book(self, stage: int, went_in: int, went_on: int) -> None:
-        if went_in > 0:
-            seen = self.flow.setdefault(stage, [0, 0])
-            seen[0] += went_in
-            seen[1] += min(went_on, went_in)
 
     def _close_stage(self) -> None:
         """Book the finished stage's time and passes: the clean prediction's, or the running attack's."""
@@ -136,39 +155,33 @@ class CascadeTracker:
         self.mark_time, self.mark_passes = now, self.passes
 
     def _close_batch(self) -> None:
-        """The running batch is over: the attack after the last one that ran got no points (nothing stood)."""
+        """The running batch is over: every attack it did not start got no points."""
         if not self.open:
             return
         self._close_stage()
-        if len(self.given) < len(self.plan):
-            self._book(len(self.given), self.given[-1] if self.given else self.batch_points, 0)
-        self.open, self.name, self.given, self.y, self.broken = False, "", [], None, None
+        for at in range(-1, len(self.plan)):
+            self.totals[at] = self.totals.get(at, 0) + self.given.get(at, 0)
+        self.open, self.pos, self.name, self.given, self.y, self.broken = False, -1, "", {}, None, None
 
-    def labels(self, y) -> None:
-        """The running attack's points' labels, (points,): its forward passes over all of them tell what broke so far."""
-        self.y, self.broken = y, None
+    def reach(self, k: int, j: int, points: float) -> float:
+        """Points expected to reach attack k (plan position) from `points` standing at j (-1: a batch's start)."""
+        known = k in self.given  # the running batch has gone past k: it counts too
+        went_on = self.totals.get(k, 0) + (self.given[k] if known else 0)
+        went_in = self.totals.get(j, 0) + (self.given.get(j, 0) if known else 0)
+        if went_in > 0:
+            return points * min(went_on / went_in, 1.0)
+        if self.plan[k][0] in self.escalations:
+            return 0.0
+        deepest = self.pos if self.open and j <= self.pos < k else j  # the furthest the running batch has seen
+        if deepest != j:
+            points = self.reach(deepest, j, points)
+        return points * self.survival() if deepest == self.pos and self.name else points
 
-    def outputs(self, logits) -> None:
-        """A forward pass's (rows, classes) logits; on all of the running attack's points, count the misclassified.
-
-        The most seen in one pass is a lower bound on what the attack breaks (an attack keeps the first
-        x_adv that breaks a point). Kept as a tensor: no device sync until the estimate reads it.
-        """
-        y = self.y
-        if y is None or getattr(logits, "dim", lambda: 0)() != 2 or logits.shape[0] != len(y) or len(y) != self.attack_points:
-            return
-        wrong = (logits.detach().argmax(1) != y).sum()
-        self.broken = wrong if self.broken is None else self.broken.maximum(wrong)
-
-    def survival(self, stage: int) -> float:
-        """The share of points that go on through stage (0: a batch into the first attack), as measured on earlier
-        batches; for the running attack not measured yet, the share not yet seen broken; else 1."""
-        went_in, went_on = self.flow.get(stage, [0, 0])
-        if went_in:
-            return went_on / went_in
-        if self.name and stage == len(self.given) and self.broken is not None and self.attack_points:
-            return 1.0 - int(self.broken) / self.attack_points
-        return 1.0
+    def survival(self) -> float:
+        """The share of the running attack's points its passes have not misclassified yet (1 before any pass)."""
+        if self.broken is None or not self.attack_points:
+            return 1.0
+        return max(1.0 - int(self.broken) / self.attack_points, 0.0)
 
     def _rate(self, name: str) -> float | None:
         """Passes per second of the attack (its running part included), else of every attack so far (not the clean
@@ -188,17 +201,18 @@ class CascadeTracker:
         passes, points = self.spent.get(name, [0.0, 0])
         return passes / points if points else dict(self.plan).get(name)
 
-    def _cascade(self, points: float, first: int) -> float | None:
-        """Seconds for `points` points entering attack `first` and going on through the rest of the cascade."""
+    def _cascade(self, points: float, j: int) -> float | None:
+        """Seconds for the attacks after position j (-1: all) on `points` points standing at j."""
         seconds = 0.0
-        for i, (name, _) in enumerate(self.plan[first:], start=first):
-            if points <= 0:
-                break
+        for k in range(j + 1, len(self.plan)):
+            expected = self.reach(k, j, points)
+            if expected <= 0:
+                continue
+            name = self.plan[k][0]
             rate, per_point = self._rate(name), self.per_point(name)
             if rate is None or per_point is None:
                 return None
-            seconds += points * per_point / rate
-            points *= self.survival(i + 1)
+            seconds += expected * per_point / rate
         return seconds
 
     def _running(self) -> float | None:
@@ -214,19 +228,19 @@ class CascadeTracker:
 
     def seconds_left(self) -> float | None:
         """About how long the whole run still takes (the class docstring says how); None before any measure."""
+        if not self.plan:
+            return None
         clean_per_point = self.clean[0] / self.clean[1] if self.clean[1] else 0.0
         left, rest = 0.0, max(self.total - self.done, 0)
         if self.open:
             rest = max(rest - self.batch_points, 0)
             if self.name:
-                here, stage = self._running(), len(self.given)
-                standing = self.attack_points * self.survival(stage)
+                here, after = self._running(), self._cascade(self.attack_points, self.pos)
             else:
                 here = max(clean_per_point * self.batch_points - (self.clock() - self.mark_time), 0.0)
-                standing, stage = self.batch_points * self.survival(0), 0
-            after = self._cascade(standing, stage)
+                after = self._cascade(self.batch_points, -1)
             if here is None or after is None:
                 return None
             left += here + after
-        later = self._cascade(rest * self.survival(0), 0)
+        later = self._cascade(rest, -1) if rest else 0.0
         return None if later is None else left + later + rest * clean_per_point

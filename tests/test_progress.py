@@ -129,9 +129,9 @@ def test_the_bar_counts_points_as_their_verdict_becomes_final():
     tracker.update(50)  # a broke all 40: b and c never ran
     seen.append(tracker.final())
     assert seen == [0, 20, 70, 95, 100, 110, 150]
-    assert tracker.survival(2) == pytest.approx(5 / 30)  # b: 30 in, 5 on
-    assert tracker.survival(1) == pytest.approx(30 / 120)  # a: 80 + 40 in, 30 + 0 on
-    assert tracker.survival(3) == 1.0  # c never seen to finish with a later attack: unmeasured
+    assert tracker.reach(2, 1, 6) == pytest.approx(1)  # c got 5 of b's 30
+    assert tracker.reach(1, 0, 12) == pytest.approx(3)  # b got 30 + 0 of a's 80 + 40
+    assert tracker.reach(2, -1, 150) == pytest.approx(5)  # c got 5 of the batches' 150 points
 
 
 def test_the_engine_reports_what_the_tracker_counts_as_final():
@@ -175,13 +175,33 @@ def test_the_running_attack_survival_comes_from_its_passes_over_all_its_points()
     tracker.batch(0)
     tracker.attack("a", 4, 10.0)
     tracker.labels(torch.tensor([0, 1, 2, 3]))
-    assert tracker.survival(1) == 1.0  # nothing seen yet
+    assert tracker.survival() == 1.0 and tracker.reach(1, 0, 4) == 4  # nothing seen yet
     tracker.outputs(torch.eye(4)[[0, 1, 0, 0]])  # points 2 and 3 misclassified
     tracker.outputs(torch.eye(4)[[0, 1, 2, 0]])  # a pass where fewer are: the most seen stays
     tracker.outputs(torch.eye(4)[[1, 0]])  # two rows: another subset, not these points
-    assert tracker.survival(1) == 0.5
+    assert tracker.survival() == 0.5 and tracker.reach(1, 0, 4) == 2
     tracker.attack("b", 1, 10.0)  # a broke 3 in the end: measured now, the live count is b's
-    assert tracker.survival(1) == 0.25 and tracker.broken is None
+    assert tracker.reach(1, 0, 4) == 1 and tracker.survival() == 1.0
+
+
+def test_an_escalation_is_charged_only_once_it_has_fired():
+    clock = Clock()
+    tracker = CascadeTracker(clock)
+    tracker.expect([("a", 10.0), ("escalation", 1e6), ("b", 10.0)], batch_size=10)
+    tracker.conditional(["escalation"])
+    tracker.start(40)
+    tracker.batch(0)
+    run_attack(tracker, clock, "a", 10, 10.0, 100.0, 10.0)  # 1 s
+    run_attack(tracker, clock, "b", 6, 10.0, 100.0, 10.0)  # the escalation did not fire; 0.6 s
+    tracker.update(10)
+    tracker.batch(1)
+    # 3 batches: 10 points into a (1 s), 6 into b (0.6 s); the escalation's million passes are not charged
+    assert tracker.seconds_left() == pytest.approx(3 * 1.6)
+    run_attack(tracker, clock, "a", 10, 10.0, 100.0, 10.0)
+    tracker.attack("escalation", 5, 1e6)  # it fires on batch 2: it runs, and batches to come may need it
+    clock.now += 1.0
+    tracker.tick(tracker.passes + 100)
+    assert tracker.seconds_left() > 5 * 1e6 / 100
 
 
 def test_at_80_columns_the_terminal_line_shows_the_time_left():

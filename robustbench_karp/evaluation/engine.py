@@ -171,6 +171,8 @@ def attack_batches(model: nn.Module, batches: Iterable[tuple[int, torch.Tensor, 
                           [(f"probe:{p.name}", p) for p in probes], certifier, method, check_certified)
         if was_training:
             warnings.append("model was in train mode; it was evaluated in eval mode")
+        if hasattr(reporter, "conditional"):  # escalations run only when their rule fires: the display's time left
+            reporter.conditional([name for name, attack in cascade.named if hasattr(attack, "decide")])
         for b, x, y in batches:
             if reporter is not None:
                 reporter.batch(b)
