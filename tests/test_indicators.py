@@ -109,7 +109,7 @@ def test_an_iterate_lost_by_the_last_iterate_fires_silent_success_and_early_stop
 
 def test_a_pgd_stopped_while_its_loss_rises_fires_incomplete_optimization_and_more_iterations(digits_points):
     model, x, y = digits_points
-    found = run(model, x, y, [("pgd", {"steps": 10, "step_size": 0.002})], eps=0.1)
+    found = run(model, x, y, [("pgd", {"steps": 10, "step_size": 0.003})], eps=0.1)  # 0.03 of its 0.1: still far
     assert found["incomplete-optimization"]["fired"] and found["incomplete-optimization"]["value"] > 0.05
     assert found["more-iterations-help"]["fired"] and found["more-iterations-help"]["steps"] == 10
     short = run(model, x, y, [("pgd", {"steps": 3, "step_size": 0.002})], eps=0.1)

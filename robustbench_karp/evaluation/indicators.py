@@ -14,7 +14,7 @@ randomness). The names and thresholds live in indicator_rules.py (pure); docs/in
     unconstrained-failure   PGD-10 at Linf eps = 1 on the sample's first 100 points
     transfer-failure        PGD on a purifier's own classifier, on the sample points the cascade left standing
     more-iterations-help    the first multi-step attack with `steps`, with twice the steps, on the points of the
-                            sample's first 50 that the cascade left standing
+                            sample's first 32 that the cascade left standing
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from robustbench_karp.threat.trace import tracing
 NOISE_SHARE = 0.1  # the uniform noise of unstable-predictions: a tenth of eps per pixel (Linf units)
 LOSS_JUMP = 1.0  # nats: a loss that moves more than this under that noise is unstable
 UNBOUNDED_POINTS = 100
-MORE_ITERATIONS_POINTS = 50
+MORE_ITERATIONS_POINTS = 32
 
 
 class Traced:
