@@ -105,6 +105,8 @@ class EvalProgress(CascadeTracker):
 
     def left(self) -> str:
         """'about 85 s left' (or 12 min, 1.5 h); 'time left: measuring' before the first measure."""
+        if self.total and self.done >= self.total:
+            return "all points evaluated, sanity checks next"  # their cost is not the cascade's: no estimate
         seconds = self.seconds_left()
         if seconds is None:
             return "time left: measuring"
