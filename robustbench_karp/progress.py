@@ -51,9 +51,11 @@ class CascadeTracker:
     once), over its measured passes per second (the attacks' so far before it ran); plus, per batch to
     come, the clean prediction and certification time per point measured. The points expected to reach
     attack k from n standing at attack j (or at the batch's start) are n x (points k was given) / (points
-    j was given) over the batches seen that far; where none was, n x the share of j's points its passes
-    have not misclassified yet (when j is running), and 0 for an escalation. So broken and certified
-    points, early stop and escalations that do not fire all shorten the estimate as they are seen.
+    j was given) over the batches seen that far; where none was, n x the share of j's points still
+    standing as its passes show (when j is running: survival()), and 0 for an escalation. The running
+    attack's own remainder shrinks with the share of its points its latest pass still ran on (an attack
+    that drops broken points). So broken and certified points, early stop and escalations that do not
+    fire all shorten the estimate as they are seen.
     """
 
     def __init__(self, clock: Callable[[], float] = time.perf_counter):
@@ -72,6 +74,7 @@ class CascadeTracker:
         self.totals: dict[int, int] = {}  # position -> points given over finished batches (-1: their points)
         self.clean = [0.0, 0]  # [seconds, points]: clean prediction and certification before the first attack
         self.y, self.broken = None, None  # the running attack's labels; the most of its points one pass misclassified
+        self.rows: int | None = None  # rows of the running attack's latest pass (more than one)
 
     def expect(self, attacks: list[tuple[str, float | None]], batch_size: int) -> None:
         """The cascade about to run on every batch (name, forward budget per point) and the logical batch size."""
@@ -102,13 +105,15 @@ class CascadeTracker:
         at = self._names().index(name)
         self.given.update({skipped: 0 for skipped in range(self.pos + 1, at)})  # escalations that did not fire
         self.given[at] = points
-        self.pos, self.name, self.attack_points, self.y, self.broken = at, name, points, None, None
+        self.pos, self.name, self.attack_points, self.y, self.broken, self.rows = at, name, points, None, None, None
 
     def labels(self, y) -> None:
         """The running attack's points' labels, (points,): its forward passes over all of them tell what broke so far."""
         self.y, self.broken = y, None
 
     def tick(self, passes: int) -> None:
+        if self.name and passes - self.passes > 1:  # one row is a probe of the class count, not the points at work
+            self.rows = passes - self.passes  # the rows of this pass: an attack that drops broken points has fewer
         self.passes = passes
 
     def outputs(self, logits) -> None:
@@ -161,7 +166,7 @@ class CascadeTracker:
         self._close_stage()
         for at in range(-1, len(self.plan)):
             self.totals[at] = self.totals.get(at, 0) + self.given.get(at, 0)
-        self.open, self.pos, self.name, self.given, self.y, self.broken = False, -1, "", {}, None, None
+        self.open, self.pos, self.name, self.given, self.y, self.broken, self.rows = False, -1, "", {}, None, None, None
 
     def reach(self, k: int, j: int, points: float) -> float:
         """Points expected to reach attack k (plan position) from `points` standing at j (-1: a batch's start)."""
@@ -178,10 +183,16 @@ class CascadeTracker:
         return points * self.survival() if deepest == self.pos and self.name else points
 
     def survival(self) -> float:
-        """The share of the running attack's points its passes have not misclassified yet (1 before any pass)."""
-        if self.broken is None or not self.attack_points:
+        """The share of the running attack's points still standing as its passes show: not misclassified by a pass
+        over all of them, and no more than its latest pass's rows (an attack that drops broken points); 1 before."""
+        if not self.attack_points:
             return 1.0
-        return max(1.0 - int(self.broken) / self.attack_points, 0.0)
+        broken = 0 if self.broken is None else int(self.broken)
+        return max(min(1.0 - broken / self.attack_points, self.at_work()), 0.0)
+
+    def at_work(self) -> float:
+        """The share of the running attack's points its latest pass ran on (1 for an attack that drops none)."""
+        return min(self.rows / self.attack_points, 1.0) if self.rows and self.attack_points else 1.0
 
     def _rate(self, name: str) -> float | None:
         """Passes per second of the attack (its running part included), else of every attack so far (not the clean
@@ -224,7 +235,7 @@ class CascadeTracker:
         expected = self.attack_points * per_point
         if so_far >= expected:  # past what it spent before: at most its budget
             expected = self.attack_points * budget if budget else so_far
-        return max(expected - so_far, 0.0) / rate
+        return max(expected - so_far, 0.0) * self.at_work() / rate  # the points it dropped take no more passes
 
     def seconds_left(self) -> float | None:
         """About how long the whole run still takes (the class docstring says how); None before any measure."""

@@ -184,6 +184,24 @@ def test_the_running_attack_survival_comes_from_its_passes_over_all_its_points()
     assert tracker.reach(1, 0, 4) == 1 and tracker.survival() == 1.0
 
 
+def test_an_attack_that_drops_broken_points_shows_them_in_its_passes_rows():
+    clock = Clock()
+    tracker = CascadeTracker(clock)
+    tracker.expect([("a", 10.0), ("b", 100.0)], batch_size=100)
+    tracker.start(100)
+    tracker.batch(0)
+    tracker.attack("a", 100, 10.0)
+    tracker.tick(1)  # a one-row probe (the class count): not the points at work
+    assert tracker.survival() == 1.0
+    for passes in (101, 201, 226, 251):  # two passes over all 100 points, then over the 25 still standing
+        clock.now += 1.0
+        tracker.tick(passes)
+    assert tracker.survival() == 0.25 and tracker.reach(1, 0, 100) == 25
+    # a: 1000 budgeted passes less the 251 spent, for a quarter of its points, at 251 passes in 4 s;
+    # b: 25 points x 100 passes at the same rate
+    assert tracker.seconds_left() == pytest.approx((749 * 0.25 + 2500) / (251 / 4))
+
+
 def test_an_escalation_is_charged_only_once_it_has_fired():
     clock = Clock()
     tracker = CascadeTracker(clock)
