@@ -33,7 +33,9 @@ INTRO = [
     "The match is bit-exact with the record's thread count on the processor it ran on (newer records name the "
     "processor, older ones only its vector capability). The checkpoints "
     "are not in this repository: `--train-missing` retrains one by its recorded recipe, and the retrained weights "
-    "equal the recorded ones only on that processor; `reproduce` refuses other weights and says why.",
+    "equal the recorded ones only on that processor. Elsewhere `reproduce` evaluates the other weights anyway and says "
+    "'statistically reproduced (other weights)' when clean and robust accuracy agree within their 95% intervals "
+    "(a two-proportion test), else 'NOT reproduced'.",
     "Robust accuracy is the per-example worst case over every attack run on the entry, never the best attack; "
     "brackets are 95% Wilson intervals. A flag is a warning from the sanity checks (e.g. gradient masking), shown as "
     "a short code (F1, F2, ...) spelled out under its table.",
