@@ -27,7 +27,7 @@ from robustbench_karp.evaluation.batch import unique_names
 from robustbench_karp.evaluation.certified import certification_method
 from robustbench_karp.evaluation.engine import EvalResult, expand, run_attacks
 from robustbench_karp.evaluation.evalconfig import EvalConfig
-from robustbench_karp.evaluation.protocols import get_protocol
+from robustbench_karp.evaluation.protocols import check_additions, get_protocol
 from robustbench_karp.evaluation.recording import make_record, run_conditions
 from robustbench_karp.evaluation.sharded import RNG, PartialResults, evaluate_batches
 from robustbench_karp.sources import load_external, load_weights, new_model, parse_model
@@ -188,6 +188,7 @@ def requested_attacks(req: EvalRequest) -> tuple[list[Attack], str | None]:
     attacks in their recorded order, and they run in that order.
     """
     attacks, label = list(req.attacks), None
+    check_additions(req.protocol, bool(attacks))  # "autoattack" runs exactly standard/2, under its label and id
     if req.protocol:
         protocol = get_protocol(req.protocol)
         label = protocol.label
@@ -221,7 +222,7 @@ def plan_evaluation(req: EvalRequest, prepared: tuple) -> Plan:
     names = {a.name for a in requested}
     adaptive = [a for a in build_defense(req.defense, req.defense_options).adaptive_attacks() if a.name not in names]
     # Under a protocol the defense's adaptive attacks run first: they are what breaks a purifier, and cheaply,
-    # so AutoAttack's long budget (5000 Square queries per unbroken point) is spent only on their survivors.
+    # so AutoAttack's or strong's long budget (Square's queries per unbroken point) is spent only on their survivors.
     # Another order draws other random starts for other subsets (single points can differ), so the record keeps
     # this order and reproduce follows it; without a protocol, they run last.
     requested = adaptive + requested if protocol else requested + adaptive

@@ -347,7 +347,7 @@ def test_the_protocol_measures_a_purifiers_non_adaptive_accuracy_and_flags_obfus
     from robustbench_karp.evaluation.protocols import PROTOCOLS
 
     req = harness.EvalRequest(model="smallcnn", dataset="digits", defense="defense-gan", n_examples=60, device="cpu",
-                              protocol="standard", attacks=[], eps=0.1)
+                              protocol="standard/2", attacks=[], eps=0.1)
     model = Vanishing(digits_model)
     provenance = {"model": "smallcnn", "dataset": "digits", "defense": "defense-gan",
                   "defense_config": {"name": "defense-gan", "base": "standard"}, "model_source": None,

@@ -69,7 +69,8 @@ def test_protocol_requirements_and_coverage(fresh_catalog):
     required = catalog.protocol_requirements(gan)["standard/1"]
     adaptive = DEFENSES.get("defense-gan")(**{k: v for k, v in gan.items() if k != "name"}).adaptive_attacks()
     assert required == json.loads(json.dumps([a.config() for a in get_protocol("standard/1").build_attacks() + adaptive]))
-    assert catalog.protocol_requirements({"name": "no-such-defense"}) == {"standard/1": None, "standard/2": None}
+    assert catalog.protocol_requirements({"name": "no-such-defense"}) == {"standard/1": None, "standard/2": None,
+                                                                         "standard/3": None}
     aa = build_attack("autoattack", {"steps": "100", "square_queries": "5000"}).config()
     plain = catalog.protocol_requirements({"name": "pgd-at"})
     assert satisfied([aa], plain) == ["standard/1", "standard/2"]  # nothing more is asked of a plain model
@@ -79,7 +80,8 @@ def test_protocol_requirements_and_coverage(fresh_catalog):
     assert satisfied([aa, *required], catalog.protocol_requirements(gan)) == ["standard/1"]  # standard/2 needs the probe
     probe = {"probe": build_attack("pgd").config()}
     assert satisfied([aa, *required, probe], catalog.protocol_requirements(gan)) == ["standard/1", "standard/2"]
-    assert get_protocol("standard").label == "standard/2" and get_protocol("standard/1").version == 1
+    assert get_protocol("standard").label == "standard/3" and get_protocol("standard/1").version == 1
+    assert get_protocol("autoattack").label == "standard/2"  # AutoAttack standard for good, whatever standard runs
 
 
 # Every protocol version's requirements of a purifier, frozen: "ran standard/1" must mean the same on every
@@ -93,6 +95,11 @@ FROZEN = {
 }
 FROZEN["standard/2"] = FROZEN["standard/1"] + [{"probe": {"name": "pgd", "steps": 50, "step_size": None, "restarts": 1,
                                                           "random_start": True, "loss": "ce", "early_stop": True}}]
+
+# standard/3: strong (with every option at its default) instead of AutoAttack; the same adaptive attacks and probe.
+STRONG = {"name": "strong", "steps": 100, "odi_steps": 2, "target_steps": 100, "targets": 9, "square_queries": 1000,
+          "escalated_queries": 5000, "escalated_restarts": 2, "eot_samples": 8, "escalate": True}
+FROZEN["standard/3"] = [STRONG] + FROZEN["standard/2"][1:]
 
 
 @pytest.mark.parametrize("label", sorted(FROZEN))

@@ -101,7 +101,7 @@ def test_under_a_protocol_a_purifiers_adaptive_attacks_run_first_and_reproduce_k
 
     options = {"epochs": 1, "train_size": 256, "latent_dim": 16, "steps": 5, "restarts": 2}
     req = EvalRequest(model="smallcnn", dataset="digits", defense="defense-gan", defense_options=options,
-                      attacks=[build_attack("fgsm")], n_examples=20, device="cpu", protocol="standard")
+                      attacks=[build_attack("fgsm")], n_examples=20, device="cpu", protocol="standard/2")
     prepared = prepare(req)
     protocol_order = [a.name for a in plan_evaluation(req, prepared).attacks]
     assert protocol_order == ["transfer-pgd", "bpda-pgd", "autoattack", "fgsm"]

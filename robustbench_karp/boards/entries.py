@@ -163,7 +163,8 @@ def _entry(fields: dict[str, Any], records: list[dict[str, Any]], checkpoint_ok:
     return {
         "schema": ENTRY_SCHEMA, "entry_id": config_hash(fields), **fields, "eps_label": eps_label(fields["eps"]),
         "training": training_label(chosen[0]), "protocols": protocols,
-        # Every row that ran AutoAttack standard competes on one board: our protocol runs and RobustBench's imports
+        # Every worst-case upper bound competes on one board: our protocol runs (standard/2's AutoAttack, standard/3's
+        # strong: each row names its protocol) and RobustBench's AutoAttack imports
         "status": "ranked" if protocols or (reproducibility == "external" and all(
             r.get("ranks_beside_protocols", True) for r in chosen)) else "partial",  # a paper's PGD figure: partial
         "protocol_coverage": coverage,  # a partial entry's protocol runs on a subset of its points: label -> points
@@ -248,8 +249,9 @@ TIERS = {"ranked": 0, "external": 0, "partial": 1}  # "external": the status imp
 
 
 def rank_key(entry: dict[str, Any]) -> tuple:
-    """Within a board (dataset, norm, eps): every entry that ran AutoAttack standard (a protocol run here, or
-    RobustBench's evaluation), by the worst case; partial evaluations (upper bounds) never above them."""
+    """Within a board (dataset, norm, eps): every entry that ran an evaluation protocol (standard/2's AutoAttack or
+    standard/3's strong, side by side) or RobustBench's evaluation, by the worst case; partial evaluations (upper
+    bounds) never above them."""
     return (entry["dataset"], entry["norm"], entry["eps"], TIERS.get(entry.get("status", "partial"), 2),
             -entry["robust_accuracy"], -entry["clean_accuracy"], entry["model"], entry["defense"], entry["entry_id"])
 

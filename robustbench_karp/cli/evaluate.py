@@ -62,7 +62,7 @@ def train_limit() -> float:
 def cmd_evaluate(args) -> int:
     from robustbench_karp.data import DATASETS
     from robustbench_karp.defenses import DEFENSES
-    from robustbench_karp.evaluation.protocols import get_protocol
+    from robustbench_karp.evaluation.protocols import check_additions, get_protocol
     from robustbench_karp.harness import EvalRequest, prepare, run_evaluation
     from robustbench_karp.sources import parse_model
     from robustbench_karp.threat import check_eps
@@ -75,6 +75,7 @@ def cmd_evaluate(args) -> int:
     if args.protocol:
         get_protocol(args.protocol)
     named = bool(args.attacks) and args.attacks[0][0] is not None  # --attack given (not only --attack-arg)
+    check_additions(args.protocol, named)  # --protocol autoattack is exactly AutoAttack standard: nothing added
     if args.protocol and not named and (args.attacks or any(v is not None for v in (args.steps, args.step_size,
                                                                                    args.restarts))):
         raise ValueError("--attack-arg, --steps, --step-size and --restarts apply to an --attack: a protocol's attacks "

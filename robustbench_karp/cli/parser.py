@@ -171,8 +171,8 @@ def add_evaluate(sub) -> None:
                     help="evaluate the first N test points (default: 1000, 5000 on imagenet, or the whole split if smaller)")
     ev.add_argument("--batch-size", type=logical_batch, default=LOGICAL_BATCH, metavar="N|auto", help=BATCH_HELP)
     ev.add_argument("--protocol", default=None, metavar="NAME",
-                    help="a named, versioned attack set (standard: AutoAttack plus the defense's adaptive attacks); "
-                         "--attack adds to it")
+                    help="a named, versioned attack set: standard (standard/3: certification, strong, the defense's "
+                         "adaptive attacks; --attack adds to it) or autoattack (exactly standard/2: AutoAttack standard)")
     ev.add_argument("--certify", default=None, choices=["ibp", "crown-ibp"],
                     help="prove points robust first (a certified lower bound beside the attacks' upper bound); "
                          "certified points skip every attack")

@@ -1,6 +1,7 @@
 """Evaluation protocols: named, versioned attack sets with fixed options.
 
-    karp-robust evaluate --model smallcnn --dataset mnist --defense pgd-at --protocol standard   # the newest: standard/2
+    karp-robust evaluate --model smallcnn --dataset mnist --defense pgd-at --protocol standard     # the newest: standard/3
+    karp-robust evaluate --model smallcnn --dataset mnist --defense pgd-at --protocol autoattack   # exactly standard/2
 
 A protocol fixes every option of its attacks, so "ran standard/1" means the same thing on every
 record. `standard/1` is AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square; 100
@@ -17,6 +18,19 @@ which is why a record keeps its attack order and `reproduce` follows it.
 - where the model allows it (deterministic, and every layer bounded: evaluation/certified.py),
   CROWN-IBP certification runs first, and certified points skip every attack: a point proven
   robust cannot be broken, so the robust accuracy means what standard/1's means.
+
+`standard/3` replaces AutoAttack with `strong` (attacks/strong.py: APGD-CE, targeted APGD over
+MALT-ranked targets, Square on every point still standing, and escalation when the evidence asks for
+it), and keeps the rest of standard/2: certification first where the model allows it, the defense's
+adaptive attacks, a purifier's plain-PGD probe. The adaptive attacks still run before `strong`, as
+they run before AutoAttack in standard/1-2: on a purifier they are the cheap attacks that break it
+(BPDA, transfer), and `strong` on the gradients a purifier obfuscates would escalate to its costliest
+budget on every point they would have broken; on any other defense there are none, so the order is
+certification, `strong`. The verdict is the per-point worst case whatever the order.
+
+`autoattack` names standard/2 for good (ALIASES): `--protocol autoattack` runs exactly AutoAttack
+standard, for RobustBench submissions and side-by-side comparison, and its record is the record
+`--protocol standard/2` makes (same EvalConfig, same id). It takes no added attack (check_additions).
 
 A board ranks only entries whose records cover a protocol on the same test points; the others are
 partial evaluations, upper bounds on robust accuracy. What a protocol required of a record is frozen
@@ -90,11 +104,27 @@ PROTOCOLS.register("standard/2")(Protocol(
     "standard/1's attacks; a purifier's plain-PGD accuracy measured beside them; CROWN-IBP certification first "
     "where the model allows it (certified points skip the attacks)",
     probes=(("pgd", ()),), certify="crown-ibp"))
+PROTOCOLS.register("standard/3")(Protocol(
+    "standard", 3, (("strong", ()),),
+    "CROWN-IBP certification first where the model allows it; `strong` (APGD-CE, MALT-ranked targeted APGD, Square, "
+    "escalation) instead of AutoAttack; the defense's adaptive attacks; a purifier's plain-PGD accuracy beside them",
+    probes=(("pgd", ()),), certify="crown-ibp"))
 DEFAULT_PROTOCOL = "standard"
+# Names that stand for one version for good, and take no added attack: "autoattack" is AutoAttack standard, as
+# RobustBench ranks by it, whatever the newest standard version runs.
+ALIASES = {"autoattack": "standard/2"}
+
+
+def check_additions(name: str | None, attacks_added: bool) -> None:
+    """A one-line error for attacks added to a protocol that must run exactly as it is (an alias)."""
+    if name in ALIASES and attacks_added:
+        raise ValueError(f"--protocol {name} runs exactly {ALIASES[name]} (AutoAttack standard) and takes no --attack: "
+                         f"drop --attack, or use --protocol standard/2 --attack ...")
 
 
 def get_protocol(name: str) -> Protocol:
-    """'standard' (its newest version) or 'standard/1' (an exact version)."""
+    """'standard' (its newest version), 'standard/1' (an exact version) or an alias ('autoattack': standard/2)."""
+    name = ALIASES.get(name, name)
     if "/" in name:
         return PROTOCOLS.get(name)
     versions = [PROTOCOLS.get(label) for label in PROTOCOLS.names() if label.split("/")[0] == name]
