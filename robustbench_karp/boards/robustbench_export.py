@@ -85,7 +85,7 @@ def export_robustbench(entry: dict[str, Any]) -> tuple[dict[str, Any], str]:
     autoattack = autoattack_accuracy(entry)
     if autoattack is None:
         raise ValueError(f"entry {entry['entry_id']} ran no AutoAttack (attacks: {', '.join(entry['attacks'])}); "
-                         "RobustBench ranks by it: run `karp-robust evaluate --protocol standard` first")
+                         "RobustBench ranks by it: run `karp-robust evaluate --protocol autoattack` first")
     record = next((r for r in entry.get("records") or [] if r["id"] in entry["record_ids"]), {})
     if entry.get("tool") == "robustbench" and record.get("model_info"):  # an import goes back as it came
         info = {k: v for k, v in record["model_info"].items() if k != "external"}
