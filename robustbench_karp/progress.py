@@ -69,6 +69,7 @@ class CascadeTracker:
         self.given: dict[int, int] = {}  # running batch: position in the plan (-1: the batch) -> points given
         self.pos, self.name, self.attack_points = -1, "", 0  # the running attack ("", -1 before a batch's first)
         self.mark_time, self.mark_passes = self.started, 0  # when the running stage began
+        self.tick_time, self.low = self.started, False  # the latest pass; low: the running attack breaks all it has
         self.rate: dict[str, list[float]] = {}  # attack -> [passes, seconds] of its finished runs
         self.spent: dict[str, list[float]] = {}  # attack -> [passes, points given] of its finished runs
         self.totals: dict[int, int] = {}  # position -> points given over finished batches (-1: their points)
@@ -94,6 +95,7 @@ class CascadeTracker:
         self.batch_points = max(min(self.batch_size or self.total, self.total - self.done), 0)
         self.given = {-1: self.batch_points}
         self.mark_time, self.mark_passes = self.clock(), self.passes
+        self.tick_time = self.mark_time
 
     def attack(self, name: str, points: int, budget: float | None = None) -> None:
         """An attack starts on `points` points and takes about `budget` forward passes per point at most."""
@@ -114,7 +116,7 @@ class CascadeTracker:
     def tick(self, passes: int) -> None:
         if self.name and passes - self.passes > 1:  # one row is a probe of the class count, not the points at work
             self.rows = passes - self.passes  # the rows of this pass: an attack that drops broken points has fewer
-        self.passes = passes
+        self.passes, self.tick_time = passes, self.clock()
 
     def outputs(self, logits) -> None:
         """A forward pass's (rows, classes) logits; on all of the running attack's points, count the misclassified.
@@ -157,7 +159,7 @@ class CascadeTracker:
         elif self.open:
             self.clean[0] += now - self.mark_time
             self.clean[1] += self.batch_points
-        self.mark_time, self.mark_passes = now, self.passes
+        self.mark_time, self.mark_passes, self.tick_time = now, self.passes, now
 
     def _close_batch(self) -> None:
         """The running batch is over: every attack it did not start got no points."""
@@ -180,7 +182,9 @@ class CascadeTracker:
         deepest = self.pos if self.open and j <= self.pos < k else j  # the furthest the running batch has seen
         if deepest != j:
             points = self.reach(deepest, j, points)
-        return points * self.survival() if deepest == self.pos and self.name else points
+        if deepest == self.pos and self.name:
+            return 0.0 if self.low else points * self.survival()
+        return points
 
     def survival(self) -> float:
         """The share of the running attack's points still standing as its passes show: not misclassified by a pass
@@ -197,7 +201,9 @@ class CascadeTracker:
     def _rate(self, name: str) -> float | None:
         """Passes per second of the attack (its running part included), else of every attack so far (not the clean
         prediction and certification: their time passes few images through the network); None before any."""
-        running = (self.passes - self.mark_passes, self.clock() - self.mark_time) if self.name else (0, 0.0)
+        running = (self.passes - self.mark_passes, self.tick_time - self.mark_time) if self.name else (0, 0.0)
+        if running[0] < self.attack_points:  # not yet one pass over its points: class-count probes, no rate yet
+            running = (0, 0.0)
         passes, seconds = self.rate.get(name, [0.0, 0.0])
         if name == self.name:
             passes, seconds = passes + running[0], seconds + running[1]
@@ -235,7 +241,23 @@ class CascadeTracker:
         expected = self.attack_points * per_point
         if so_far >= expected:  # past what it spent before: at most its budget
             expected = self.attack_points * budget if budget else so_far
-        return max(expected - so_far, 0.0) * self.at_work() / rate  # the points it dropped take no more passes
+        seconds = max(expected - so_far, 0.0) * self.at_work() / rate  # the points it dropped take no more passes
+        return max(seconds - (self.clock() - self.tick_time), 0.0)  # the pass under way since the latest tick
+
+    def uncertain(self) -> bool:
+        """Whether the running attack is the first of its kind to run: what it leaves standing, and so the cost of
+        the attacks after it, is known only from its passes so far (seconds_left(), low: the bounds)."""
+        later = [name for name, _ in self.plan[self.pos + 1:] if name not in self.escalations]
+        return bool(self.open and self.name and later and not self.totals.get(self.pos, 0))
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """(the time left if the running attack breaks every point it still has, seconds_left())."""
+        self.low = True
+        try:
+            low = self.seconds_left()
+        finally:
+            self.low = False
+        return low, self.seconds_left()
 
     def seconds_left(self) -> float | None:
         """About how long the whole run still takes (the class docstring says how); None before any measure."""

@@ -20,6 +20,11 @@ def tqdm_progress(iterable, *, total=None, desc=""):
     return tqdm(iterable, total=total, desc=desc, file=sys.stderr, leave=False, disable=None)
 
 
+def duration(seconds: float) -> str:
+    """85 s, 12 min, 1.5 h."""
+    return f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h")
+
+
 class TqdmTraining:
     """Progress bar per epoch with running loss and accuracy; one summary line per epoch."""
 
@@ -104,15 +109,17 @@ class EvalProgress(CascadeTracker):
         return self.name.rsplit("/", 1)[-1] if self.name else "clean"
 
     def left(self) -> str:
-        """'about 85 s left' (or 12 min, 1.5 h); 'time left: measuring' before the first measure."""
+        """'about 85 s left' (or 12 min, 1.5 h); '20 s to 12 min left' while the attack running is the first of its
+        kind (how many points it leaves to the attacks after it is not known yet); 'time left: measuring' before
+        the first measure."""
         if self.total and self.done >= self.total:
             return "all points evaluated, sanity checks next"  # their cost is not the cascade's: no estimate
-        seconds = self.seconds_left()
+        low, seconds = self.bounds() if self.uncertain() else (None, self.seconds_left())
         if seconds is None:
             return "time left: measuring"
-        shown = f"{seconds:.0f} s" if seconds < 90 else (f"{seconds / 60:.0f} min" if seconds < 5400
-                                                          else f"{seconds / 3600:.1f} h")
-        return f"about {shown} left"
+        if low is not None and duration(low) != duration(seconds):  # the first run of this attack: how many it breaks
+            return f"{duration(low)} to {duration(seconds)} left"
+        return f"about {duration(seconds)} left"
 
     def line(self) -> str:
         elapsed = self.clock() - self.started
