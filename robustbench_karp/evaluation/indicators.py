@@ -14,7 +14,7 @@ randomness). The names and thresholds live in indicator_rules.py (pure); docs/in
     unconstrained-failure   PGD-10 at Linf eps = 1 on the sample's first 100 points
     transfer-failure        PGD on a purifier's own classifier, on the sample points the cascade left standing
     more-iterations-help    the first multi-step attack with `steps`, with twice the steps, on the points of the
-                            sample's first 32 that the cascade left standing
+                            sample's first 32 that the cascade left standing (unless its trace shows it converged)
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ NOISE_SHARE = 0.1  # the uniform noise of unstable-predictions: a tenth of eps p
 LOSS_JUMP = 1.0  # nats: a loss that moves more than this under that noise is unstable
 UNBOUNDED_POINTS = 100
 MORE_ITERATIONS_POINTS = 32
+MORE_ITERATIONS_GATE = 0.025  # half incomplete-optimization's threshold: below it the trace says converged
 
 
 class Traced:
@@ -137,9 +138,14 @@ def transfer_failure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, standin
 
 
 def more_iterations_help(model: nn.Module, x: torch.Tensor, y: torch.Tensor, standing: torch.Tensor,
-                         attacks: Sequence, threat: ThreatModel, device: torch.device) -> dict[str, Any]:
+                         attacks: Sequence, threat: ThreatModel, device: torch.device,
+                         traces: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """The first multi-step gradient attack with a `steps` option, with twice its steps, on the points of the
-    sample's first MORE_ITERATIONS_POINTS the cascade left standing: the accuracy it takes off the cascade's."""
+    sample's first MORE_ITERATIONS_POINTS the cascade left standing: the accuracy it takes off the cascade's.
+
+    Not run where the attack's own trace (traces[name]) shows its standing points' running-best loss flat at the
+    end (a mean rise under MORE_ITERATIONS_GATE): twice the steps of a converged ascent find next to nothing, and
+    the run would cost twice the attack's steps on every evaluation."""
     chosen = next(((name, part) for name, part in expand(attacks) if isinstance(getattr(part, "steps", None), int)
                    and dataclasses.is_dataclass(part) and not _flag(part, "single_step")
                    and not _flag(part, "black_box") and base_name(name) not in ("transfer-pgd",)), None)
@@ -148,6 +154,12 @@ def more_iterations_help(model: nn.Module, x: torch.Tensor, y: torch.Tensor, sta
     n = min(len(x), MORE_ITERATIONS_POINTS)
     idx = standing[:n].nonzero().squeeze(1)
     name, attack = chosen
+    trace = (traces or {}).get(name) or {}
+    if len(idx) and trace.get("traced"):
+        rise = trace["rise"] / trace["traced"]
+        if rise < MORE_ITERATIONS_GATE:
+            return not_computed(f"not run: {name}'s running-best loss was flat at the end (mean rise {rise:.3g} < "
+                                f"{MORE_ITERATIONS_GATE}), twice its steps would find next to nothing", MORE_ITERATIONS_GAP)
     broken = 0
     if len(idx) and threat.eps > 0:  # only points still standing can lower the accuracy
         gen = torch.Generator(device=device).manual_seed(0)
@@ -171,7 +183,8 @@ def compute(model: nn.Module, x: torch.Tensor, y: torch.Tensor, result, attacks:
     if len(standing) == len(x):
         out["transfer-failure"] = transfer_failure(model, x, y, standing, threat, device)
         with torch.enable_grad():
-            out["more-iterations-help"] = more_iterations_help(model, x, y, standing, attacks, threat, device)
+            out["more-iterations-help"] = more_iterations_help(model, x, y, standing, attacks, threat, device,
+                                                               result.traces)
     else:
         why = "the sample's masks are not known"
         out["transfer-failure"] = not_computed(why, TRANSFER_FAILURE_SHARE)
