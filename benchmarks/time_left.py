@@ -64,14 +64,15 @@ def within(estimate: float, real: float) -> bool:
 def report(kept: list, total: float, n: int, timeline: bool = True) -> None:
     """The timeline and the figures, with the real time left counted up to `total` seconds."""
     if timeline:
-        print(f"{'t (s)':>7} {'estimate':>9} {'real left':>9} {'ratio':>6}  bar      attack (batch)")
+        print(f"{'t (s)':>7} {'estimate':>9} {'low end':>8} {'real left':>9} {'ratio':>6}  bar      attack (batch)")
     step = max(len(kept) // 30, 1)
-    for i, (t, left, done, name, b, _) in enumerate(kept):
+    for i, (t, left, done, name, b, low) in enumerate(kept):
         if timeline and (i % step == 0 or i == len(kept) - 1):
             real = total - t
             ratio = f"{max(left / real, real / left):6.2f}" if left and real > 0 else "     -"
             shown = f"{left:9.1f}" if left is not None else "        -"
-            print(f"{t:7.1f} {shown} {real:9.1f} {ratio}  {done:>4}/{n:<4} {name} ({b + 1})")
+            low = f"{low:8.1f}" if low is not None else "       -"
+            print(f"{t:7.1f} {shown} {low} {real:9.1f} {ratio}  {done:>4}/{n:<4} {name} ({b + 1})")
     late = [(t, left, total - t) for t, left, *_ in kept if t >= 0.2 * total and left is not None]
     # the ratios leave out the last 10 s, where the target's 10 s of slack is all that matters
     over = max((left / real for _, left, real in late if real > 10), default=None)

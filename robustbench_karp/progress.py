@@ -216,6 +216,8 @@ class CascadeTracker:
     def per_point(self, name: str) -> float | None:
         """Forward passes per point the attack spent on its finished runs, else its budget (None: neither known)."""
         passes, points = self.spent.get(name, [0.0, 0])
+        if not points and self.low and name == self.name and self.passes > self.mark_passes:
+            return (self.passes - self.mark_passes) / self.attack_points  # bounds(): it ends now, so it spends this
         return passes / points if points else dict(self.plan).get(name)
 
     def _cascade(self, points: float, j: int) -> float | None:
@@ -233,7 +235,9 @@ class CascadeTracker:
         return seconds
 
     def _running(self) -> float | None:
-        """Seconds the running attack still takes on this batch."""
+        """Seconds the running attack still takes on this batch (none for bounds()' low end)."""
+        if self.low:
+            return 0.0
         rate, so_far = self._rate(self.name), self.passes - self.mark_passes
         per_point, budget = self.per_point(self.name), dict(self.plan).get(self.name)
         if rate is None or per_point is None:
@@ -251,7 +255,8 @@ class CascadeTracker:
         return bool(self.open and self.name and later and not self.totals.get(self.pos, 0))
 
     def bounds(self) -> tuple[float | None, float | None]:
-        """(the time left if the running attack breaks every point it still has, seconds_left())."""
+        """(the time left if the running attack breaks every point it still has now, so that it ends here having
+        spent the passes it has, seconds_left())."""
         self.low = True
         try:
             low = self.seconds_left()

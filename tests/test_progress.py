@@ -188,7 +188,7 @@ def test_an_attack_that_drops_broken_points_shows_them_in_its_passes_rows():
     clock = Clock()
     tracker = CascadeTracker(clock)
     tracker.expect([("a", 10.0), ("b", 100.0)], batch_size=100)
-    tracker.start(100)
+    tracker.start(200)
     tracker.batch(0)
     tracker.attack("a", 100, 10.0)
     tracker.tick(1)  # a one-row probe (the class count): not the points at work
@@ -197,11 +197,13 @@ def test_an_attack_that_drops_broken_points_shows_them_in_its_passes_rows():
         clock.now += 1.0
         tracker.tick(passes)
     assert tracker.survival() == 0.25 and tracker.reach(1, 0, 100) == 25
-    # a: 1000 budgeted passes less the 251 spent, for a quarter of its points, at 251 passes in 4 s;
-    # b: 25 points x 100 passes at the same rate
-    assert tracker.seconds_left() == pytest.approx((749 * 0.25 + 2500) / (251 / 4))
-    # the first run of a: the display gives the range from "a breaks all 25 it still has" (b never runs)
-    assert tracker.uncertain() and tracker.bounds()[0] == pytest.approx(749 * 0.25 / (251 / 4))
+    rate = 251 / 4
+    # a: 1000 budgeted passes less the 251 spent, for a quarter of its points; b: 25 points x 100 passes;
+    # batch 2: a on 100 points at its budget, b on 25 (a's live survival)
+    assert tracker.seconds_left() == pytest.approx((749 * 0.25 + 2500 + 1000 + 2500) / rate)
+    # the first run of a: the display gives a range whose low end has a break all 25 now: a ends here, having
+    # spent 2.51 passes per point, and b never runs
+    assert tracker.uncertain() and tracker.bounds()[0] == pytest.approx(251 / rate)
 
 
 def test_an_escalation_is_charged_only_once_it_has_fired():
