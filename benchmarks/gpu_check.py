@@ -1,7 +1,8 @@
 """The DEVICE paths in one short script: AMP bf16 + channels-last training, DDP over NCCL under torchrun,
 evaluation and reproduction on the GPU, a batch in physical pieces (the out-of-memory path), PGD-40 and
-AutoAttack time against torchattacks (and the original AutoAttack, pyautoattack, when installed), and with
-2 GPUs a 2-rank NCCL evaluation whose record must equal the single-process one.
+AutoAttack time against torchattacks (and the original AutoAttack, pyautoattack, when installed), with
+2 GPUs a 2-rank NCCL evaluation whose record must equal the single-process one, and `strong` against the
+original AutoAttack and ours (strong_check: benchmarks/strong_vs_autoattack.py's table, on the GPU).
 
     python benchmarks/gpu_check.py --data-dir /path/with/MNIST/raw --out results.json
 
@@ -178,27 +179,48 @@ def autoattack_time(home: Path, test, indices, batch_size: int = 500) -> dict:
     out = {"ours_s": t_ours, "torchattacks_s": t_ref, "time_ratio": t_ours / t_ref, "ours_acc": ours,
            "torchattacks_acc": correct / len(indices), "n": len(indices)}
     try:  # the original AutoAttack (pip install pyautoattack), when it is there
-        from autoattack import AutoAttack as Original
+        from pyautoattack import AutoAttack as Original
     except ImportError:
         return out | {"original": "not installed (pip install pyautoattack)"}
     x, y = test.batch(indices)
     sync()
     start = time.perf_counter()
-    original = Original(model, norm="Linf", eps=0.3, version="standard", seed=0, verbose=False)
-    x_adv = original.run_standard_evaluation(x.to(DEVICE), y.to(DEVICE), bs=batch_size)
+    original = Original(model, norm="Linf", eps=0.3, version="standard", seed=0, device=DEVICE)
+    x_adv, _ = original.run_standard_evaluation(x.to(DEVICE), y.to(DEVICE), batch_size=batch_size)
     sync()
     t_orig = time.perf_counter() - start
     acc = (predict(model, x_adv) == y.to(DEVICE)).float().mean().item()
     return out | {"original_s": t_orig, "ratio_to_original": t_ours / t_orig, "original_acc": acc}
 
 
-def main() -> None:
+def strong_check(data_dir: Path, home: Path, n: int = 500) -> dict:
+    """`strong` vs the original AutoAttack (pyautoattack) and ours on the GPU, as benchmarks/strong_vs_autoattack.py
+    compares them on the CPU: the fgsm-at smallcnn that train_check trained, and the same behind a quantized input
+    (masked gradients: strong must escalate). MNIST, Linf 0.3, the first n test points."""
+    from strong_vs_autoattack import compare, parse_args, table  # benchmarks/ is sys.path[0] when run as a script
+
+    checkpoint = home / "fgsm-at.pt"
+    args = parse_args(["--dataset", "mnist", "--data-dir", str(data_dir), "--n-examples", str(n), "--eps", "0.3",
+                       "--device", DEVICE.type, "--models", f"smallcnn={checkpoint},quantized:smallcnn={checkpoint}"])
+    test = load_split(DATASETS.get("mnist"), train=False, data_dir=data_dir, download=False)
+    x, y = test.batch(subset_indices(len(test), n))
+    rows = [row for spec in args.models for row in compare(spec, x.to(DEVICE), y.to(DEVICE), ThreatModel("linf", 0.3),
+                                                           args)]
+    print(f"strong vs autoattack on {DEVICE}:\n{table(rows, n)}", flush=True)
+    return {"rows": rows}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--quick", action="store_true", help="train on 2000 points only (a dry run)")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    args = parse_args()
     global DEVICE, TRAIN_SIZE
     DEVICE, TRAIN_SIZE = torch.device(args.device), 2000 if args.quick else None
     home = Path(tempfile.mkdtemp())
@@ -207,7 +229,7 @@ def main() -> None:
     result = {"torch": torch.__version__, "device": name}
     print(result, flush=True)
     for name, check in (("train", train_check), ("ddp", ddp_check), ("eval", eval_checks),
-                        ("ddp_eval", ddp_eval_check)):
+                        ("ddp_eval", ddp_eval_check), ("strong", strong_check)):
         try:
             result[name] = check(args.data_dir, home)
         except Exception as e:  # report every check, even after one fails
