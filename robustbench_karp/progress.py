@@ -75,7 +75,7 @@ class CascadeTracker:
         self.totals: dict[int, int] = {}  # position -> points given over finished batches (-1: their points)
         self.clean = [0.0, 0]  # [seconds, points]: clean prediction and certification before the first attack
         self.y, self.broken = None, None  # the running attack's labels; the most of its points one pass misclassified
-        self.rows: int | None = None  # rows of the running attack's latest pass (more than one)
+        self.rows: int | None = None  # the fewest rows of the running attack's passes (of more than one row)
 
     def expect(self, attacks: list[tuple[str, float | None]], batch_size: int) -> None:
         """The cascade about to run on every batch (name, forward budget per point) and the logical batch size."""
@@ -115,7 +115,9 @@ class CascadeTracker:
 
     def tick(self, passes: int) -> None:
         if self.name and passes - self.passes > 1:  # one row is a probe of the class count, not the points at work
-            self.rows = passes - self.passes  # the rows of this pass: an attack that drops broken points has fewer
+            # the fewest rows a pass had: an attack that drops broken points has fewer and fewer (the engine's
+            # prediction of its x_adv, over every point it was given, comes after it is done)
+            self.rows = min(self.rows or passes - self.passes, passes - self.passes)
         self.passes, self.tick_time = passes, self.clock()
 
     def outputs(self, logits) -> None:
@@ -195,7 +197,7 @@ class CascadeTracker:
         return max(min(1.0 - broken / self.attack_points, self.at_work()), 0.0)
 
     def at_work(self) -> float:
-        """The share of the running attack's points its latest pass ran on (1 for an attack that drops none)."""
+        """The share of the running attack's points its passes still run on (1 for an attack that drops none)."""
         return min(self.rows / self.attack_points, 1.0) if self.rows and self.attack_points else 1.0
 
     def _rate(self, name: str) -> float | None:

@@ -204,6 +204,8 @@ def test_an_attack_that_drops_broken_points_shows_them_in_its_passes_rows():
     # the first run of a: the display gives a range whose low end has a break all 25 now: a ends here, having
     # spent 2.51 passes per point, and b never runs
     assert tracker.uncertain() and tracker.bounds()[0] == pytest.approx(251 / rate)
+    tracker.tick(351)  # the engine's prediction of a's x_adv over all 100 points: a is done, nothing back at work
+    assert tracker.at_work() == 0.25
 
 
 def test_an_escalation_is_charged_only_once_it_has_fired():
