@@ -122,10 +122,17 @@ class EvalProgress(CascadeTracker):
         return f"about {duration(seconds)} left"
 
     def line(self) -> str:
+        """The line off a terminal: 'evaluating: pgd on batch 1: 40/100 points final, ..., about 12 s left in the run'."""
         elapsed = self.clock() - self.started
-        share = self.share()
-        return (f"evaluating: {self.left()}; {self.name or 'clean'} on batch {self.b + 1}: {self.final()}/{self.total} "
-                f"points final, {self.passes} forward passes, {elapsed:.0f} s" + (f", {share}" if share else ""))
+        per_point = self.per_point(self.name) if self.name else None
+        share = ""
+        if per_point and self.attack_points:
+            fraction = (self.passes - self.mark_passes) / (self.attack_points * per_point)
+            share = f", {self.name} {100 * min(fraction, 1.0):.0f}% of its passes"
+        left = self.left()
+        left = "" if left.startswith("time left") else f", {left}" + (" in the run" if left.endswith(" left") else "")
+        return (f"evaluating: {self.name or 'clean'} on batch {self.b + 1}: {self.final()}/{self.total} points final, "
+                f"{self.passes} forward passes, {elapsed:.0f} s{share}{left}")
 
     def _show(self, force: bool = False) -> None:
         now = self.clock()
