@@ -11,10 +11,10 @@ threads, AutoAttack version 'standard' (APGD-CE, APGD-T, FAB-T, Square 5000 quer
 - torchattacks: `torchattacks.AutoAttack(model, norm='Linf', eps, version='standard', n_classes=10,
   seed=0)` and its accuracy count. Its components keep torchattacks' defaults: 10 iterations of
   APGD, APGD-T and FAB, not 100, so it is a weaker and cheaper attack than the other two;
-- original: `autoattack.AutoAttack(model, 'Linf', eps, version='standard', seed=0)` from
-  https://github.com/fra31/auto-attack, `run_standard_evaluation` (its sanity checks included), when
-  the package is installed; skipped with a note otherwise. It is not a dependency: for a measurement,
-  `git archive` the repository to a folder and `pip install --no-deps` it.
+- original: `pyautoattack.AutoAttack(model, norm='Linf', eps=eps, version='standard', seed=0)`, the
+  original (https://github.com/fra31/auto-attack) packaged, `run_standard_evaluation` (its sanity checks
+  included), when installed (`pip install pyautoattack`, or the `[reference]` extra); skipped with a note
+  otherwise.
 
 Each round times the three alternately (global RNG forked around the references, which reseed it);
 the median per implementation is reported with its ratio to ours, the robust accuracy, and how many
@@ -85,13 +85,12 @@ def with_torchattacks(model, test, indices, args) -> tuple[torch.Tensor, dict]:
 
 
 def with_original(model, test, indices, args) -> tuple[torch.Tensor, dict]:
-    from autoattack import AutoAttack as OriginalAutoAttack
+    from pyautoattack import AutoAttack as OriginalAutoAttack
 
     x, y = test.batch(indices)  # (N, 1, 28, 28), (N,): it batches by itself
     with torch.random.fork_rng():
-        attack = OriginalAutoAttack(model, norm="Linf", eps=args.eps, version="standard", seed=0, verbose=False,
-                                    device="cpu")
-        x_adv = attack.run_standard_evaluation(x, y, bs=args.batch_size)
+        attack = OriginalAutoAttack(model, norm="Linf", eps=args.eps, version="standard", seed=0, device="cpu")
+        x_adv, _ = attack.run_standard_evaluation(x, y, batch_size=args.batch_size)  # (x_adv, its labels)
     check_budget(x_adv, x, ThreatModel("linf", args.eps))
     return predict(model, x_adv) == y, {}
 
@@ -131,10 +130,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = ["ours", "torchattacks"]
-    if importlib.util.find_spec("autoattack") is not None:
+    if importlib.util.find_spec("pyautoattack") is not None:
         names.append("original")
     else:
-        print("note: the original AutoAttack package (autoattack) is not installed; its rows are skipped")
+        print("note: the original AutoAttack package (pip install pyautoattack) is not installed; its rows are skipped")
     test = load_split(DATASETS.get("mnist"), train=False, data_dir=args.data_dir, download=False)
     indices = subset_indices(len(test), args.n_examples)
     rows = [row for d in args.defenses.split(",") for row in compare(d, test, indices, names, args)]
