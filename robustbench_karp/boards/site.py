@@ -46,7 +46,8 @@ INTRO = [
     "attack run on the entry) and the evaluations' wall time on their device; '-' where a record predates the counts.",
     "Only entries whose records cover an evaluation protocol (`standard/1`: AutoAttack standard, plus the defense's "
     "adaptive attacks; `standard/2` adds certification first and, for a purifier, a plain PGD probe; `standard/3` "
-    "runs the `strong` cascade in AutoAttack's place) on the same test points are ranked, together, by robust accuracy; partial evaluations sit in their own table, unranked: their robust "
+    "runs the `strong` cascade in AutoAttack's place) on the same test points are ranked, together, by robust "
+    "accuracy; partial evaluations sit in their own table, unranked: their robust "
     "accuracy is an upper bound.",
     "Certified % is a proven lower bound (CROWN-IBP or IBP, on the same test points): certified <= true robust <= "
     "robust %, and the gap is how much a stronger attack could still find. Adversarially trained models (PGD-AT, "
