@@ -1,7 +1,7 @@
 """Is the progress display's time left true? Every estimate of a real evaluation against the real time left.
 
-    python benchmarks/time_left.py --data-dir ../shared/data                  # smallcnn, MNIST, standard protocol
-    python benchmarks/time_left.py --data-dir ../shared/data --dataset digits --n-examples 120 --batch-size 40
+    OMP_NUM_THREADS=1 python benchmarks/time_left.py --data-dir ../shared/data   # smallcnn, MNIST, 1000 points
+    OMP_NUM_THREADS=1 python benchmarks/time_left.py --data-dir ../shared/data --dataset digits --n-examples 200 --batch-size 50
 
 The model is a smallcnn, standard training: on MNIST one epoch on the first 6000 points (about 20 s on
 2 cores, once), on sklearn's digits 10 epochs; the checkpoint is kept under KARP_HOME. The evaluation is the
@@ -110,8 +110,8 @@ def report(kept: list, total: float, n: int, timeline: bool = True) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--n-examples", type=int, default=400)
-    parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--n-examples", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--dataset", default="mnist", choices=["mnist", "digits"])
     parser.add_argument("--train-size", type=int, default=None, help="train on the first N points (default: mnist 6000)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: mnist 1, digits 10)")
