@@ -16,7 +16,7 @@ from typing import NamedTuple
 import pytest
 import torch
 import torchattacks
-from conftest import Purified, Quantize, quick_train, seeded_mlp
+from conftest import Noisy, Purified, Quantize
 from torch import nn
 from torch.nn import functional as F
 
@@ -64,23 +64,9 @@ RANDOMIZED = {"pgd": {"steps": 2}, "eot-pgd": {"steps": 2, "samples": 2}, "bpda-
 pytestmark = pytest.mark.usefixtures("module_karp_home")  # AdvGAN's generator lands there
 
 
-class Noisy(nn.Module):
-    """A randomized model: Gaussian input noise from its own generator on every call."""
-
-    def __init__(self, inner: nn.Module, sigma: float = 0.05, seed: int = 1):
-        super().__init__()
-        self.inner, self.sigma, self.gen = inner, sigma, torch.Generator().manual_seed(seed)
-
-    def forward(self, x):
-        return self.inner(x + self.sigma * torch.randn(x.shape, generator=self.gen))
-
-
 @pytest.fixture(scope="module")
-def mlp(digits):
-    """An undefended MLP trained on the digits in about a second: ~96% on the first 100 test images."""
-    train, _ = digits
-    x, y = train.batch(torch.arange(len(train)))
-    return quick_train(seeded_mlp(0, hidden=64), x, y, epochs=10, lr=5e-3, batch_size=128)
+def mlp(digits_mlp):
+    return digits_mlp
 
 
 @pytest.fixture(scope="module")

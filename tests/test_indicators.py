@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import Purified, Quantize
+from conftest import Noisy, Purified, Quantize
 from torch import nn
 
 from robustbench_karp.api import evaluate
@@ -30,17 +30,6 @@ def digits_points():
         layer.weight.copy_(2 * means)
         layer.bias.copy_(-(means ** 2).sum(1))
     return nn.Sequential(nn.Flatten(), layer).eval(), *test.batch(torch.arange(48))
-
-
-class Noisy(nn.Module):
-    """Noise at inference: two identical calls disagree."""
-
-    def __init__(self, classifier):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x):
-        return self.classifier(x + 0.1 * torch.randn_like(x))
 
 
 class Bump(nn.Module):
@@ -86,9 +75,9 @@ def test_noise_at_inference_fires_unstable_predictions_unless_eot_ran(digits_poi
     model, x, y = digits_points
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        found = run(Noisy(model).eval(), x, y, [("pgd", {"steps": 10})], eps=0.1)
+        found = run(Noisy(model, sigma=0.1).eval(), x, y, [("pgd", {"steps": 10})], eps=0.1)
         assert found["unstable-predictions"]["fired"] and found["unstable-predictions"]["random_points"] > 40
-        eot = indicators.unstable_predictions(Noisy(model).eval(), x, y, build_threat(0.1), [build_attack("eot-pgd")])
+        eot = indicators.unstable_predictions(Noisy(model, sigma=0.1).eval(), x, y, build_threat(0.1), [build_attack("eot-pgd")])
     assert eot["random_points"] == 0  # randomness an EOT attack averages over is not a failure
 
 

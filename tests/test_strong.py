@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import Purified, Quantize, quick_train, seeded_mlp
+from conftest import Noisy, Purified, Quantize
 from torch import nn
 
 from robustbench_karp.attacks import build_attack
@@ -34,22 +34,9 @@ ESCALATIONS = ["strong/eot-pgd", "strong/square+", "strong/autoattack/apgd-ce", 
 CPU = torch.device("cpu")
 
 
-class Noisy(nn.Module):
-    """Gaussian input noise from its own generator on every call: a randomized model."""
-
-    def __init__(self, inner: nn.Module, sigma: float = 0.05):
-        super().__init__()
-        self.inner, self.sigma, self.gen = inner, sigma, torch.Generator().manual_seed(1)
-
-    def forward(self, x):
-        return self.inner(x + self.sigma * torch.randn(x.shape, generator=self.gen))
-
-
 @pytest.fixture(scope="module")
-def mlp(digits):
-    train, _ = digits
-    x, y = train.batch(torch.arange(len(train)))
-    return quick_train(seeded_mlp(0, hidden=64), x, y, epochs=10, lr=5e-3, batch_size=128)
+def mlp(digits_mlp):
+    return digits_mlp
 
 
 @pytest.fixture(scope="module")
