@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from robustbench_karp.attacks.base import Attack, check_positive, register
+from robustbench_karp.attacks.base import Attack, check_positive, register, run_cascade
 from robustbench_karp.attacks.torchattacks_adapter import run_torchattack
 from robustbench_karp.threat import ThreatModel
 
@@ -127,14 +127,4 @@ class AutoAttack(Attack):
     def __call__(self, model, x, y, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         """The cascade on its own, for library use; the engine runs `components()` itself."""
         check_classes(model, x, "autoattack")
-        x_adv = x.clone()
-        with torch.no_grad():
-            todo = (model(x).argmax(1) == y).nonzero().squeeze(1)
-        for _, attack in self.components():
-            if not len(todo):
-                break
-            found = attack(model, x[todo], y[todo], threat, gen)
-            x_adv[todo] = found
-            with torch.no_grad():
-                todo = todo[model(found).argmax(1) == y[todo]]
-        return x_adv
+        return run_cascade(self.components(), model, x, y, threat, gen)

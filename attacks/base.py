@@ -193,3 +193,27 @@ def untargeted_objective(model, y: torch.Tensor, loss: str = "ce"):
         return loss_fn(logits, y[idx]), logits.argmax(1) != y[idx]
 
     return objective
+
+
+def run_cascade(components: list[tuple[str, Attack]], model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
+                gen: torch.Generator) -> torch.Tensor:
+    """A composite attack on its own, for library use (the engine runs components() itself): each component only
+    on the points every earlier one left standing; a component with `decide` (an escalation) runs only where its
+    rule fires on the evidence so far (the points attacked and broken by each component)."""
+    x_adv = x.clone()
+    with torch.no_grad():
+        todo = (model(x).argmax(1) == y).nonzero().squeeze(1)
+    evidence: dict[str, Any] = {"counts": {}}
+    for name, attack in components:
+        if not len(todo):
+            break
+        decide = getattr(attack, "decide", None)
+        if decide is not None and not decide(model, x[todo], y[todo], evidence)["fired"]:
+            continue
+        found = attack(model, x[todo], y[todo], threat, gen)
+        x_adv[todo] = found
+        with torch.no_grad():
+            standing = model(found).argmax(1) == y[todo]
+        evidence["counts"][name] = {"attacked": len(todo), "broken": int((~standing).sum())}
+        todo = todo[standing]
+    return x_adv

@@ -52,7 +52,7 @@ import torch
 
 from robustbench_karp.attacks.apgd import APGD
 from robustbench_karp.attacks.autoattack import AutoAttack, Square
-from robustbench_karp.attacks.base import Attack, check_positive, margin, register
+from robustbench_karp.attacks.base import Attack, check_positive, margin, register, run_cascade
 from robustbench_karp.attacks.eot import EOTPGD
 from robustbench_karp.threat import ThreatModel
 
@@ -219,20 +219,4 @@ class Strong(Attack):
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         """The cascade on its own, escalations decided on the whole of x as one batch, for library use; the
         engine runs `components()` itself and records the escalations."""
-        x_adv = x.clone()
-        with torch.no_grad():
-            todo = (model(x).argmax(1) == y).nonzero().squeeze(1)
-        evidence: dict[str, Any] = {"counts": {}}
-        for name, attack in self.components():
-            if not len(todo):
-                break
-            decide = getattr(attack, "decide", None)
-            if decide is not None and not decide(model, x[todo], y[todo], evidence)["fired"]:
-                continue
-            found = attack(model, x[todo], y[todo], threat, gen)
-            x_adv[todo] = found
-            with torch.no_grad():
-                standing = model(found).argmax(1) == y[todo]
-            evidence["counts"][name] = {"attacked": len(todo), "broken": int((~standing).sum())}
-            todo = todo[standing]
-        return x_adv
+        return run_cascade(self.components(), model, x, y, threat, gen)
