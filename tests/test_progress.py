@@ -199,13 +199,65 @@ def test_an_attack_that_drops_broken_points_shows_them_in_its_passes_rows():
     assert tracker.survival() == 0.25 and tracker.reach(1, 0, 100) == 25
     rate = 251 / 4
     # a: 1000 budgeted passes less the 251 spent, for a quarter of its points; b: 25 points x 100 passes;
-    # batch 2: a on 100 points at its budget, b on 25 (a's live survival)
-    assert tracker.seconds_left() == pytest.approx((749 * 0.25 + 2500 + 1000 + 2500) / rate)
+    # batch 2: a on 100 points at what it spent plus its budget's rest on the quarter at work, b on 25 (a's live
+    # survival)
+    assert tracker.seconds_left() == pytest.approx((749 * 0.25 + 2500 + (251 + 749 * 0.25) + 2500) / rate)
     # the first run of a: the display gives a range whose low end has a break all 25 now: a ends here, having
     # spent 2.51 passes per point, and b never runs
     assert tracker.uncertain() and tracker.bounds()[0] == pytest.approx(251 / rate)
     tracker.tick(351)  # the engine's prediction of a's x_adv over all 100 points: a is done, nothing back at work
     assert tracker.at_work() == 0.25
+
+
+def test_a_first_run_gives_no_estimate_until_its_passes_show_what_it_leaves():
+    """The rows of a standard smallcnn's first APGD-CE on MNIST (ODI's two steps, then APGD): the first
+    estimates, taken while points still broke fast, said 1700 s for 31 s real."""
+    clock = Clock()
+    tracker = CascadeTracker(clock)
+    tracker.expect([("a", 100.0), ("b", 1000.0)], batch_size=481)
+    tracker.start(962)
+    tracker.batch(0)
+    tracker.attack("a", 481, 100.0)
+    shown = []
+    for rows in (481, 476, 314, 272, 18, 9, 6, 4, 4, 2):
+        clock.now += rows / 1000
+        tracker.tick(tracker.passes + rows)
+        shown.append(tracker.seconds_left() is not None)
+    # from the pass whose rows stopped falling fast (9 -> 6: under 1% of the points), and it stays
+    assert shown == [False] * 6 + [True] * 4
+    # then: b on 4 points at most; batch 2's a at 1584 passes spent + 4/481 of its budget's rest, not its budget
+    rate = tracker.passes / clock.now
+    spent = tracker.passes
+    a_next = spent + (100 * 481 - spent) * 2 / 481
+    expected = (100 * 481 - spent) * 2 / 481 + 2 * 1000 + a_next + 2 * 1000
+    assert tracker.seconds_left() == pytest.approx(expected / rate, rel=1e-6)
+    assert tracker.seconds_left() < 481 * 100 / rate  # less than batch 2's a at its budget alone
+
+
+def test_a_robust_first_run_is_estimated_after_its_warm_up_and_a_measure_never_outlasts_a_tenth_of_its_budget():
+    clock = Clock()
+    tracker = CascadeTracker(clock)
+    tracker.expect([("a", 100.0), ("b", 1000.0)], batch_size=100)
+    tracker.start(200)
+    tracker.batch(0)
+    tracker.attack("a", 100, 100.0)
+    shown = []
+    for rows in (100, 99, 97, 96):  # few points break: the estimate comes after the warm-up
+        clock.now += 0.1
+        tracker.tick(tracker.passes + rows)
+        shown.append(tracker.seconds_left() is not None)
+    assert shown == [False, False, True, True]
+    tracker = CascadeTracker(clock)  # an attack whose rows fall fast pass after pass: a tenth of its budget ends it
+    tracker.expect([("a", 10.0), ("b", 1000.0)], batch_size=100)
+    tracker.start(200)
+    tracker.batch(0)
+    tracker.attack("a", 100, 10.0)
+    clock.now += 0.1
+    tracker.tick(tracker.passes + 60)
+    assert tracker.seconds_left() is None
+    clock.now += 0.1
+    tracker.tick(tracker.passes + 40)  # 100 passes: a tenth of 10 per point on 100 points
+    assert tracker.seconds_left() is not None
 
 
 def test_an_escalation_is_charged_only_once_it_has_fired():
@@ -223,8 +275,9 @@ def test_an_escalation_is_charged_only_once_it_has_fired():
     assert tracker.seconds_left() == pytest.approx(3 * 1.6)
     run_attack(tracker, clock, "a", 10, 10.0, 100.0, 10.0)
     tracker.attack("escalation", 5, 1e6)  # it fires on batch 2: it runs, and batches to come may need it
-    clock.now += 1.0
-    tracker.tick(tracker.passes + 100)
+    for _ in range(3):  # its warm-up: measuring() until three passes show how many it leaves to b
+        clock.now += 1.0
+        tracker.tick(tracker.passes + 100)
     assert tracker.seconds_left() > 5 * 1e6 / 100
 
 
