@@ -203,17 +203,21 @@ def run_cascade(components: list[tuple[str, Attack]], model, x: torch.Tensor, y:
     x_adv = x.clone()
     with torch.no_grad():
         todo = (model(x).argmax(1) == y).nonzero().squeeze(1)
-    evidence: dict[str, Any] = {"counts": {}}
+    evidence: dict[str, Any] = {"counts": {}, "margins": torch.full((len(x),), float("-inf"), device=x.device)}
     for name, attack in components:
         if not len(todo):
             break
         decide = getattr(attack, "decide", None)
         if decide is not None and not decide(model, x[todo], y[todo], evidence)["fired"]:
             continue
-        found = attack(model, x[todo], y[todo], threat, gen)
-        x_adv[todo] = found
+        focus = getattr(attack, "focus", None)  # the standing points nearest the boundary (attacks/strong.py)
+        here = todo[focus(evidence["margins"][todo])] if focus is not None else todo
+        found = attack(model, x[here], y[here], threat, gen)
+        x_adv[here] = found
         with torch.no_grad():
-            standing = model(found).argmax(1) == y[todo]
-        evidence["counts"][name] = {"attacked": len(todo), "broken": int((~standing).sum())}
-        todo = todo[standing]
+            logits = model(found)
+        standing = logits.argmax(1) == y[here]
+        evidence["counts"][name] = {"attacked": len(here), "broken": int((~standing).sum())}
+        evidence["margins"][here] = torch.maximum(evidence["margins"][here], margin(logits, y[here]))
+        todo = todo[~torch.isin(todo, here[~standing])]
     return x_adv

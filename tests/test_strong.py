@@ -7,6 +7,9 @@ noise at inference (predictions change between identical calls)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import pytest
 import torch
 from conftest import Noisy, Purified, Quantize
@@ -14,10 +17,12 @@ from torch import nn
 
 from robustbench_karp.attacks import build_attack
 from robustbench_karp.attacks.apgd_rows import malt_order
+from robustbench_karp.attacks.base import Attack, margin, run_cascade
 from robustbench_karp.attacks.strong import (
     GRADIENT_SHARE,
     SQUARE_MIN_POINTS,
     SQUARE_SHARE,
+    Nearest,
     probe_gradients,
     probe_randomness,
     square_break_share,
@@ -26,9 +31,9 @@ from robustbench_karp.evaluation.cost import count_passes
 from robustbench_karp.evaluation.engine import run_attacks
 from robustbench_karp.threat import ThreatModel, check_budget
 
-FAST = {"steps": 10, "odi_steps": 1, "target_steps": 10, "targets": 3, "square_queries": 30,
+FAST = {"steps": 10, "odi_steps": 1, "target_steps": 10, "targets": 3, "near_queries": 60, "square_queries": 30,
         "escalated_queries": 100, "escalated_restarts": 1, "eot_samples": 2}
-BASE = ["strong/apgd-ce", "strong/apgd-t", "strong/square"]
+BASE = ["strong/apgd-ce", "strong/apgd-t", "strong/square-near", "strong/square"]
 ESCALATIONS = ["strong/eot-pgd", "strong/square+", "strong/autoattack/apgd-ce", "strong/autoattack/apgd-t",
                "strong/autoattack/fab-t", "strong/autoattack/square"]
 CPU = torch.device("cpu")
@@ -78,6 +83,8 @@ def test_the_safety_net_breaks_what_masked_gradients_hide(quantized, points):
     white_box = result.per_attack["strong/apgd-t"]
     assert white_box >= result.clean_accuracy - 0.05  # zero gradients: APGD is as good as its random start
     assert result.per_attack["strong/square"] <= white_box - 0.1  # Square breaks what they could not
+    # the net runs on every standing point: it breaks points the nearest quarter's Square never looked at
+    assert result.per_attack["strong/square"] <= result.per_attack["strong/square-near"] - 0.05
 
 
 def test_escalation_breaks_what_the_base_cascade_missed_and_says_why(quantized, points):
@@ -86,7 +93,7 @@ def test_escalation_breaks_what_the_base_cascade_missed_and_says_why(quantized, 
     assert result.robust_accuracy < acc["strong/square"] - 0.1  # the escalations broke points the base cascade left
     by_component = {e["component"]: e for e in result.escalations}
     square = by_component["strong/square+"]
-    attacked, broken = round(acc["strong/apgd-t"] * n), round((acc["strong/apgd-t"] - acc["strong/square"]) * n)
+    attacked, broken = round(acc["strong/square-near"] * n), round((acc["strong/square-near"] - acc["strong/square"]) * n)
     assert (square["rule"], square["batch"], square["points"]) == ("square-finds-points", 0, attacked)
     assert square["value"] == pytest.approx(broken / attacked) and square["threshold"] == SQUARE_SHARE
     for name in ESCALATIONS[2:]:  # the whole of AutoAttack, because the input gradient is zero
@@ -161,12 +168,12 @@ def test_forward_budget_bounds_the_base_cascade(points):
         def forward(self, x):
             return torch.cat([1e-3 * x.flatten(1)[:, :9], torch.full((len(x), 1), 5.0)], dim=1)
 
-    x, y = points[0][:6], torch.full((6,), 9)
+    x, y = points[0][:8], torch.full((8,), 9)  # the nearest quarter: 2 points, exactly the budget's share
     attack = strong(escalate=False)
     model = Unbreakable()
     with count_passes(model) as passes:
         attack(model, x, y, ThreatModel("linf", 0.1), torch.Generator().manual_seed(0))
-    per_point = passes.forward / len(x) - 4  # less the clean prediction and the three checks of what stands
+    per_point = passes.forward / len(x) - 5  # less the clean prediction and the four checks of what stands
     assert 0.8 * attack.forward_budget() <= per_point <= attack.forward_budget()
 
 
@@ -191,8 +198,54 @@ def test_the_record_says_what_escalated_and_evaluate_prints_it(quantized, karp_h
     assert {"component", "rule", "value", "threshold", "points"} <= set(record["escalations"][0])
     print_record(migrate(record))
     line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("escalated: ")]
-    assert len(line) == 1 and "strong/square+ on 2 batch(es) (square-finds-points" in line[0]
+    assert len(line) == 1 and "strong/autoattack/apgd-ce on 2 batch(es) (unavailable-gradients 1 > 0.1)" in line[0]
     old = {k: v for k, v in record.items() if k != "escalations"}  # a record from before escalations
     assert migrate(old)["id"] == record["id"]
     print_record(migrate(old))
     assert "escalated" not in capsys.readouterr().out
+
+
+# --- strong/square-near: Square's large budget on the standing points nearest the boundary (attacks/strong.py Nearest)
+
+@dataclass(frozen=True)
+class Unmoved(Attack):
+    """Returns x: the margins the engine keeps for each point are its clean margins."""
+
+    def __call__(self, model, x, y, threat, gen):
+        return x.clone()
+
+
+@dataclass(frozen=True)
+class Spy(Attack):
+    """Returns x, and keeps the rows it was given."""
+
+    seen: list = field(default_factory=list, compare=False)
+
+    def __call__(self, model, x, y, threat, gen):
+        self.seen.append(x.clone())
+        return x.clone()
+
+
+@dataclass(frozen=True)
+class Focused(Attack):
+    spy: Spy = field(default_factory=Spy)
+
+    def components(self):
+        return [("t/unmoved", Unmoved()), ("t/near", Nearest(self.spy, 0.25))]
+
+
+def test_nearest_attacks_the_quarter_of_standing_points_of_highest_margin(mlp, points):
+    """Through the engine and through run_cascade: the points it gets are the ceil(n / 4) clean-correct points whose
+    margin (best other logit - true) at the earlier components' x_adv is highest, here the clean margin."""
+    x, y = points
+    with torch.no_grad():
+        m = margin(mlp(x), y)
+    standing = (m < 0).nonzero().squeeze(1)
+    nearest = standing[m[standing].argsort(descending=True)[:math.ceil(len(standing) / 4)]].sort().values
+    attack = Focused()
+    result = run_attacks(mlp, [(x, y)], [attack], ThreatModel("linf", 0.1), torch.Generator().manual_seed(0), CPU)
+    assert result.cost["per_attack"]["t/near"]["attacked_points"] == len(nearest) < len(standing)
+    assert torch.equal(attack.spy.seen[0], x[nearest])
+    run_cascade(attack.components(), mlp, x, y, ThreatModel("linf", 0.1), torch.Generator().manual_seed(0))
+    assert torch.equal(attack.spy.seen[1], x[nearest])
+    assert torch.equal(Nearest(Spy(), 0.5).focus(torch.tensor([-3.0, -1.0, -2.0, -1.0])), torch.tensor([1, 3]))

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from robustbench_karp.attacks import Attack
+from robustbench_karp.attacks.base import margin as margin_of
 from robustbench_karp.threat import ThreatModel, check_budget
 from robustbench_karp.threat.rows import OutOfMemory, OutOfMemoryError, forward_rows, is_randomized, physical_rows, row_limit
 
@@ -61,6 +62,11 @@ def eval_mode(model: nn.Module) -> Iterator[bool]:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return forward_rows(lambda rows: model(rows).argmax(1), x)  # in physical pieces when memory asks
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return forward_rows(model, x)
 
 
 def expand(attacks: Sequence[Attack]) -> list[tuple[str, Attack]]:
@@ -163,6 +169,9 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
         forward, backward = passes.forward, passes.backward
         if len(idx) and threat.eps > 0 and not _escalates(attack, name, model, x[idx], y[idx], evidence, escalations):
             idx = idx[:0]  # an escalation whose rule did not fire on this batch: its probe's passes are its cost
+        focus = getattr(attack, "focus", None)  # a component for the standing points nearest the boundary
+        if focus is not None and len(idx) and "margins" in evidence:
+            idx = idx[focus(evidence["margins"][idx])]
         if len(idx) and threat.eps > 0:  # eps 0 allows no perturbation: robust == clean
             if reporter is not None:
                 reporter.attack(name, len(idx), attack.forward_budget())
@@ -180,11 +189,13 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
             used["forward"] = passes.forward - forward
             used["backward"] = passes.backward - backward
             check_budget(x_adv, x[idx], threat)
-            predicted = predict(model, x_adv)  # (k,)
+            logits = logits_of(model, x_adv)  # (k, classes)
+            predicted = logits.argmax(1)
             if margin is not None:
                 _conflict(model, x_adv, y, idx, predicted != y[idx], certified, margin, name, cascade.method)
             still[idx] &= predicted == y[idx]
             evidence["counts"][name] = {"attacked": len(idx), "broken": int((predicted != y[idx]).sum())}
+            remember_margins(evidence, idx, logits, y[idx], len(x))
             if reporter is not None and hasattr(reporter, "adversarial"):  # evaluate --save-examples
                 reporter.adversarial(name, idx, x[idx], x_adv, y[idx], predicted)
         after[name] = int(still.sum())  # the sync that ends the attack's timing
@@ -198,6 +209,13 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
                         passes.backward - backward0, probes=probed,
                         certified=certified.cpu().tolist() if cascade.certifier else None, certification=certification,
                         escalations=escalations)
+
+
+def remember_margins(evidence: dict[str, Any], idx: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, n: int) -> None:
+    """evidence["margins"] (n,): each point's highest margin (best other logit - true) at any x_adv so far, which
+    a focused component (`focus`, attacks/strong.py) reads to find the points nearest the boundary."""
+    best = evidence.setdefault("margins", torch.full((n,), float("-inf"), device=logits.device))
+    best[idx] = torch.maximum(best[idx], margin_of(logits, y))
 
 
 def _escalates(attack: Attack, name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, evidence: dict[str, Any],
