@@ -210,8 +210,8 @@ def run_cascade(components: list[tuple[str, Attack]], model, x: torch.Tensor, y:
         decide = getattr(attack, "decide", None)
         if decide is not None and not decide(model, x[todo], y[todo], evidence)["fired"]:
             continue
-        focus = getattr(attack, "focus", None)  # the standing points nearest the boundary (attacks/strong.py)
-        here = todo[focus(evidence["margins"][todo])] if focus is not None else todo
+        focus = getattr(attack, "focus", None)  # some of the standing points (attacks/strong.py)
+        here = todo[focus(evidence, todo)] if focus is not None else todo
         found = attack(model, x[here], y[here], threat, gen)
         x_adv[here] = found
         with torch.no_grad():
@@ -219,5 +219,6 @@ def run_cascade(components: list[tuple[str, Attack]], model, x: torch.Tensor, y:
         standing = logits.argmax(1) == y[here]
         evidence["counts"][name] = {"attacked": len(here), "broken": int((~standing).sum())}
         evidence["margins"][here] = torch.maximum(evidence["margins"][here], margin(logits, y[here]))
+        evidence.setdefault("attacked", {})[name] = here
         todo = todo[~torch.isin(todo, here[~standing])]
     return x_adv

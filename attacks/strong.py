@@ -8,7 +8,8 @@ Components, each run only on the points every earlier one left standing (the eng
     strong/square-near  Square (Andriushchenko et al. 2020, https://arxiv.org/abs/1912.00049) with AutoAttack's
                         5000 queries on the quarter of the standing points nearest the boundary: highest margin at
                         any x_adv the white-box parts found (the engine's evidence["margins"]; Nearest)
-    strong/square       the black-box safety net: Square on every point still standing, with 1000 queries
+    strong/square       the black-box safety net: Square with 1000 queries on every point still standing that
+                        strong/square-near did not attack (Others)
 
 then escalations: components that run on a batch only when a rule fires on that batch's evidence so far (the
 per-component attacked and broken counts, and a probe of a few standing points), so a batch's numbers never
@@ -129,8 +130,25 @@ RULES: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
+class Wraps:
+    """A component that runs `self.attack` on the points the engine gives it (an escalation: when its rule fires; a
+    focused one: on the points its `focus` picks), and reports the wrapped attack's forward budget per point and
+    what the sanity checks and the engine read (black_box, adaptive, eot, splits)."""
+
+    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
+        return self.attack(model, x, y, threat, gen)
+
+    def forward_budget(self) -> float | None:  # per point it runs on; a probe's few passes aside
+        return self.attack.forward_budget()
+
+    black_box = property(lambda self: self.attack.black_box)
+    adaptive = property(lambda self: self.attack.adaptive)
+    eot = property(lambda self: self.attack.eot)
+    splits = property(lambda self: self.attack.splits)
+
+
 @dataclass(frozen=True)
-class Escalation(Attack):
+class Escalation(Wraps, Attack):
     """`attack`, run on a batch only when `rule` fires on that batch's evidence; `source` names the component whose
     counts the rule reads. A rule is decided once per batch: every component that shares it follows that decision."""
 
@@ -150,21 +168,9 @@ class Escalation(Attack):
             made[self.rule] = RULES[self.rule](model, x, y, evidence, self.source)
         return made[self.rule]
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
-        return self.attack(model, x, y, threat, gen)
-
-    def forward_budget(self) -> float | None:  # when it runs; the probe's few passes aside
-        return self.attack.forward_budget()
-
-    # What the sanity checks and the engine read: the wrapped attack's.
-    black_box = property(lambda self: self.attack.black_box)
-    adaptive = property(lambda self: self.attack.adaptive)
-    eot = property(lambda self: self.attack.eot)
-    splits = property(lambda self: self.attack.splits)
-
 
 @dataclass(frozen=True)
-class Nearest(Attack):
+class Nearest(Wraps, Attack):
     """`attack` on the `share` of the standing points nearest the decision boundary: highest margin (best other
     logit - true) at any x_adv the earlier components found (the engine's evidence["margins"], through `focus`).
     Called on its own it attacks every point it is given."""
@@ -176,21 +182,29 @@ class Nearest(Attack):
         if not 0 < self.share <= 1:
             raise ValueError(f"share must be in (0, 1], got {self.share}")
 
-    def focus(self, margins: torch.Tensor) -> torch.Tensor:
-        """(k,) positions, in order, of the ceil(share * n) points of highest margin among n (ties: the first)."""
+    def focus(self, evidence: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        """(k,) positions into idx (the standing points' batch positions), in order, of the ceil(share * n) points of
+        highest margin in evidence["margins"] (ties: the first); all of them where no margin is known yet."""
+        if "margins" not in evidence:
+            return torch.arange(len(idx), device=idx.device)
+        margins = evidence["margins"][idx]
         k = min(len(margins), math.ceil(self.share * len(margins)))
         return margins.argsort(descending=True, stable=True)[:k].sort().values
 
-    def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
-        return self.attack(model, x, y, threat, gen)
 
-    def forward_budget(self) -> float | None:  # per point it attacks
-        return self.attack.forward_budget()
+@dataclass(frozen=True)
+class Others(Wraps, Attack):
+    """`attack` on the standing points that component `after` did not attack (evidence["attacked"][after]): the
+    safety net's Square skips the points strong/square-near already gave five times its queries."""
 
-    black_box = property(lambda self: self.attack.black_box)
-    adaptive = property(lambda self: self.attack.adaptive)
-    eot = property(lambda self: self.attack.eot)
-    splits = property(lambda self: self.attack.splits)
+    attack: Attack
+    after: str = ""
+
+    def focus(self, evidence: dict[str, Any], idx: torch.Tensor) -> torch.Tensor:
+        done = evidence.get("attacked", {}).get(self.after)
+        if done is None:
+            return torch.arange(len(idx), device=idx.device)
+        return (~torch.isin(idx, done)).nonzero().squeeze(1)
 
 
 def refuse_few_classes(model, x: torch.Tensor) -> None:
@@ -243,7 +257,7 @@ class Strong(Attack):
             ("strong/apgd-t", APGD(steps=self.target_steps, loss="dlr-targeted", targets=self.targets,
                                    target_order="malt")),
             ("strong/square-near", Nearest(Square(self.near_queries, self.near_restarts), self.near_share)),
-            ("strong/square", Square(self.square_queries)),
+            ("strong/square", Others(Square(self.square_queries), "strong/square-near")),
         ]
 
     def escalations(self) -> list[tuple[str, Attack]]:
@@ -260,7 +274,9 @@ class Strong(Attack):
 
     def forward_budget(self) -> float:
         """The base cascade's passes per point; escalations run only where evidence asks for them."""
-        return sum(attack.forward_budget() * getattr(attack, "share", 1.0) for _, attack in self.base())
+        near = self.near_restarts * (self.near_queries + 3) * self.near_share  # the nearest share; the net the rest
+        return sum(attack.forward_budget() for _, attack in self.base()[:2]) + near + \
+            (1 - self.near_share) * Square(self.square_queries).forward_budget()
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel, gen: torch.Generator) -> torch.Tensor:
         """The cascade on its own, escalations decided on the whole of x as one batch, for library use; the

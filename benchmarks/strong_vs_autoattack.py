@@ -106,7 +106,7 @@ def engine(attack_name: str):
     return run
 
 
-BASE = ("strong/apgd-ce", "strong/apgd-t", "strong/square")
+BASE = ("strong/apgd-ce", "strong/apgd-t", "strong/square-near", "strong/square")
 RUNNERS = {"original": original, "autoattack": engine("autoattack"), "strong": engine("strong")}
 
 

@@ -23,6 +23,7 @@ from robustbench_karp.attacks.strong import (
     SQUARE_MIN_POINTS,
     SQUARE_SHARE,
     Nearest,
+    Others,
     probe_gradients,
     probe_randomness,
     square_break_share,
@@ -229,12 +230,13 @@ class Spy(Attack):
 @dataclass(frozen=True)
 class Focused(Attack):
     spy: Spy = field(default_factory=Spy)
+    rest: Spy = field(default_factory=Spy)
 
     def components(self):
-        return [("t/unmoved", Unmoved()), ("t/near", Nearest(self.spy, 0.25))]
+        return [("t/unmoved", Unmoved()), ("t/near", Nearest(self.spy, 0.25)), ("t/rest", Others(self.rest, "t/near"))]
 
 
-def test_nearest_attacks_the_quarter_of_standing_points_of_highest_margin(mlp, points):
+def test_nearest_attacks_the_quarter_of_standing_points_of_highest_margin_and_the_net_the_others(mlp, points):
     """Through the engine and through run_cascade: the points it gets are the ceil(n / 4) clean-correct points whose
     margin (best other logit - true) at the earlier components' x_adv is highest, here the clean margin."""
     x, y = points
@@ -248,4 +250,8 @@ def test_nearest_attacks_the_quarter_of_standing_points_of_highest_margin(mlp, p
     assert torch.equal(attack.spy.seen[0], x[nearest])
     run_cascade(attack.components(), mlp, x, y, ThreatModel("linf", 0.1), torch.Generator().manual_seed(0))
     assert torch.equal(attack.spy.seen[1], x[nearest])
-    assert torch.equal(Nearest(Spy(), 0.5).focus(torch.tensor([-3.0, -1.0, -2.0, -1.0])), torch.tensor([1, 3]))
+    assert torch.equal(attack.rest.seen[0], x[standing[~torch.isin(standing, nearest)]])  # the net: all the others
+    assert torch.equal(attack.rest.seen[1], attack.rest.seen[0])
+    margins = {"margins": torch.tensor([-3.0, -1.0, -2.0, -1.0, 9.0])}
+    assert torch.equal(Nearest(Spy(), 0.5).focus(margins, torch.arange(4)), torch.tensor([1, 3]))
+    assert torch.equal(Nearest(Spy(), 0.5).focus({}, torch.arange(4)), torch.arange(4))  # no margins yet: all

@@ -169,9 +169,9 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
         forward, backward = passes.forward, passes.backward
         if len(idx) and threat.eps > 0 and not _escalates(attack, name, model, x[idx], y[idx], evidence, escalations):
             idx = idx[:0]  # an escalation whose rule did not fire on this batch: its probe's passes are its cost
-        focus = getattr(attack, "focus", None)  # a component for the standing points nearest the boundary
-        if focus is not None and len(idx) and "margins" in evidence:
-            idx = idx[focus(evidence["margins"][idx])]
+        focus = getattr(attack, "focus", None)  # a component for some of the standing points (attacks/strong.py)
+        if focus is not None and len(idx):
+            idx = idx[focus(evidence, idx)]
         if len(idx) and threat.eps > 0:  # eps 0 allows no perturbation: robust == clean
             if reporter is not None:
                 reporter.attack(name, len(idx), attack.forward_budget())
@@ -196,6 +196,7 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
             still[idx] &= predicted == y[idx]
             evidence["counts"][name] = {"attacked": len(idx), "broken": int((predicted != y[idx]).sum())}
             remember_margins(evidence, idx, logits, y[idx], len(x))
+            evidence.setdefault("attacked", {})[name] = idx
             if reporter is not None and hasattr(reporter, "adversarial"):  # evaluate --save-examples
                 reporter.adversarial(name, idx, x[idx], x_adv, y[idx], predicted)
         after[name] = int(still.sum())  # the sync that ends the attack's timing
@@ -213,7 +214,8 @@ def attack_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cascade: Ca
 
 def remember_margins(evidence: dict[str, Any], idx: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, n: int) -> None:
     """evidence["margins"] (n,): each point's highest margin (best other logit - true) at any x_adv so far, which
-    a focused component (`focus`, attacks/strong.py) reads to find the points nearest the boundary."""
+    a focused component (`focus`, attacks/strong.py) reads to find the points nearest the boundary; beside it,
+    evidence["attacked"][component] holds the batch positions each component attacked."""
     best = evidence.setdefault("margins", torch.full((n,), float("-inf"), device=logits.device))
     best[idx] = torch.maximum(best[idx], margin_of(logits, y))
 
