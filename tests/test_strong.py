@@ -84,7 +84,7 @@ def test_the_safety_net_breaks_what_masked_gradients_hide(quantized, points):
     white_box = result.per_attack["strong/apgd-t"]
     assert white_box >= result.clean_accuracy - 0.05  # zero gradients: APGD is as good as its random start
     assert result.per_attack["strong/square"] <= white_box - 0.1  # Square breaks what they could not
-    # the net runs on every standing point: it breaks points the nearest quarter's Square never looked at
+    # the net runs on every standing point: it breaks points the nearest fifth's Square never looked at
     assert result.per_attack["strong/square"] <= result.per_attack["strong/square-near"] - 0.05
 
 
@@ -94,7 +94,10 @@ def test_escalation_breaks_what_the_base_cascade_missed_and_says_why(quantized, 
     assert result.robust_accuracy < acc["strong/square"] - 0.1  # the escalations broke points the base cascade left
     by_component = {e["component"]: e for e in result.escalations}
     square = by_component["strong/square+"]
-    attacked, broken = round(acc["strong/square-near"] * n), round((acc["strong/square-near"] - acc["strong/square"]) * n)
+    near = result.cost["per_attack"]["strong/square-near"]["attacked_points"]
+    attacked = round(acc["strong/apgd-t"] * n) - near  # the net: every standing point strong/square-near left alone
+    broken = round((acc["strong/square-near"] - acc["strong/square"]) * n)
+    assert result.cost["per_attack"]["strong/square"]["attacked_points"] == attacked and near > 0
     assert (square["rule"], square["batch"], square["points"]) == ("square-finds-points", 0, attacked)
     assert square["value"] == pytest.approx(broken / attacked) and square["threshold"] == SQUARE_SHARE
     for name in ESCALATIONS[2:]:  # the whole of AutoAttack, because the input gradient is zero
@@ -169,7 +172,7 @@ def test_forward_budget_bounds_the_base_cascade(points):
         def forward(self, x):
             return torch.cat([1e-3 * x.flatten(1)[:, :9], torch.full((len(x), 1), 5.0)], dim=1)
 
-    x, y = points[0][:8], torch.full((8,), 9)  # the nearest quarter: 2 points, exactly the budget's share
+    x, y = points[0][:10], torch.full((10,), 9)  # the nearest fifth: 2 points, exactly the budget's share
     attack = strong(escalate=False)
     model = Unbreakable()
     with count_passes(model) as passes:
