@@ -16,8 +16,8 @@ per-component attacked and broken counts, and a probe of a few standing points),
 depend on how batches are sharded:
 
     strong/eot-pgd              unstable-predictions: two identical calls disagree -> EOT-PGD (attacks/eot.py)
-    strong/square+              square-finds-points: the safety net broke enough points the white-box attacks
-                                missed -> Square again with AutoAttack's queries and restarts
+    strong/square+              square-finds-points: the two Squares broke enough of the points the white-box
+                                attacks missed -> Square again with AutoAttack's queries and restarts
     strong/autoattack/<part>    unavailable-gradients: the margin's input gradient is zero or not finite ->
                                 AutoAttack's whole cascade (attacks/autoattack.py)
 
@@ -93,9 +93,10 @@ def decision(rule: str, value: float, threshold: float, points: int, fired: bool
 
 
 def square_break_share(model, x, y, evidence: dict[str, Any], source: str) -> dict[str, Any]:
-    """The safety net's breaks among the points it attacked in this batch (evidence["counts"][source])."""
-    counts = evidence.get("counts", {}).get(source, {"attacked": 0, "broken": 0})
-    attacked, broken = counts["attacked"], counts["broken"]
+    """Square's breaks among the points it attacked in this batch: evidence["counts"] of the components named in
+    `source` (comma-separated; strong's two Squares split the standing points between them), summed."""
+    counts = [evidence.get("counts", {}).get(name, {"attacked": 0, "broken": 0}) for name in source.split(",")]
+    attacked, broken = sum(c["attacked"] for c in counts), sum(c["broken"] for c in counts)
     share = broken / attacked if attacked else 0.0
     return decision("square-finds-points", share, SQUARE_SHARE, attacked,
                     fired=share > SQUARE_SHARE and broken >= SQUARE_MIN_POINTS)
@@ -151,8 +152,9 @@ class Wraps:
 
 @dataclass(frozen=True)
 class Escalation(Wraps, Attack):
-    """`attack`, run on a batch only when `rule` fires on that batch's evidence; `source` names the component whose
-    counts the rule reads. A rule is decided once per batch: every component that shares it follows that decision."""
+    """`attack`, run on a batch only when `rule` fires on that batch's evidence; `source` names the components
+    (comma-separated) whose counts the rule reads. A rule is decided once per batch: every component that shares
+    it follows that decision."""
 
     rule: str
     attack: Attack
@@ -267,7 +269,8 @@ class Strong(Attack):
         return [
             ("strong/eot-pgd", Escalation("unstable-predictions", EOTPGD(samples=self.eot_samples))),
             ("strong/square+", Escalation("square-finds-points",
-                                          Square(self.escalated_queries, self.escalated_restarts), "strong/square")),
+                                          Square(self.escalated_queries, self.escalated_restarts),
+                                          "strong/square-near,strong/square")),
             *((f"strong/{name}", Escalation("unavailable-gradients", part)) for name, part in auto),
         ]
 

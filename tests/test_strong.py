@@ -95,9 +95,9 @@ def test_escalation_breaks_what_the_base_cascade_missed_and_says_why(quantized, 
     by_component = {e["component"]: e for e in result.escalations}
     square = by_component["strong/square+"]
     near = result.cost["per_attack"]["strong/square-near"]["attacked_points"]
-    attacked = round(acc["strong/apgd-t"] * n) - near  # the net: every standing point strong/square-near left alone
-    broken = round((acc["strong/square-near"] - acc["strong/square"]) * n)
-    assert result.cost["per_attack"]["strong/square"]["attacked_points"] == attacked and near > 0
+    net = round(acc["strong/apgd-t"] * n) - near  # the net: every standing point strong/square-near left alone
+    assert result.cost["per_attack"]["strong/square"]["attacked_points"] == net and near > 0
+    attacked, broken = near + net, round((acc["strong/apgd-t"] - acc["strong/square"]) * n)  # both Squares
     assert (square["rule"], square["batch"], square["points"]) == ("square-finds-points", 0, attacked)
     assert square["value"] == pytest.approx(broken / attacked) and square["threshold"] == SQUARE_SHARE
     for name in ESCALATIONS[2:]:  # the whole of AutoAttack, because the input gradient is zero
@@ -125,6 +125,9 @@ def test_rules_fire_on_their_evidence_and_stay_quiet_otherwise(mlp, quantized, p
     assert not square(100, 2)["fired"]  # 2% is not above the threshold
     assert not square(20, SQUARE_MIN_POINTS - 1)["fired"]  # one lucky query in a small batch
     assert not square_break_share(None, x, y, {"counts": {}}, "s")["fired"]  # Square never ran
+    both = {"counts": {"a": {"attacked": 20, "broken": 1}, "b": {"attacked": 80, "broken": 2}}}
+    assert square_break_share(None, x, y, both, "a,b")["value"] == 0.03  # strong's two Squares, summed
+    assert square_break_share(None, x, y, both, "a,b")["fired"] and not square_break_share(None, x, y, both, "a")["fired"]
 
 
 @pytest.mark.parametrize("threat", [ThreatModel("linf", 0.15), ThreatModel("l2", 1.0)], ids=["linf", "l2"])
