@@ -97,8 +97,11 @@ FROZEN["standard/2"] = FROZEN["standard/1"] + [{"probe": {"name": "pgd", "steps"
                                                           "random_start": True, "loss": "ce", "early_stop": True}}]
 
 # standard/3: strong (with every option at its default) instead of AutoAttack; the same adaptive attacks and probe.
-STRONG = {"name": "strong", "steps": 100, "odi_steps": 2, "target_steps": 100, "targets": 9, "square_queries": 1000,
-          "escalated_queries": 5000, "escalated_restarts": 2, "eot_samples": 8, "escalate": True}
+# Its options changed once, on 2026-12-08, from the first uncalibrated strong (9 targets, no square-near) to the
+# calibrated one, before any standard/3 row was published (issue 30). From here on a change is a new version.
+STRONG = {"name": "strong", "steps": 100, "odi_steps": 2, "target_steps": 100, "targets": 4, "near_queries": 5000,
+          "near_share": 0.2, "near_restarts": 1, "square_queries": 1000, "escalated_queries": 5000,
+          "escalated_restarts": 2, "eot_samples": 8, "escalate": True}
 FROZEN["standard/3"] = [STRONG] + FROZEN["standard/2"][1:]
 
 
