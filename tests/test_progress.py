@@ -209,20 +209,32 @@ def test_an_attack_that_drops_broken_points_shows_them_in_its_passes_rows():
     assert tracker.at_work() == 0.25
 
 
+def first_run(clock: Clock, points: int, budget: float) -> CascadeTracker:
+    """Attack a (then b, 1000 passes a point) starts its first run on the first of two batches of `points`."""
+    tracker = CascadeTracker(clock)
+    tracker.expect([("a", budget), ("b", 1000.0)], batch_size=points)
+    tracker.start(2 * points)
+    tracker.batch(0)
+    tracker.attack("a", points, budget)
+    return tracker
+
+
+def estimated_after(tracker: CascadeTracker, clock: Clock, rows: list[int]) -> list[bool]:
+    """Passes over these rows, 1 ms a row: after each, whether there was an estimate."""
+    shown = []
+    for k in rows:
+        clock.now += k / 1000
+        tracker.tick(tracker.passes + k)
+        shown.append(tracker.seconds_left() is not None)
+    return shown
+
+
 def test_a_first_run_gives_no_estimate_until_its_passes_show_what_it_leaves():
     """The rows of a standard smallcnn's first APGD-CE on MNIST (ODI's two steps, then APGD): the first
     estimates, taken while points still broke fast, said 1700 s for 31 s real."""
     clock = Clock()
-    tracker = CascadeTracker(clock)
-    tracker.expect([("a", 100.0), ("b", 1000.0)], batch_size=481)
-    tracker.start(962)
-    tracker.batch(0)
-    tracker.attack("a", 481, 100.0)
-    shown = []
-    for rows in (481, 476, 314, 272, 18, 9, 6, 4, 4, 2):
-        clock.now += rows / 1000
-        tracker.tick(tracker.passes + rows)
-        shown.append(tracker.seconds_left() is not None)
+    tracker = first_run(clock, 481, 100.0)
+    shown = estimated_after(tracker, clock, [481, 476, 314, 272, 18, 9, 6, 4, 4, 2])
     # from the pass whose rows stopped falling fast (9 -> 6: under 1% of the points), and it stays
     assert shown == [False] * 6 + [True] * 4
     # then: b on 4 points at most; batch 2's a at 1584 passes spent + 4/481 of its budget's rest, not its budget
@@ -236,28 +248,10 @@ def test_a_first_run_gives_no_estimate_until_its_passes_show_what_it_leaves():
 
 def test_a_robust_first_run_is_estimated_after_its_warm_up_and_a_measure_never_outlasts_a_tenth_of_its_budget():
     clock = Clock()
-    tracker = CascadeTracker(clock)
-    tracker.expect([("a", 100.0), ("b", 1000.0)], batch_size=100)
-    tracker.start(200)
-    tracker.batch(0)
-    tracker.attack("a", 100, 100.0)
-    shown = []
-    for rows in (100, 99, 97, 96):  # few points break: the estimate comes after the warm-up
-        clock.now += 0.1
-        tracker.tick(tracker.passes + rows)
-        shown.append(tracker.seconds_left() is not None)
-    assert shown == [False, False, True, True]
-    tracker = CascadeTracker(clock)  # an attack whose rows fall fast pass after pass: a tenth of its budget ends it
-    tracker.expect([("a", 10.0), ("b", 1000.0)], batch_size=100)
-    tracker.start(200)
-    tracker.batch(0)
-    tracker.attack("a", 100, 10.0)
-    clock.now += 0.1
-    tracker.tick(tracker.passes + 60)
-    assert tracker.seconds_left() is None
-    clock.now += 0.1
-    tracker.tick(tracker.passes + 40)  # 100 passes: a tenth of 10 per point on 100 points
-    assert tracker.seconds_left() is not None
+    # few points break: the estimate comes after the warm-up
+    assert estimated_after(first_run(clock, 100, 100.0), clock, [100, 99, 97, 96]) == [False, False, True, True]
+    # rows falling fast pass after pass: 100 passes, a tenth of 10 per point on 100 points, end the measuring
+    assert estimated_after(first_run(clock, 100, 10.0), clock, [60, 40]) == [False, True]
 
 
 def test_an_escalation_is_charged_only_once_it_has_fired():
